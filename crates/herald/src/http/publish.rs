@@ -1,0 +1,135 @@
+//! `POST /.well-known/mercure`: publish one update.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use herald_protocol::{Update, UpdateError};
+
+use super::HttpError;
+use crate::auth::{self, AuthError, TokenSource};
+use crate::engine::EngineError;
+use crate::hub::{Hub, PublishError};
+
+pub(super) async fn publish(
+    State(hub): State<Hub>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let claims = authorize_publisher(&hub, &headers, query.as_deref())?;
+
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/x-www-form-urlencoded",
+            ));
+        }
+    }
+    let limit = hub.config().max_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {limit} bytes"),
+            ))
+        }
+        Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
+    };
+    let fields = herald_protocol::form::parse(&bytes)
+        .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
+
+    let update = update_from_form(fields)?;
+    let allowed = claims
+        .mercure
+        .publish
+        .as_deref()
+        .ok_or(AuthError::NoPublishClaim)?;
+    let allowed = auth::compile_selectors(allowed);
+    for topic in &update.topics {
+        if !allowed.iter().any(|s| s.matches(topic)) {
+            return Err(AuthError::TopicNotAllowed(topic.clone()).into());
+        }
+    }
+
+    match hub.publish(vec![update]).await {
+        Ok(stored) => {
+            let id = stored
+                .first()
+                .map(|s| s.update.id.clone())
+                .unwrap_or_default();
+            Ok((
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                id,
+            )
+                .into_response())
+        }
+        Err(PublishError::Invalid(e)) => Err(HttpError::bad_request(e.to_string())),
+        Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
+            Err(HttpError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(PublishError::Engine(e)) => {
+            tracing::error!("publish failed: {e}");
+            Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
+}
+
+fn authorize_publisher(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<auth::Claims, HttpError> {
+    let query_token = query.and_then(|q| {
+        herald_protocol::form::parse(q.as_bytes())
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v)
+    });
+    let (token, source) = auth::extract_token(headers, query_token.as_deref(), &hub.config().cookie_name)?
+        .ok_or(AuthError::Missing)?;
+    if source == TokenSource::Cookie {
+        auth::check_publish_origin(headers, &hub.config().publish_origins)?;
+    }
+    let verifier = hub.publisher_verifier().ok_or(AuthError::NoKey)?;
+    Ok(verifier.verify(&token)?)
+}
+
+/// Builds an update from form fields. `topic` may repeat (the first is the
+/// canonical topic); `private` counts by presence, as in Mercure.
+fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, HttpError> {
+    let mut u = Update::default();
+    let mut seen_data = false;
+    for (k, v) in fields {
+        match k.as_str() {
+            "topic" => u.topics.push(v),
+            "data" => {
+                if seen_data {
+                    return Err(HttpError::bad_request("data must appear at most once"));
+                }
+                seen_data = true;
+                u.data = v;
+            }
+            "id" => u.id = v,
+            "type" => u.event_type = Some(v).filter(|t| !t.is_empty()),
+            "retry" => {
+                u.retry = Some(
+                    Update::parse_retry(&v)
+                        .map_err(|e: UpdateError| HttpError::bad_request(e.to_string()))?,
+                )
+            }
+            "private" => u.private = true,
+            _ => {}
+        }
+    }
+    if u.topics.is_empty() {
+        return Err(HttpError::bad_request("missing topic"));
+    }
+    Ok(u)
+}

@@ -1,0 +1,279 @@
+//! `GET /.well-known/mercure`: the event stream.
+//!
+//! A subscription registers for live updates *before* it reads history,
+//! then drops queued live updates whose position it already replayed: no
+//! gap and no duplicate, however busy the publishers are during the connect.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use herald_protocol::update::EARLIEST;
+use herald_protocol::{sse, Selector};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnContext, HttpError};
+use crate::auth::{self, AuthError, Claims};
+use crate::engine::Position;
+use crate::hub::Hub;
+use crate::subscriber::{Drain, Subscriber};
+
+/// Longest accepted `Last-Event-ID`.
+const MAX_LAST_EVENT_ID: usize = 1024;
+
+struct Request {
+    selectors: Vec<Selector>,
+    last_event_id: Option<String>,
+    query_token: Option<String>,
+}
+
+fn parse_request(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<Request, HttpError> {
+    let pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
+        .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
+    let mut raw_selectors = Vec::new();
+    let mut query_last_id = None;
+    let mut query_token = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "topic" => raw_selectors.push(v),
+            "lastEventID" | "Last-Event-ID" => query_last_id = Some(v),
+            "authorization" => query_token = Some(v),
+            _ => {}
+        }
+    }
+    if raw_selectors.is_empty() {
+        return Err(HttpError::bad_request("missing topic"));
+    }
+    let max = hub.config().max_selectors;
+    if raw_selectors.len() > max {
+        return Err(HttpError::bad_request(format!(
+            "too many topic selectors (at most {max})"
+        )));
+    }
+    let mut selectors = Vec::with_capacity(raw_selectors.len());
+    for s in &raw_selectors {
+        let sel = Selector::parse(s)
+            .map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
+        if !selectors.iter().any(|x: &Selector| x.as_str() == sel.as_str()) {
+            selectors.push(sel);
+        }
+    }
+    // The header wins over the query parameter, as browsers send the
+    // header on reconnection with the newest id.
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| HttpError::bad_request("malformed Last-Event-ID"))?
+                .to_owned(),
+        ),
+        None => query_last_id,
+    }
+    .filter(|id| !id.is_empty());
+    if let Some(id) = &last_event_id {
+        if id.len() > MAX_LAST_EVENT_ID || id.chars().any(char::is_control) {
+            return Err(HttpError::bad_request("malformed Last-Event-ID"));
+        }
+    }
+    Ok(Request {
+        selectors,
+        last_event_id,
+        query_token,
+    })
+}
+
+fn authorize(hub: &Hub, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Claims>, HttpError> {
+    let found = auth::extract_token(headers, query_token, &hub.config().cookie_name)?;
+    match found {
+        Some((token, _)) => {
+            let verifier = hub.subscriber_verifier().ok_or(AuthError::NoKey)?;
+            Ok(Some(verifier.verify(&token)?))
+        }
+        None if hub.config().anonymous => Ok(None),
+        None => Err(AuthError::Missing.into()),
+    }
+}
+
+pub(super) async fn subscribe(
+    State(hub): State<Hub>,
+    conn: Option<Extension<ConnContext>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let req = parse_request(&hub, &headers, query.as_deref())?;
+    let claims = authorize(&hub, &headers, req.query_token.as_deref())?;
+    let allowed = claims
+        .as_ref()
+        .and_then(|c| c.mercure.subscribe.as_deref())
+        .map(auth::compile_selectors);
+    let expires = claims.as_ref().and_then(|c| c.exp).map(deadline);
+
+    let cancel = conn.map(|Extension(c)| c.cancel).unwrap_or_default();
+    let cfg = hub.config();
+    let sub = Arc::new(Subscriber::new(
+        hub.next_subscriber_id(),
+        req.selectors,
+        allowed,
+        req.last_event_id.is_some(),
+        cfg.queue_frames,
+        cfg.queue_bytes,
+        cancel,
+    ));
+    // Register first, then look up the resume point: see the module docs.
+    hub.registry().insert(sub.clone());
+    let guard = Registration {
+        hub: hub.clone(),
+        sub: sub.clone(),
+    };
+
+    let (cursor, header_id) = match &req.last_event_id {
+        None => (None, None),
+        Some(id) if id == EARLIEST => (Some(0), Some(EARLIEST.to_owned())),
+        Some(id) => match hub.engine().resolve(id).await {
+            Ok(Some(pos)) => (Some(pos), Some(id.clone())),
+            // Unknown or already removed by retention: replay everything
+            // retained and say so with `earliest`, never a silent gap.
+            Ok(None) => (Some(0), Some(EARLIEST.to_owned())),
+            Err(e) => {
+                return Err(HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                ))
+            }
+        },
+    };
+
+    let stats = hub.stats();
+    stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    stats.connections_current.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(subscriber = sub.id, resume = ?req.last_event_id, "subscriber connected");
+
+    let stream = event_stream(hub.clone(), guard, cursor, expires);
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = header_id {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert("last-event-id", v);
+        }
+    }
+    Ok(res)
+}
+
+/// Unregisters the subscriber when its stream is dropped.
+struct Registration {
+    hub: Hub,
+    sub: Arc<Subscriber>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.sub.close();
+        self.hub.registry().remove(&self.sub);
+        self.hub
+            .stats()
+            .connections_current
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(subscriber = self.sub.id, "subscriber disconnected");
+    }
+}
+
+fn deadline(exp: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
+fn event_stream(
+    hub: Hub,
+    reg: Registration,
+    cursor: Option<Position>,
+    expires: Option<Instant>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+    async_stream::stream! {
+        let reg = reg;
+        let sub = reg.sub.clone();
+        let cfg = hub.config().clone();
+        let shutdown: CancellationToken = hub.shutdown_token().clone();
+        // The first bytes flush the headers through proxies at once.
+        yield Ok(match cfg.retry {
+            Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
+            None => Bytes::from_static(b":\n\n"),
+        });
+
+        let mut last: Position = 0;
+        if let Some(start) = cursor {
+            last = start;
+            loop {
+                let batch = match hub.engine().read_after(last, cfg.replay_batch).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(subscriber = sub.id, "history read failed: {e}");
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    if sub.finish_replay() {
+                        break;
+                    }
+                    continue;
+                }
+                for s in &batch {
+                    last = s.position;
+                    if sub.wants(s) {
+                        yield Ok(s.frame.clone());
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+
+        let heartbeat = (!cfg.heartbeat.is_zero()).then(|| sse::comment(""));
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let expiry = tokio::time::sleep_until(expires.unwrap_or(far));
+        tokio::pin!(expiry);
+        loop {
+            match sub.drain() {
+                Drain::Closed => return,
+                Drain::Frames(frames) => {
+                    for (pos, frame) in frames {
+                        if pos > last {
+                            last = pos;
+                            yield Ok(frame);
+                        }
+                    }
+                    continue;
+                }
+                Drain::Empty => {}
+            }
+            let idle = tokio::time::sleep(if cfg.heartbeat.is_zero() { Duration::from_secs(86400) } else { cfg.heartbeat });
+            tokio::select! {
+                _ = sub.wait() => {}
+                _ = idle => {
+                    if let Some(hb) = &heartbeat {
+                        yield Ok(hb.clone());
+                    }
+                }
+                _ = &mut expiry => {
+                    tracing::debug!(subscriber = sub.id, "token expired: closing stream");
+                    return;
+                }
+                _ = shutdown.cancelled() => return,
+                _ = sub.cancel.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The topic index: which subscribers an update reaches.
+//!
+//! Exact selectors are a hash lookup per topic. Template selectors are
+//! grouped by their text, and the set of templates matching a topic string
+//! is computed once and cached, so a template is matched once per topic
+//! string, not once per subscriber. `*` subscribers are a plain list.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use herald_protocol::Selector;
+use parking_lot::{Mutex, RwLock};
+
+use crate::engine::{Sink, Stored};
+use crate::subscriber::{Push, Subscriber};
+
+/// Most cached topic strings before the template cache starts over.
+const TEMPLATE_CACHE_LIMIT: usize = 100_000;
+
+#[derive(Default)]
+pub struct Registry {
+    index: RwLock<Index>,
+    template_cache: Mutex<TemplateCache>,
+    /// Called with each subscriber closed because its queue overflowed.
+    on_overflow: Option<Box<dyn Fn(&Subscriber) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idx = self.index.read();
+        f.debug_struct("Registry")
+            .field("subscribers", &idx.subscribers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    subscribers: HashMap<u64, Arc<Subscriber>>,
+    any: HashSet<u64>,
+    exact: HashMap<String, HashSet<u64>>,
+    templates: HashMap<String, TemplateEntry>,
+    /// Bumped whenever the set of template strings changes.
+    generation: u64,
+}
+
+struct TemplateEntry {
+    selector: Selector,
+    subscribers: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct TemplateCache {
+    generation: u64,
+    /// topic -> template strings that match it.
+    matches: HashMap<String, Arc<[String]>>,
+}
+
+impl Registry {
+    pub fn new(on_overflow: Box<dyn Fn(&Subscriber) + Send + Sync>) -> Self {
+        Self {
+            on_overflow: Some(on_overflow),
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().subscribers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn insert(&self, sub: Arc<Subscriber>) {
+        let mut idx = self.index.write();
+        let id = sub.id;
+        for sel in &sub.selectors {
+            match sel {
+                Selector::Any => {
+                    idx.any.insert(id);
+                }
+                Selector::Exact(t) => {
+                    idx.exact.entry(t.clone()).or_default().insert(id);
+                }
+                Selector::Template(t) => {
+                    let key = t.as_str().to_owned();
+                    if !idx.templates.contains_key(&key) {
+                        idx.generation += 1;
+                    }
+                    idx.templates
+                        .entry(key)
+                        .or_insert_with(|| TemplateEntry {
+                            selector: sel.clone(),
+                            subscribers: HashSet::new(),
+                        })
+                        .subscribers
+                        .insert(id);
+                }
+            }
+        }
+        idx.subscribers.insert(id, sub);
+    }
+
+    pub fn remove(&self, sub: &Subscriber) {
+        let mut idx = self.index.write();
+        let id = sub.id;
+        if idx.subscribers.remove(&id).is_none() {
+            return;
+        }
+        for sel in &sub.selectors {
+            match sel {
+                Selector::Any => {
+                    idx.any.remove(&id);
+                }
+                Selector::Exact(t) => {
+                    if let Some(set) = idx.exact.get_mut(t) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            idx.exact.remove(t);
+                        }
+                    }
+                }
+                Selector::Template(t) => {
+                    let key = t.as_str();
+                    if let Some(e) = idx.templates.get_mut(key) {
+                        e.subscribers.remove(&id);
+                        if e.subscribers.is_empty() {
+                            idx.templates.remove(key);
+                            idx.generation += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Template strings matching `topic`, from the cache when possible.
+    fn templates_for(&self, idx: &Index, topic: &str) -> Arc<[String]> {
+        let mut cache = self.template_cache.lock();
+        if cache.generation != idx.generation || cache.matches.len() >= TEMPLATE_CACHE_LIMIT {
+            cache.matches.clear();
+            cache.generation = idx.generation;
+        }
+        if let Some(hit) = cache.matches.get(topic) {
+            return hit.clone();
+        }
+        let found: Arc<[String]> = idx
+            .templates
+            .iter()
+            .filter(|(_, e)| e.selector.matches(topic))
+            .map(|(k, _)| k.clone())
+            .collect();
+        cache.matches.insert(topic.to_owned(), found.clone());
+        found
+    }
+
+    fn dispatch(&self, stored: &Arc<Stored>) {
+        let idx = self.index.read();
+        let mut push = |id: &u64| {
+            if let Some(sub) = idx.subscribers.get(id) {
+                if sub.push(stored) == Push::Overflowed {
+                    if let Some(cb) = &self.on_overflow {
+                        cb(sub);
+                    }
+                }
+            }
+        };
+        idx.any.iter().for_each(&mut push);
+        let has_templates = !idx.templates.is_empty();
+        for topic in &stored.update.topics {
+            if let Some(set) = idx.exact.get(topic) {
+                set.iter().for_each(&mut push);
+            }
+            if has_templates {
+                for key in self.templates_for(&idx, topic).iter() {
+                    if let Some(e) = idx.templates.get(key) {
+                        e.subscribers.iter().for_each(&mut push);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Sink for Registry {
+    fn deliver(&self, updates: &[Arc<Stored>]) {
+        for s in updates {
+            self.dispatch(s);
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! One subscriber connection: what it selects, what it may see, and its
+//! bounded queue of encoded frames.
+//!
+//! The dispatcher pushes shared frames (`Bytes`, reference-counted, encoded
+//! once per update) into the queue; the connection's stream drains it. The
+//! queue is bounded in frames and bytes. When a live subscriber's queue is
+//! full it is closed and its connection cancelled: the client reconnects
+//! with `Last-Event-ID` and catches up from history, so memory stays flat
+//! and nothing is lost. While a subscriber is still replaying history the
+//! hub itself sets the pace, so an overflow there only drops the queue and
+//! the replay reads the missed updates from history again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::{selector::any_matches, Selector};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Position, Stored};
+
+/// What the dispatcher did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// Not for this subscriber (or already delivered).
+    Skipped,
+    /// The queue overflowed and the subscriber was closed.
+    Overflowed,
+}
+
+#[derive(Debug)]
+pub struct Subscriber {
+    pub id: u64,
+    pub selectors: Vec<Selector>,
+    /// Selectors from the token's `mercure.subscribe`; `None` for anonymous.
+    pub allowed: Option<Vec<Selector>>,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// Cancels the whole connection (used when the queue overflows, since a
+    /// subscriber that stopped reading never polls its stream again).
+    pub cancel: CancellationToken,
+    /// Highest position pushed, so an update with several matching topics
+    /// is delivered once.
+    last_pushed: AtomicU64,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<(Position, Bytes)>,
+    bytes: usize,
+    replaying: bool,
+    lagged: bool,
+    closed: bool,
+}
+
+/// What the stream found in the queue.
+#[derive(Debug)]
+pub enum Drain {
+    Frames(Vec<(Position, Bytes)>),
+    Empty,
+    Closed,
+}
+
+impl Subscriber {
+    pub fn new(
+        id: u64,
+        selectors: Vec<Selector>,
+        allowed: Option<Vec<Selector>>,
+        replaying: bool,
+        max_frames: usize,
+        max_bytes: usize,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            id,
+            selectors,
+            allowed,
+            queue: Mutex::new(Queue {
+                replaying,
+                ..Queue::default()
+            }),
+            notify: Notify::new(),
+            cancel,
+            last_pushed: AtomicU64::new(0),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    /// True when the subscriber selected one of the update's topics and may
+    /// see it (public, or private with a matching `mercure.subscribe`).
+    pub fn wants(&self, stored: &Stored) -> bool {
+        let topics = &stored.update.topics;
+        any_matches(&self.selectors, topics) && self.may_see(stored)
+    }
+
+    /// Authorization alone: public, or private and allowed by the token.
+    pub fn may_see(&self, stored: &Stored) -> bool {
+        !stored.update.private
+            || self
+                .allowed
+                .as_ref()
+                .is_some_and(|a| any_matches(a, &stored.update.topics))
+    }
+
+    /// Queues a frame the dispatcher already matched against the selectors.
+    /// Called in position order by the engine's delivery.
+    pub fn push(&self, stored: &Arc<Stored>) -> Push {
+        if self.last_pushed.load(Ordering::Relaxed) >= stored.position {
+            return Push::Skipped;
+        }
+        if !self.may_see(stored) {
+            return Push::Skipped;
+        }
+        self.last_pushed.store(stored.position, Ordering::Relaxed);
+        let len = stored.frame.len();
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Push::Skipped;
+        }
+        if q.items.len() >= self.max_frames || q.bytes + len > self.max_bytes {
+            q.items.clear();
+            q.bytes = 0;
+            if q.replaying {
+                q.lagged = true;
+                return Push::Skipped;
+            }
+            q.closed = true;
+            drop(q);
+            self.cancel.cancel();
+            self.notify.notify_one();
+            return Push::Overflowed;
+        }
+        q.items.push_back((stored.position, stored.frame.clone()));
+        q.bytes += len;
+        drop(q);
+        self.notify.notify_one();
+        Push::Queued
+    }
+
+    /// Takes everything queued.
+    pub fn drain(&self) -> Drain {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Drain::Closed;
+        }
+        if q.items.is_empty() {
+            return Drain::Empty;
+        }
+        q.bytes = 0;
+        Drain::Frames(std::mem::take(&mut q.items).into())
+    }
+
+    /// Ends the replay phase if nothing was dropped meanwhile. Returns
+    /// `false` when the queue overflowed during replay: the caller reads
+    /// history again from where it is, then calls this again.
+    pub fn finish_replay(&self) -> bool {
+        let mut q = self.queue.lock();
+        if q.lagged {
+            q.lagged = false;
+            return false;
+        }
+        q.replaying = false;
+        true
+    }
+
+    /// Resolves when a frame is queued or the subscriber is closed.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Marks the subscriber closed (disconnect).
+    pub fn close(&self) {
+        self.queue.lock().closed = true;
+        self.notify.notify_one();
+    }
+}

@@ -1,0 +1,235 @@
+//! Test support: a real hub on a real TCP port, and a real SSE client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
+use herald::engine::memory::MemoryEngine;
+use herald::engine::Engine;
+use herald::{Hub, HubConfig};
+use herald_protocol::sse::{Event, Item, Parser};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PUB_KEY: &str = "publisher-secret-publisher-secret!";
+pub const SUB_KEY: &str = "subscriber-secret-subscriber-secret";
+
+/// A config with separate publisher and subscriber HMAC keys.
+pub fn config() -> HubConfig {
+    HubConfig {
+        publisher_jwt: Some(KeyConfig::hmac(PUB_KEY)),
+        subscriber_jwt: Some(KeyConfig::hmac(SUB_KEY)),
+        ..HubConfig::default()
+    }
+}
+
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestHub {
+    pub async fn start(config: HubConfig) -> Self {
+        Self::start_with(config, Arc::new(MemoryEngine::new(100_000))).await
+    }
+
+    pub async fn start_with(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hub = Hub::new(config, engine).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(herald::serve(listener, hub.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            hub,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn hub_url(&self) -> String {
+        self.url("/.well-known/mercure")
+    }
+
+    /// Stops the hub and waits for the server to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn token(key: &str, publish: Option<&[&str]>, subscribe: Option<&[&str]>) -> String {
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: publish.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            subscribe: subscribe.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            payload: None,
+        },
+        ..Claims::default()
+    };
+    sign(&claims, &KeyConfig::hmac(key)).unwrap()
+}
+
+pub fn publisher_token() -> String {
+    token(PUB_KEY, Some(&["*"]), None)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// Publishes form fields with the all-topics publisher token; returns the
+/// status and body.
+pub async fn publish(c: &reqwest::Client, hub: &TestHub, fields: &[(&str, &str)]) -> (u16, String) {
+    let res = c
+        .post(hub.hub_url())
+        .bearer_auth(publisher_token())
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+/// Publishes and asserts `200`; returns the id.
+pub async fn publish_ok(c: &reqwest::Client, hub: &TestHub, fields: &[(&str, &str)]) -> String {
+    let (status, body) = publish(c, hub, fields).await;
+    assert_eq!(status, 200, "publish failed: {body}");
+    body
+}
+
+/// An event-stream subscription read with the real SSE parser.
+pub struct Subscription {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    stream: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    parser: Parser,
+    pending: std::collections::VecDeque<Item>,
+    pub ended: bool,
+}
+
+impl Subscription {
+    /// Opens `GET` on the hub with the given query pairs and headers.
+    pub async fn open(
+        hub: &TestHub,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Subscription {
+        let c = reqwest::Client::new();
+        let mut req = c.get(hub.hub_url()).query(query);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        Subscription {
+            status,
+            headers,
+            stream: Some(res.bytes_stream().boxed()),
+            parser: Parser::new(),
+            pending: Default::default(),
+            ended: false,
+        }
+    }
+
+    /// Opens and asserts `200`.
+    pub async fn topics(hub: &TestHub, topics: &[&str]) -> Subscription {
+        let q: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        let s = Self::open(hub, &q, &[]).await;
+        assert_eq!(s.status, 200);
+        s
+    }
+
+    /// Opens with topic selectors and returns only the status.
+    pub async fn topics_status(hub: &TestHub, topics: &[&str]) -> u16 {
+        let q: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        Self::open(hub, &q, &[]).await.status
+    }
+
+    /// The next item (event or comment) within `within`, `None` on timeout
+    /// or end of stream.
+    pub async fn next_item(&mut self, within: Duration) -> Option<Item> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(i) = self.pending.pop_front() {
+                return Some(i);
+            }
+            let stream = self.stream.as_mut()?;
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => {
+                    self.ended = true;
+                    self.stream = None;
+                    return None;
+                }
+                Ok(Some(Ok(chunk))) => self.pending.extend(self.parser.feed(&chunk)),
+            }
+        }
+    }
+
+    /// The next event, skipping comments.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_item(left).await? {
+                Item::Event(e) => return Some(e),
+                Item::Comment(_) => continue,
+            }
+        }
+    }
+
+    /// Events until none arrives for `quiet`.
+    pub async fn drain_events(&mut self, quiet: Duration) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next_event(quiet).await {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Waits for the stream to end; true if it ended within `within`.
+    pub async fn wait_end(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.ended {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.next_item(left).await;
+        }
+        true
+    }
+}
+
+pub const SHORT: Duration = Duration::from_millis(300);
+pub const LONG: Duration = Duration::from_secs(5);
