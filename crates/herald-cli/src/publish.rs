@@ -29,7 +29,7 @@ pub struct Args {
     /// Topic of the update (repeatable; the first is the canonical topic).
     #[arg(long = "topic", value_name = "TOPIC", required = true)]
     topics: Vec<String>,
-    /// The update's data.
+    /// The update's data [default: stdin when it is not a terminal, else empty].
     #[arg(long, value_name = "STRING", conflicts_with = "data_file")]
     data: Option<String>,
     /// Read the update's data from a file (`-` for stdin).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use herald::auth::{self, Claims, KeyConfig, MercureClaim};
+use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
 use herald::engine::Engine;
 use herald::{Hub, HubConfig};
@@ -49,9 +50,25 @@ pub struct Args {
     /// `retry:` sent to every subscriber, in milliseconds.
     #[arg(long, env = "HERALD_RETRY")]
     retry: Option<u64>,
-    /// Storage engine: `memory` [default: memory].
+    /// Storage engine: `local` (durable, on disk) or `memory` [default: local].
     #[arg(long, env = "HERALD_ENGINE")]
     engine: Option<String>,
+    /// Directory of the `local` engine's store [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// `sync`: acknowledge a publish once it is on disk; `async`: once it is
+    /// committed, flushing within a second [default: sync].
+    #[arg(long, env = "HERALD_DURABILITY")]
+    durability: Option<String>,
+    /// Keep at most this many updates in the local store.
+    #[arg(long, env = "HERALD_RETENTION_MAX_UPDATES")]
+    retention_max_updates: Option<u64>,
+    /// Remove updates older than this from the local store, e.g. 7d.
+    #[arg(long, env = "HERALD_RETENTION_MAX_AGE")]
+    retention_max_age: Option<String>,
+    /// Keep at most this many bytes of updates in the local store.
+    #[arg(long, env = "HERALD_RETENTION_MAX_BYTES")]
+    retention_max_bytes: Option<u64>,
     /// Updates kept by the memory engine [default: 100000].
     #[arg(long, env = "HERALD_HISTORY_SIZE")]
     history_size: Option<usize>,
@@ -99,6 +116,7 @@ struct Plan {
 
 enum EngineChoice {
     Memory { capacity: usize },
+    Local(LocalConfig),
 }
 
 fn key(
@@ -190,11 +208,27 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
     }
     hub.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let engine = match a.engine.or(f.engine).as_deref().unwrap_or("memory") {
+    let engine = match a.engine.or(f.engine).as_deref().unwrap_or("local") {
         "memory" => EngineChoice::Memory {
             capacity: a.history_size.or(f.history_size).unwrap_or(100_000),
         },
-        other => bail!("unknown engine {other:?} (expected memory)"),
+        "local" => {
+            let mut local = LocalConfig::new(
+                a.data_dir
+                    .or(f.data_dir)
+                    .unwrap_or_else(|| PathBuf::from("herald-data")),
+            );
+            if let Some(v) = a.durability.or(f.durability) {
+                local.durability = v.parse().map_err(|e| anyhow::anyhow!("durability: {e}"))?;
+            }
+            local.retention = Retention {
+                max_updates: a.retention_max_updates.or(f.retention_max_updates),
+                max_age: d(a.retention_max_age.or(f.retention_max_age), "retention_max_age")?,
+                max_bytes: a.retention_max_bytes.or(f.retention_max_bytes),
+            };
+            EngineChoice::Local(local)
+        }
+        other => bail!("unknown engine {other:?} (expected local or memory)"),
     };
     let log_format = a.log_format.or(f.log_format).unwrap_or_else(|| "text".into());
     let log_json = match log_format.as_str() {
@@ -234,6 +268,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logs(&plan.log, plan.log_json)?;
     let engine: Arc<dyn Engine> = match plan.engine {
         EngineChoice::Memory { capacity } => Arc::new(MemoryEngine::new(capacity)),
+        EngineChoice::Local(cfg) => {
+            let dir = cfg.path.clone();
+            let engine = tokio::task::spawn_blocking(move || LocalEngine::open(cfg))
+                .await?
+                .with_context(|| format!("cannot open the local store in {}", dir.display()))?;
+            Arc::new(engine)
+        }
     };
     let engine_name = engine.name();
     let listener = tokio::net::TcpListener::bind(plan.addr)

@@ -187,6 +187,10 @@ impl Verifier {
                     AuthError::InvalidToken("algorithm not accepted".into())
                 }
                 ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    AuthError::InvalidToken("malformed token".into())
+                }
+                ErrorKind::Json(e) => AuthError::InvalidToken(format!("malformed claims: {e}")),
                 _ => AuthError::InvalidToken(e.to_string()),
             })
     }

@@ -11,7 +11,7 @@
 //! - [`subscriber`]: one connection's selectors, rights and bounded queue.
 //! - [`auth`]: Mercure JWTs from header, query or cookie.
 //! - [`http`]: the axum routes; [`server`]: listener, limits, shutdown.
-//! - [`config`]: settings.
+//! - [`config`]: the settings of a hub.
 //!
 //! # The path of one update
 //!

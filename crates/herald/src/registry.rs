@@ -17,12 +17,14 @@ use crate::subscriber::{Push, Subscriber};
 /// Most cached topic strings before the template cache starts over.
 const TEMPLATE_CACHE_LIMIT: usize = 100_000;
 
+/// Called with each subscriber closed because its queue overflowed.
+pub type OverflowHook = Box<dyn Fn(&Subscriber) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Registry {
     index: RwLock<Index>,
     template_cache: Mutex<TemplateCache>,
-    /// Called with each subscriber closed because its queue overflowed.
-    on_overflow: Option<Box<dyn Fn(&Subscriber) + Send + Sync>>,
+    on_overflow: Option<OverflowHook>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -57,7 +59,7 @@ struct TemplateCache {
 }
 
 impl Registry {
-    pub fn new(on_overflow: Box<dyn Fn(&Subscriber) + Send + Sync>) -> Self {
+    pub fn new(on_overflow: OverflowHook) -> Self {
         Self {
             on_overflow: Some(on_overflow),
             ..Self::default()
