@@ -119,17 +119,15 @@ enum EngineChoice {
     Local(LocalConfig),
 }
 
-fn key(
-    key: Option<String>,
-    alg: Option<String>,
-    what: &str,
-) -> anyhow::Result<Option<KeyConfig>> {
+fn key(key: Option<String>, alg: Option<String>, what: &str) -> anyhow::Result<Option<KeyConfig>> {
     let alg = auth::parse_algorithm(alg.as_deref().unwrap_or("HS256"))
         .map_err(|e| anyhow::anyhow!("{what}_jwt_alg: {e}"))?;
     let Some(key) = key else { return Ok(None) };
     let hmac = matches!(
         alg,
-        jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512
+        jsonwebtoken::Algorithm::HS256
+            | jsonwebtoken::Algorithm::HS384
+            | jsonwebtoken::Algorithm::HS512
     );
     let key = if !hmac && !key.trim_start().starts_with("-----BEGIN") {
         std::fs::read_to_string(&key)
@@ -137,7 +135,10 @@ fn key(
     } else {
         key
     };
-    Ok(Some(KeyConfig { key, algorithm: alg }))
+    Ok(Some(KeyConfig {
+        key,
+        algorithm: alg,
+    }))
 }
 
 fn plan(a: Args) -> anyhow::Result<Plan> {
@@ -223,14 +224,20 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
             }
             local.retention = Retention {
                 max_updates: a.retention_max_updates.or(f.retention_max_updates),
-                max_age: d(a.retention_max_age.or(f.retention_max_age), "retention_max_age")?,
+                max_age: d(
+                    a.retention_max_age.or(f.retention_max_age),
+                    "retention_max_age",
+                )?,
                 max_bytes: a.retention_max_bytes.or(f.retention_max_bytes),
             };
             EngineChoice::Local(local)
         }
         other => bail!("unknown engine {other:?} (expected local or memory)"),
     };
-    let log_format = a.log_format.or(f.log_format).unwrap_or_else(|| "text".into());
+    let log_format = a
+        .log_format
+        .or(f.log_format)
+        .unwrap_or_else(|| "text".into());
     let log_json = match log_format.as_str() {
         "text" => false,
         "json" => true,

@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn kinds() {
         assert!(matches!(Selector::parse("*"), Ok(Selector::Any)));
-        assert!(matches!(Selector::parse("https://a/b"), Ok(Selector::Exact(_))));
+        assert!(matches!(
+            Selector::parse("https://a/b"),
+            Ok(Selector::Exact(_))
+        ));
         assert!(matches!(
             Selector::parse("https://a/{id}"),
             Ok(Selector::Template(_))

@@ -271,8 +271,14 @@ pub fn extract_token(
 ///
 /// # Errors
 /// No `Origin`/`Referer`, or an origin not in the list.
-pub fn check_publish_origin(headers: &http::HeaderMap, allowed: &[String]) -> Result<(), AuthError> {
-    let origin = match headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+pub fn check_publish_origin(
+    headers: &http::HeaderMap,
+    allowed: &[String],
+) -> Result<(), AuthError> {
+    let origin = match headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(o) => o.to_owned(),
         None => {
             let referer = headers
@@ -300,7 +306,9 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// Compiled selectors from a claim; invalid selectors in a token match nothing.
 pub fn compile_selectors(list: &[String]) -> Vec<Selector> {
-    list.iter().filter_map(|s| Selector::parse(s).ok()).collect()
+    list.iter()
+        .filter_map(|s| Selector::parse(s).ok())
+        .collect()
 }
 
 #[cfg(test)]

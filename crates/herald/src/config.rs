@@ -94,7 +94,10 @@ impl HubConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
         }
-        for k in [&self.publisher_jwt, &self.subscriber_jwt].into_iter().flatten() {
+        for k in [&self.publisher_jwt, &self.subscriber_jwt]
+            .into_iter()
+            .flatten()
+        {
             crate::auth::Verifier::new(k)?;
         }
         Ok(())

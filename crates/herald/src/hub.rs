@@ -61,13 +61,22 @@ impl Hub {
     /// An invalid setting, such as a key that does not parse.
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, String> {
         config.validate()?;
-        let publisher = config.publisher_jwt.as_ref().map(Verifier::new).transpose()?;
+        let publisher = config
+            .publisher_jwt
+            .as_ref()
+            .map(Verifier::new)
+            .transpose()?;
         let subscriber = config.subscriber_key().map(Verifier::new).transpose()?;
         let stats = Arc::new(Stats::default());
         let overflow_stats = stats.clone();
         let registry = Arc::new(Registry::new(Box::new(move |sub: &Subscriber| {
-            overflow_stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(subscriber = sub.id, "slow subscriber disconnected: queue full");
+            overflow_stats
+                .slow_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                subscriber = sub.id,
+                "slow subscriber disconnected: queue full"
+            );
         })));
         engine.start(registry.clone());
         Ok(Self {
@@ -123,7 +132,10 @@ impl Hub {
     ///
     /// # Errors
     /// An invalid update (nothing is appended) or an engine failure.
-    pub async fn publish(&self, mut updates: Vec<Update>) -> Result<Vec<Arc<Stored>>, PublishError> {
+    pub async fn publish(
+        &self,
+        mut updates: Vec<Update>,
+    ) -> Result<Vec<Arc<Stored>>, PublishError> {
         for u in &mut updates {
             if u.id.is_empty() {
                 u.id = generate_id();

@@ -10,7 +10,10 @@ use herald::HubConfig;
 use jsonwebtoken::Algorithm;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn claims(publish: Option<&[&str]>, subscribe: Option<&[&str]>) -> Claims {
@@ -46,12 +49,41 @@ async fn private_updates_reach_only_authorized_subscribers() {
     assert_eq!(authorized.status, 200);
     assert_eq!(unauthorized.status, 200);
 
-    publish_ok(&c, &hub, &[("topic", "https://example.com/users/1"), ("data", "secret"), ("private", "on")]).await;
-    publish_ok(&c, &hub, &[("topic", "https://example.com/users/2"), ("data", "public")]).await;
+    publish_ok(
+        &c,
+        &hub,
+        &[
+            ("topic", "https://example.com/users/1"),
+            ("data", "secret"),
+            ("private", "on"),
+        ],
+    )
+    .await;
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/users/2"), ("data", "public")],
+    )
+    .await;
 
-    let a: Vec<_> = authorized.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
-    let u: Vec<_> = unauthorized.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
-    let n: Vec<_> = anonymous.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let a: Vec<_> = authorized
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let u: Vec<_> = unauthorized
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let n: Vec<_> = anonymous
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(a, ["secret", "public"]);
     assert_eq!(u, ["public"]);
     assert_eq!(n, ["public"]);
@@ -61,19 +93,39 @@ async fn private_updates_reach_only_authorized_subscribers() {
 async fn private_updates_are_filtered_from_history_too() {
     let hub = TestHub::start(config()).await;
     let c = client();
-    publish_ok(&c, &hub, &[("topic", "p"), ("data", "secret"), ("private", "")]).await;
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "p"), ("data", "secret"), ("private", "")],
+    )
+    .await;
     publish_ok(&c, &hub, &[("topic", "p"), ("data", "public")]).await;
-    let mut anon = Subscription::open(&hub, &[("topic", "p"), ("lastEventID", "earliest")], &[]).await;
-    let got: Vec<_> = anon.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let mut anon =
+        Subscription::open(&hub, &[("topic", "p"), ("lastEventID", "earliest")], &[]).await;
+    let got: Vec<_> = anon
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["public"]);
     let t = token(SUB_KEY, None, Some(&["p"]));
     let mut auth = Subscription::open(
         &hub,
-        &[("topic", "p"), ("lastEventID", "earliest"), ("authorization", &t)],
+        &[
+            ("topic", "p"),
+            ("lastEventID", "earliest"),
+            ("authorization", &t),
+        ],
         &[],
     )
     .await;
-    let got: Vec<_> = auth.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<_> = auth
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["secret", "public"]);
 }
 
@@ -82,19 +134,38 @@ async fn subscriber_token_from_cookie() {
     let hub = TestHub::start(config()).await;
     let c = client();
     let t = token(SUB_KEY, None, Some(&["*"]));
-    let mut s = Subscription::open(&hub, &[("topic", "p")], &[("Cookie", &format!("x=1; mercureAuthorization={t}"))]).await;
+    let mut s = Subscription::open(
+        &hub,
+        &[("topic", "p")],
+        &[("Cookie", &format!("x=1; mercureAuthorization={t}"))],
+    )
+    .await;
     assert_eq!(s.status, 200);
-    publish_ok(&c, &hub, &[("topic", "p"), ("data", "secret"), ("private", "on")]).await;
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "p"), ("data", "secret"), ("private", "on")],
+    )
+    .await;
     assert_eq!(s.next_event(LONG).await.unwrap().data, "secret");
 }
 
 #[tokio::test]
 async fn anonymous_subscribers_can_be_refused() {
-    let hub = TestHub::start(HubConfig { anonymous: false, ..config() }).await;
+    let hub = TestHub::start(HubConfig {
+        anonymous: false,
+        ..config()
+    })
+    .await;
     let s = Subscription::topics_status(&hub, &["t"]).await;
     assert_eq!(s, 401);
     let t = token(SUB_KEY, None, Some(&["t"]));
-    let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", &format!("Bearer {t}"))]).await;
+    let s = Subscription::open(
+        &hub,
+        &[("topic", "t")],
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await;
     assert_eq!(s.status, 200);
 }
 
@@ -103,18 +174,27 @@ async fn bad_subscriber_tokens_get_401() {
     let hub = TestHub::start(config()).await;
     let wrong_key = token(PUB_KEY, None, Some(&["*"])); // signed with the publisher key
     let expired = sign(
-        &Claims { exp: Some(now() - 10), ..claims(None, Some(&["*"])) },
+        &Claims {
+            exp: Some(now() - 10),
+            ..claims(None, Some(&["*"]))
+        },
         &KeyConfig::hmac(SUB_KEY),
     )
     .unwrap();
     let premature = sign(
-        &Claims { nbf: Some(now() + 3600), ..claims(None, Some(&["*"])) },
+        &Claims {
+            nbf: Some(now() + 3600),
+            ..claims(None, Some(&["*"]))
+        },
         &KeyConfig::hmac(SUB_KEY),
     )
     .unwrap();
     let hs512 = sign(
         &claims(None, Some(&["*"])),
-        &KeyConfig { key: SUB_KEY.into(), algorithm: Algorithm::HS512 },
+        &KeyConfig {
+            key: SUB_KEY.into(),
+            algorithm: Algorithm::HS512,
+        },
     )
     .unwrap();
     let none_alg = format!(
@@ -130,7 +210,12 @@ async fn bad_subscriber_tokens_get_401() {
         ("alg none", none_alg),
         ("garbage", "not.a.jwt".to_owned()),
     ] {
-        let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", &format!("Bearer {t}"))]).await;
+        let s = Subscription::open(
+            &hub,
+            &[("topic", "t")],
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
+        .await;
         assert_eq!(s.status, 401, "{name}");
     }
     let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", "Basic abc")]).await;
@@ -146,16 +231,31 @@ fn b64(s: &str) -> String {
 async fn stream_closes_when_the_token_expires() {
     let hub = TestHub::start(config()).await;
     let t = sign(
-        &Claims { exp: Some(now() + 2), ..claims(None, Some(&["*"])) },
+        &Claims {
+            exp: Some(now() + 2),
+            ..claims(None, Some(&["*"]))
+        },
         &KeyConfig::hmac(SUB_KEY),
     )
     .unwrap();
-    let mut s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", &format!("Bearer {t}"))]).await;
+    let mut s = Subscription::open(
+        &hub,
+        &[("topic", "t")],
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await;
     assert_eq!(s.status, 200);
-    assert!(s.wait_end(Duration::from_secs(6)).await, "stream still open after expiry");
+    assert!(
+        s.wait_end(Duration::from_secs(6)).await,
+        "stream still open after expiry"
+    );
 }
 
-async fn publish_with(hub: &TestHub, headers: &[(&str, &str)], fields: &[(&str, &str)]) -> (u16, String) {
+async fn publish_with(
+    hub: &TestHub,
+    headers: &[(&str, &str)],
+    fields: &[(&str, &str)],
+) -> (u16, String) {
     let mut req = client().post(hub.hub_url()).form(fields);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -177,32 +277,86 @@ async fn publish_authorization() {
     assert_eq!(publish_with(&hub, &[], &f).await.0, 401);
     // Subscriber key is not the publisher key.
     let t = token(SUB_KEY, Some(&["*"]), None);
-    assert_eq!(publish_with(&hub, &[("Authorization", &bearer(&t))], &f).await.0, 401);
+    assert_eq!(
+        publish_with(&hub, &[("Authorization", &bearer(&t))], &f)
+            .await
+            .0,
+        401
+    );
     // No publish claim.
     let t = token(PUB_KEY, None, Some(&["*"]));
-    assert_eq!(publish_with(&hub, &[("Authorization", &bearer(&t))], &f).await.0, 403);
+    assert_eq!(
+        publish_with(&hub, &[("Authorization", &bearer(&t))], &f)
+            .await
+            .0,
+        403
+    );
     // Every topic must be allowed.
     let t = token(PUB_KEY, Some(&["https://example.com/a"]), None);
-    assert_eq!(publish_with(&hub, &[("Authorization", &bearer(&t))], &f).await.0, 200);
-    let two = [("topic", "https://example.com/a"), ("topic", "https://example.com/b"), ("data", "x")];
-    assert_eq!(publish_with(&hub, &[("Authorization", &bearer(&t))], &two).await.0, 403);
+    assert_eq!(
+        publish_with(&hub, &[("Authorization", &bearer(&t))], &f)
+            .await
+            .0,
+        200
+    );
+    let two = [
+        ("topic", "https://example.com/a"),
+        ("topic", "https://example.com/b"),
+        ("data", "x"),
+    ];
+    assert_eq!(
+        publish_with(&hub, &[("Authorization", &bearer(&t))], &two)
+            .await
+            .0,
+        403
+    );
     // Templates in the publish claim.
     let t = token(PUB_KEY, Some(&["https://example.com/{x}"]), None);
-    assert_eq!(publish_with(&hub, &[("Authorization", &bearer(&t))], &two).await.0, 200);
+    assert_eq!(
+        publish_with(&hub, &[("Authorization", &bearer(&t))], &two)
+            .await
+            .0,
+        200
+    );
     // Cookie: only from allowed origins.
     let t = token(PUB_KEY, Some(&["*"]), None);
     let cookie = format!("mercureAuthorization={t}");
-    assert_eq!(publish_with(&hub, &[("Cookie", &cookie)], &f).await.0, 403, "no origin");
     assert_eq!(
-        publish_with(&hub, &[("Cookie", &cookie), ("Origin", "https://evil.example")], &f).await.0,
+        publish_with(&hub, &[("Cookie", &cookie)], &f).await.0,
+        403,
+        "no origin"
+    );
+    assert_eq!(
+        publish_with(
+            &hub,
+            &[("Cookie", &cookie), ("Origin", "https://evil.example")],
+            &f
+        )
+        .await
+        .0,
         403
     );
     assert_eq!(
-        publish_with(&hub, &[("Cookie", &cookie), ("Origin", "https://app.example")], &f).await.0,
+        publish_with(
+            &hub,
+            &[("Cookie", &cookie), ("Origin", "https://app.example")],
+            &f
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(
-        publish_with(&hub, &[("Cookie", &cookie), ("Referer", "https://app.example/page?x")], &f).await.0,
+        publish_with(
+            &hub,
+            &[
+                ("Cookie", &cookie),
+                ("Referer", "https://app.example/page?x")
+            ],
+            &f
+        )
+        .await
+        .0,
         200
     );
 }
@@ -216,20 +370,48 @@ async fn rsa_and_ec_keys() {
         (Algorithm::ES256, "ec_public.pem", "ec_private.pem"),
     ] {
         let hub = TestHub::start(HubConfig {
-            publisher_jwt: Some(KeyConfig { key: read(public), algorithm: alg }),
-            subscriber_jwt: Some(KeyConfig { key: read(public), algorithm: alg }),
+            publisher_jwt: Some(KeyConfig {
+                key: read(public),
+                algorithm: alg,
+            }),
+            subscriber_jwt: Some(KeyConfig {
+                key: read(public),
+                algorithm: alg,
+            }),
             ..HubConfig::default()
         })
         .await;
-        let t = sign(&claims(Some(&["*"]), Some(&["*"])), &KeyConfig { key: read(private), algorithm: alg }).unwrap();
-        let mut s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", &format!("Bearer {t}"))]).await;
+        let t = sign(
+            &claims(Some(&["*"]), Some(&["*"])),
+            &KeyConfig {
+                key: read(private),
+                algorithm: alg,
+            },
+        )
+        .unwrap();
+        let mut s = Subscription::open(
+            &hub,
+            &[("topic", "t")],
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
+        .await;
         assert_eq!(s.status, 200, "{alg:?}");
-        let (status, _) = publish_with(&hub, &[("Authorization", &format!("Bearer {t}"))], &[("topic", "t"), ("data", "signed"), ("private", "on")]).await;
+        let (status, _) = publish_with(
+            &hub,
+            &[("Authorization", &format!("Bearer {t}"))],
+            &[("topic", "t"), ("data", "signed"), ("private", "on")],
+        )
+        .await;
         assert_eq!(status, 200, "{alg:?}");
         assert_eq!(s.next_event(LONG).await.unwrap().data, "signed");
         // An HMAC token is refused when the hub expects RSA/EC.
         let hmac = token("whatever-secret", Some(&["*"]), None);
-        let (status, _) = publish_with(&hub, &[("Authorization", &format!("Bearer {hmac}"))], &[("topic", "t")]).await;
+        let (status, _) = publish_with(
+            &hub,
+            &[("Authorization", &format!("Bearer {hmac}"))],
+            &[("topic", "t")],
+        )
+        .await;
         assert_eq!(status, 401, "{alg:?}");
     }
 }
@@ -246,12 +428,18 @@ async fn cors_preflight_and_headers() {
         .request(reqwest::Method::OPTIONS, hub.hub_url())
         .header("Origin", "https://app.example")
         .header("Access-Control-Request-Method", "GET")
-        .header("Access-Control-Request-Headers", "authorization,last-event-id")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,last-event-id",
+        )
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success());
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     let r = c
         .request(reqwest::Method::OPTIONS, hub.hub_url())

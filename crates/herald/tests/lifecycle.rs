@@ -64,14 +64,21 @@ async fn a_subscriber_that_never_reads_is_disconnected() {
         assert_eq!(e.data.len(), payload.len());
         slowest = slowest.max(sent.elapsed());
     }
-    assert!(slowest < Duration::from_secs(1), "slowest delivery took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest delivery took {slowest:?}"
+    );
     let grown = rss_bytes().saturating_sub(before);
     assert_eq!(hub.hub.stats().slow_disconnects.load(Ordering::Relaxed), 1);
     let deadline = Instant::now() + LONG;
     while hub.hub.registry().len() > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(hub.hub.registry().len(), 1, "stuck subscriber still registered");
+    assert_eq!(
+        hub.hub.registry().len(),
+        1,
+        "stuck subscriber still registered"
+    );
     // 25 MiB went to the stuck client's topic; its queue is bounded at 1 MiB.
     assert!(grown < 20 * 1024 * 1024, "RSS grew by {grown} bytes");
     drop(stuck);
@@ -90,5 +97,8 @@ async fn shutdown_ends_streams_and_returns() {
     let stopping = tokio::spawn(hub.stop());
     assert!(s.wait_end(LONG).await, "stream did not end on shutdown");
     stopping.await.unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "shutdown waited for the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited for the grace period"
+    );
 }

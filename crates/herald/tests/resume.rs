@@ -19,7 +19,12 @@ async fn earliest_replays_all_history_then_continues_live() {
     assert_eq!(s.status, 200);
     assert_eq!(s.headers["last-event-id"], "earliest");
     publish_ok(&c, &hub, &[("topic", "t"), ("data", "live")]).await;
-    let got: Vec<_> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<_> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["0", "1", "2", "3", "4", "live"]);
 }
 
@@ -38,7 +43,12 @@ async fn header_resumes_after_the_given_id_and_wins_over_query() {
     )
     .await;
     assert_eq!(s.headers["last-event-id"], ids[2].as_str());
-    let got: Vec<_> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<_> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["3", "4"]);
 }
 
@@ -49,7 +59,12 @@ async fn query_parameter_resumes() {
     let first = publish_ok(&c, &hub, &[("topic", "t"), ("data", "a")]).await;
     publish_ok(&c, &hub, &[("topic", "t"), ("data", "b")]).await;
     let mut s = Subscription::open(&hub, &[("topic", "t"), ("lastEventID", &first)], &[]).await;
-    let got: Vec<_> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<_> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["b"]);
 }
 
@@ -58,10 +73,20 @@ async fn unknown_id_replays_everything_and_says_earliest() {
     let hub = TestHub::start(config()).await;
     let c = client();
     publish_ok(&c, &hub, &[("topic", "t"), ("data", "a")]).await;
-    let mut s = Subscription::open(&hub, &[("topic", "t")], &[("Last-Event-ID", "urn:never:seen")]).await;
+    let mut s = Subscription::open(
+        &hub,
+        &[("topic", "t")],
+        &[("Last-Event-ID", "urn:never:seen")],
+    )
+    .await;
     assert_eq!(s.status, 200);
     assert_eq!(s.headers["last-event-id"], "earliest");
-    let got: Vec<_> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<_> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["a"]);
 }
 
@@ -126,6 +151,9 @@ async fn resume_during_busy_publishing_has_no_gap_and_no_duplicate() {
         let expected: Vec<usize> = (1..=N).collect();
         assert_eq!(got.len(), N, "subscriber {k} got {} events", got.len());
         assert_eq!(got, expected, "subscriber {k}: gap, duplicate or reorder");
-        assert!(s.drain_events(SHORT).await.is_empty(), "subscriber {k}: extra events");
+        assert!(
+            s.drain_events(SHORT).await.is_empty(),
+            "subscriber {k}: extra events"
+        );
     }
 }

@@ -69,7 +69,12 @@ async fn uri_templates_match_and_do_not_match() {
     ] {
         publish_ok(&c, &hub, &[("topic", topic), ("data", data)]).await;
     }
-    let got: Vec<String> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<String> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(got, ["yes-1", "yes-2"]);
 }
 
@@ -81,8 +86,18 @@ async fn wildcard_and_exact_selectors() {
     let mut one = Subscription::topics(&hub, &["a"]).await;
     publish_ok(&c, &hub, &[("topic", "a"), ("data", "1")]).await;
     publish_ok(&c, &hub, &[("topic", "b"), ("data", "2")]).await;
-    let all_got: Vec<_> = all.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
-    let one_got: Vec<_> = one.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let all_got: Vec<_> = all
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let one_got: Vec<_> = one
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(all_got, ["1", "2"]);
     assert_eq!(one_got, ["1"]);
 }
@@ -95,7 +110,12 @@ async fn update_with_several_matching_topics_arrives_once() {
     publish_ok(
         &c,
         &hub,
-        &[("topic", "a"), ("topic", "b"), ("topic", "https://x/1"), ("data", "once")],
+        &[
+            ("topic", "a"),
+            ("topic", "b"),
+            ("topic", "https://x/1"),
+            ("data", "once"),
+        ],
     )
     .await;
     let got = s.drain_events(SHORT).await;
@@ -121,7 +141,12 @@ async fn multiline_cr_crlf_and_unicode_payloads_round_trip() {
     for p in payloads {
         publish_ok(&c, &hub, &[("topic", "t"), ("data", p)]).await;
     }
-    let got: Vec<String> = s.drain_events(SHORT).await.into_iter().map(|e| e.data).collect();
+    let got: Vec<String> = s
+        .drain_events(SHORT)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     let expected: Vec<String> = payloads
         .iter()
         .map(|p| p.replace("\r\n", "\n").replace('\r', "\n"))
@@ -168,7 +193,10 @@ async fn healthz_and_page() {
     assert_eq!(r.status(), 200);
     let r = c.get(hub.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let body = r.text().await.unwrap();
     assert!(body.contains("/.well-known/mercure"));
 }

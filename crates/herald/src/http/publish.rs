@@ -4,8 +4,8 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
 use herald_protocol::{Update, UpdateError};
+use http_body_util::{BodyExt, Limited};
 
 use super::HttpError;
 use crate::auth::{self, AuthError, TokenSource};
@@ -63,11 +63,7 @@ pub(super) async fn publish(
                 .first()
                 .map(|s| s.update.id.clone())
                 .unwrap_or_default();
-            Ok((
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                id,
-            )
-                .into_response())
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response())
         }
         Err(PublishError::Invalid(e)) => Err(HttpError::bad_request(e.to_string())),
         Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
@@ -75,7 +71,10 @@ pub(super) async fn publish(
         }
         Err(PublishError::Engine(e)) => {
             tracing::error!("publish failed: {e}");
-            Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+            Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
         }
     }
 }
@@ -92,8 +91,9 @@ fn authorize_publisher(
             .find(|(k, _)| k == "authorization")
             .map(|(_, v)| v)
     });
-    let (token, source) = auth::extract_token(headers, query_token.as_deref(), &hub.config().cookie_name)?
-        .ok_or(AuthError::Missing)?;
+    let (token, source) =
+        auth::extract_token(headers, query_token.as_deref(), &hub.config().cookie_name)?
+            .ok_or(AuthError::Missing)?;
     if source == TokenSource::Cookie {
         auth::check_publish_origin(headers, &hub.config().publish_origins)?;
     }

@@ -35,7 +35,11 @@ struct Request {
     query_token: Option<String>,
 }
 
-fn parse_request(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<Request, HttpError> {
+fn parse_request(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Request, HttpError> {
     let pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
         .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
     let mut raw_selectors = Vec::new();
@@ -60,9 +64,12 @@ fn parse_request(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<
     }
     let mut selectors = Vec::with_capacity(raw_selectors.len());
     for s in &raw_selectors {
-        let sel = Selector::parse(s)
-            .map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
-        if !selectors.iter().any(|x: &Selector| x.as_str() == sel.as_str()) {
+        let sel =
+            Selector::parse(s).map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
+        if !selectors
+            .iter()
+            .any(|x: &Selector| x.as_str() == sel.as_str())
+        {
             selectors.push(sel);
         }
     }
@@ -89,7 +96,11 @@ fn parse_request(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<
     })
 }
 
-fn authorize(hub: &Hub, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Claims>, HttpError> {
+fn authorize(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Claims>, HttpError> {
     let found = auth::extract_token(headers, query_token, &hub.config().cookie_name)?;
     match found {
         Some((token, _)) => {
@@ -158,7 +169,10 @@ pub(super) async fn subscribe(
     let stream = event_stream(hub.clone(), guard, cursor, expires);
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(id) = header_id {

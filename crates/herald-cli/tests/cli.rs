@@ -1,0 +1,360 @@
+//! The `herald` binary end to end: zero-configuration start, publish, tail,
+//! token, clear CLI errors, graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `herald serve` child, killed on drop.
+struct Hub {
+    child: Child,
+    addr: String,
+    stderr_lines: Vec<String>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hub {
+    /// Starts `herald serve` with extra args; waits until it listens and
+    /// collects what it printed before (the quickstart, when generated).
+    fn start(extra: &[&str]) -> Hub {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--addr", &addr, "--log", "info"])
+            .args(extra)
+            .env_remove("HERALD_PUBLISHER_JWT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    let ready = l.contains("herald listening");
+                    lines.push(l);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!("hub did not start: {lines:#?}"),
+            }
+        }
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Hub {
+            child,
+            addr,
+            stderr_lines: lines,
+        }
+    }
+
+    fn hub_url(&self) -> String {
+        format!("http://{}/.well-known/mercure", self.addr)
+    }
+}
+
+fn herald(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_PUBLISHER_JWT")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+#[test]
+fn zero_configuration_prints_a_working_token_and_curl_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let hub = Hub::start(&["--data-dir", data.to_str().unwrap()]);
+    let text = hub.stderr_lines.join("\n");
+    assert!(text.contains("curl -N"), "{text}");
+    let token = hub
+        .stderr_lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("eyJ"))
+        .expect("a printed token")
+        .to_owned();
+    assert!(data.exists(), "the local engine created its store");
+
+    // Subscribe with tail, publish with the printed token.
+    let url = hub.hub_url();
+    let tail = Command::new(BIN)
+        .args([
+            "tail",
+            "--hub",
+            &url,
+            "--topic",
+            "https://example.com/{x}",
+            "--count",
+            "2",
+            "--timeout",
+            "20s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let p1 = herald(&[
+        "publish",
+        "--hub",
+        &url,
+        "--token",
+        &token,
+        "--topic",
+        "https://example.com/a",
+        "--data",
+        "first",
+        "--id",
+        "one",
+    ]);
+    assert!(p1.status.success(), "{}", stderr(&p1));
+    assert_eq!(stdout(&p1), "one");
+    let p2 = herald(&[
+        "publish",
+        "--hub",
+        &url,
+        "--token",
+        &token,
+        "--topic",
+        "https://example.com/b",
+        "--data",
+        "two\nlines",
+        "--type",
+        "note",
+    ]);
+    assert!(p2.status.success(), "{}", stderr(&p2));
+    let generated = stdout(&p2);
+    assert!(generated.starts_with("urn:uuid:"), "{generated}");
+    let out = tail.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("one\tmessage\tfirst"),
+            format!("{generated}\tnote\ttwo\\nlines")
+        ]
+    );
+}
+
+#[test]
+fn token_command_mints_tokens_the_hub_accepts() {
+    let secret = "a-secret-of-enough-length-for-hs256";
+    let hub = Hub::start(&["--engine", "memory", "--publisher-jwt", secret]);
+    assert!(!hub.stderr_lines.join("\n").contains("generated"));
+    let t = herald(&[
+        "token",
+        "--key",
+        secret,
+        "--publish",
+        "https://example.com/{id}",
+    ]);
+    assert!(t.status.success(), "{}", stderr(&t));
+    let token = stdout(&t);
+    let url = hub.hub_url();
+    let ok = herald(&[
+        "publish",
+        "--hub",
+        &url,
+        "--token",
+        &token,
+        "--topic",
+        "https://example.com/1",
+        "--data",
+        "x",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let denied = herald(&[
+        "publish",
+        "--hub",
+        &url,
+        "--token",
+        &token,
+        "--topic",
+        "https://other.example/1",
+        "--data",
+        "x",
+    ]);
+    assert!(!denied.status.success());
+    let err = stderr(&denied);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("herald: ") && err.contains("403"), "{err}");
+}
+
+#[test]
+fn cli_errors_are_one_line_and_non_zero() {
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "serve".into(),
+            "--addr".into(),
+            addr.clone(),
+            "--engine".into(),
+            "bogus".into(),
+        ],
+        vec![
+            "serve".into(),
+            "--addr".into(),
+            addr.clone(),
+            "--heartbeat".into(),
+            "5y".into(),
+        ],
+        vec![
+            "serve".into(),
+            "--addr".into(),
+            addr.clone(),
+            "--publisher-jwt-alg".into(),
+            "none".into(),
+            "--publisher-jwt".into(),
+            "x".into(),
+        ],
+        vec![
+            "publish".into(),
+            "--hub".into(),
+            format!("http://{addr}/.well-known/mercure"),
+            "--token".into(),
+            "t".into(),
+            "--topic".into(),
+            "x".into(),
+            "--data".into(),
+            "y".into(),
+        ],
+    ];
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = herald(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("herald: "), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn config_file_with_unknown_key_is_refused_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, "publisher_jwt = 'x'\npublisher_jwtt = 'typo'\n").unwrap();
+    let o = herald(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--engine",
+        "memory",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("publisher_jwtt"), "{}", stderr(&o));
+}
+
+#[test]
+fn config_file_settings_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    let secret = "file-secret-file-secret-file-secret";
+    std::fs::write(
+        &file,
+        format!("publisher_jwt = '{secret}'\nengine = 'memory'\nheartbeat = '1s'\n"),
+    )
+    .unwrap();
+    let hub = Hub::start(&["--config", file.to_str().unwrap()]);
+    let t = herald(&["token", "--key", secret, "--publish", "*"]);
+    let url = hub.hub_url();
+    let ok = herald(&[
+        "publish",
+        "--hub",
+        &url,
+        "--token",
+        &stdout(&t),
+        "--topic",
+        "t",
+        "--data",
+        "x",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
+
+#[test]
+fn sigterm_ends_streams_and_exits_cleanly() {
+    let mut hub = Hub::start(&[
+        "--engine",
+        "memory",
+        "--publisher-jwt",
+        "k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k",
+        "--shutdown-grace",
+        "10s",
+    ]);
+    let url = hub.hub_url();
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--hub", &url, "--timeout", "30s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let pid = hub.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = hub.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "hub still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    // Streams were ended, not held: no waiting for the 10 s grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let _ = tail.kill();
+    let _ = tail.wait();
+}
