@@ -1,5 +1,6 @@
 //! The `herald` command: a thin layer over the `herald` library.
 
+mod bench;
 mod publish;
 mod serve;
 mod settings;
@@ -26,6 +27,8 @@ enum Command {
     Tail(tail::Args),
     /// Mint a JWT for publishing and subscribing.
     Token(token::Args),
+    /// Measure a hub: subscribers, publishers, deliveries/s and latency.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
             Command::Publish(args) => publish::run(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Token(args) => token::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     if let Err(e) = result {

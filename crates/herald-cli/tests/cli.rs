@@ -172,7 +172,7 @@ fn zero_configuration_prints_a_working_token_and_curl_example() {
     assert_eq!(
         lines,
         [
-            format!("one\tmessage\tfirst"),
+            "one\tmessage\tfirst".to_string(),
             format!("{generated}\tnote\ttwo\\nlines")
         ]
     );

@@ -350,6 +350,74 @@ mod props {
         );
     }
 
+    /// A seeded random mix of appends (with frequent duplicate ids), reads,
+    /// lookups and bounds, checked step by step against a plain model.
+    pub async fn matches_a_simple_model(h: &Harness) {
+        let e = &h.engine;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut model: Vec<String> = Vec::new();
+        for step in 0..400 {
+            match next(10) {
+                0..=5 => {
+                    let ids: Vec<String> =
+                        (0..=next(3)).map(|_| format!("id{}", next(300))).collect();
+                    let mut seen = HashSet::new();
+                    let dup = ids
+                        .iter()
+                        .find(|id| model.contains(id) || !seen.insert(id.as_str()))
+                        .cloned();
+                    let got = e.append(ids.iter().map(|id| update(id)).collect()).await;
+                    match (got, dup) {
+                        (Err(EngineError::DuplicateId(id)), Some(dup)) => assert_eq!(id, dup),
+                        (Ok(stored), None) => {
+                            for s in &stored {
+                                model.push(s.update.id.clone());
+                                assert_eq!(s.position, model.len() as u64, "step {step}");
+                            }
+                            let got: Vec<_> = stored.iter().map(|s| &s.update.id).collect();
+                            assert_eq!(got, ids.iter().collect::<Vec<_>>());
+                        }
+                        (got, dup) => panic!("step {step}: got {got:?}, model says dup {dup:?}"),
+                    }
+                }
+                6 | 7 => {
+                    let after = next(model.len() as u64 + 3);
+                    let limit = next(12) as usize;
+                    let got = e.read_after(after, limit).await.unwrap();
+                    let want: Vec<(u64, &String)> = model
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| (i as u64 + 1, id))
+                        .skip(after as usize)
+                        .take(limit)
+                        .collect();
+                    let got: Vec<(u64, &String)> =
+                        got.iter().map(|s| (s.position, &s.update.id)).collect();
+                    assert_eq!(got, want, "step {step}: read_after({after}, {limit})");
+                }
+                8 => {
+                    let id = format!("id{}", next(300));
+                    let want = model.iter().position(|m| *m == id).map(|i| i as u64 + 1);
+                    assert_eq!(e.resolve(&id).await.unwrap(), want, "step {step}");
+                }
+                _ => {
+                    let want = Bounds {
+                        first: (!model.is_empty()).then_some(1),
+                        last: model.len() as u64,
+                    };
+                    assert_eq!(e.bounds().await.unwrap(), want, "step {step}");
+                }
+            }
+        }
+        assert_eq!(h.sink.ids(), model);
+    }
+
     /// `bounds` is empty at first, then spans the history.
     pub async fn bounds_track_history(h: &Harness) {
         let e = &h.engine;
@@ -381,17 +449,25 @@ mod props {
             let e = h.engine.clone();
             racers.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
-                for i in 0.. {
+                for i in 0..20_000 {
                     match e.append(vec![update(&format!("r{t}-{i}"))]).await {
                         Ok(s) => acked.push(s[0].update.id.clone()),
                         Err(EngineError::Closed) => return acked,
                         Err(other) => panic!("unexpected error while closing: {other:?}"),
                     }
+                    // An engine whose append is immediately ready must not
+                    // starve the task that closes it.
+                    tokio::task::yield_now().await;
                 }
-                unreachable!()
+                acked
             }));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Close while the racers are appending.
+        let racing = eventually(Duration::from_secs(10), || async {
+            h.sink.seen.lock().len() > 50
+        })
+        .await;
+        assert!(racing);
         e.close().await.unwrap();
         assert!(matches!(
             e.append(updates(&["after"])).await,
@@ -440,6 +516,7 @@ conformance!(memory, local, local_async; {
     concurrent_appenders_keep_order,
     bounds_track_history,
     close_then_append_is_closed,
+    matches_a_simple_model,
 });
 
 // === the local engine only ===
@@ -568,6 +645,30 @@ mod local_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_after_drop_without_close() {
         restart_keeps_everything_with(Durability::Async, false).await;
+    }
+
+    /// A sink that panics on its first delivery.
+    #[derive(Debug, Default)]
+    struct PanickySink(std::sync::atomic::AtomicBool);
+
+    impl Sink for PanickySink {
+        fn deliver(&self, _: &[Arc<Stored>]) {
+            if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("sink bug (expected by the test)");
+            }
+        }
+    }
+
+    /// A bug in the sink must not stop the writer: later appends work.
+    #[tokio::test]
+    async fn a_panicking_sink_does_not_stop_the_engine() {
+        let dir = TempDir::new().unwrap();
+        let engine = open(&config(dir.path()));
+        engine.start(Arc::new(PanickySink::default()));
+        engine.append(updates(&["a"])).await.unwrap();
+        let b = engine.append(updates(&["b"])).await.unwrap();
+        assert_eq!(b[0].position, 2);
+        engine.close().await.unwrap();
     }
 
     async fn retained(engine: &LocalEngine) -> (Bounds, Vec<Position>) {
@@ -847,6 +948,7 @@ mod local_only {
 
     const CHILD_DIR: &str = "HERALD_ENGINE_SUITE_CHILD_DIR";
     const CHILD_MODE: &str = "HERALD_ENGINE_SUITE_CHILD_MODE";
+    const CHILD_PREFIX: &str = "HERALD_ENGINE_SUITE_CHILD_PREFIX";
 
     /// Not a test: the child process of the crash tests. Appends from 8
     /// tasks and prints `ack <id> <position>` for every acknowledged
@@ -859,6 +961,7 @@ mod local_only {
             return;
         };
         let mode = std::env::var(CHILD_MODE).unwrap_or_default();
+        let prefix = std::env::var(CHILD_PREFIX).unwrap_or_default();
         let durability = if mode == "async" {
             Durability::Async
         } else {
@@ -882,7 +985,8 @@ mod local_only {
         if mode == "async" {
             // Acknowledge 100, say so, then stay idle until killed.
             for i in 0..100 {
-                let s = engine.append(vec![update(&format!("a{i}"))]).await.unwrap();
+                let id = format!("{prefix}a{i}");
+                let s = engine.append(vec![update(&id)]).await.unwrap();
                 ack(&out, &s);
             }
             writeln!(out.lock().unwrap(), "idle").unwrap();
@@ -893,11 +997,12 @@ mod local_only {
         for t in 0..8 {
             let engine = engine.clone();
             let out = out.clone();
+            let prefix = prefix.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let batch = vec![Update {
                         data: "y".repeat(100 + i % 300),
-                        ..update(&format!("c{t}-{i}"))
+                        ..update(&format!("{prefix}c{t}-{i}"))
                     }];
                     let s = engine.append(batch).await.unwrap();
                     ack(&out, &s);
@@ -914,6 +1019,7 @@ mod local_only {
     fn run_child_and_kill(
         dir: &Path,
         mode: &str,
+        prefix: &str,
         mut enough: impl FnMut(&str, usize) -> bool,
     ) -> Vec<(String, Position)> {
         use std::io::BufRead;
@@ -927,6 +1033,7 @@ mod local_only {
             ])
             .env(CHILD_DIR, dir)
             .env(CHILD_MODE, mode)
+            .env(CHILD_PREFIX, prefix)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -934,7 +1041,9 @@ mod local_only {
         let mut acked = Vec::new();
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("ack ") {
+            // libtest may print "test ... " in front of the first line.
+            if let Some(at) = line.find("ack ") {
+                let rest = &line[at + 4..];
                 let (id, pos) = rest.rsplit_once(' ').unwrap();
                 acked.push((id.to_owned(), pos.parse().unwrap()));
             }
@@ -960,7 +1069,8 @@ mod local_only {
             assert_eq!(s.position, i as u64 + 1, "gap in history");
         }
         let bounds = engine.bounds().await.unwrap();
-        let next = engine.append(updates(&["after-crash"])).await.unwrap();
+        let id = format!("after-crash-{}", acked.len());
+        let next = engine.append(updates(&[&id])).await.unwrap();
         assert_eq!(next[0].position, bounds.last + 1);
         engine.close().await.unwrap();
     }
@@ -973,7 +1083,8 @@ mod local_only {
         let store = dir.path().join("store");
         let mut acked = Vec::new();
         for round in 0..3 {
-            let more = run_child_and_kill(&store, "sync", |_, n| n >= 1500);
+            let prefix = format!("r{round}-");
+            let more = run_child_and_kill(&store, "sync", &prefix, |_, n| n >= 1500);
             assert!(
                 more.len() >= 1500,
                 "round {round}: child acknowledged {}",
@@ -991,8 +1102,8 @@ mod local_only {
         let dir = TempDir::new().unwrap();
         let store = dir.path().join("store");
         let mut idle_at = None;
-        let acked = run_child_and_kill(&store, "async", |line, _| {
-            if line == "idle" {
+        let acked = run_child_and_kill(&store, "async", "", |line, _| {
+            if line.ends_with("idle") {
                 idle_at = Some(Instant::now());
                 // Past FLUSH_INTERVAL plus one writer tick.
                 std::thread::sleep(Duration::from_millis(2500));

@@ -34,6 +34,8 @@ pub struct Stored {
     pub update: Update,
     /// The complete `text/event-stream` frame for this update.
     pub frame: Bytes,
+    /// When this node built it: the start of publish-to-delivery latency.
+    pub at: std::time::Instant,
 }
 
 impl Stored {
@@ -48,6 +50,7 @@ impl Stored {
             position,
             update,
             frame,
+            at: std::time::Instant::now(),
         }
     }
 }

@@ -1,0 +1,278 @@
+//! One subscriber: a raw HTTP/1.1 `GET` over its own TCP connection, bound
+//! to one of the loopback source addresses, scanning the event stream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+use super::http::{parse_head, Framing, Target, MAX_HEAD};
+use super::payload;
+use super::sse::Scanner;
+use super::stats::{Seen, Shared};
+
+/// Size of each subscriber's read buffer (and the largest response head).
+const READ_BUFFER: usize = 4096;
+
+/// What every subscriber shares.
+#[derive(Debug)]
+pub(super) struct Config {
+    pub target: Target,
+    /// The subscription request of each topic.
+    pub requests: Vec<Vec<u8>>,
+    /// Local addresses to bind to, cycling; empty: let the kernel choose.
+    pub sources: Vec<IpAddr>,
+    pub connect_timeout: Duration,
+    /// Number of topics (a sequence number `s` belongs to topic `s % topics`).
+    pub topics: u64,
+    /// Zero of every timestamp in the run.
+    pub epoch: Instant,
+    pub shared: Arc<Shared>,
+}
+
+/// How connecting went, reported as soon as it is known.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    pub topic: usize,
+    pub took: Duration,
+    pub error: Option<String>,
+}
+
+/// What one subscriber saw, handed back when the run stops.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    pub topic: usize,
+    pub connected: bool,
+    /// Events received, duplicates included.
+    pub events: u64,
+    /// Events received inside the measured window.
+    pub in_window: u64,
+    pub duplicates: u64,
+    /// Events that did not carry a bench payload of this topic.
+    pub foreign: u64,
+    pub seen: Seen,
+    /// Why the stream ended before the run did.
+    pub dropped: Option<String>,
+}
+
+/// Connects subscriber `index`, reports the outcome, then counts events
+/// until `stop` turns true.
+pub(super) async fn run(
+    cfg: Arc<Config>,
+    index: usize,
+    permit: OwnedSemaphorePermit,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    mut stop: watch::Receiver<bool>,
+) -> Report {
+    let topic = index % cfg.requests.len();
+    let mut report = Report {
+        topic,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut buf = vec![0u8; READ_BUFFER].into_boxed_slice();
+    let connected = tokio::time::timeout(cfg.connect_timeout, connect(&cfg, index, &mut buf)).await;
+    drop(permit);
+    let (mut stream, mut framing, leftover) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let _ = outcomes.send(Outcome {
+                topic,
+                took: started.elapsed(),
+                error: Some(e),
+            });
+            return report;
+        }
+        Err(_) => {
+            let _ = outcomes.send(Outcome {
+                topic,
+                took: started.elapsed(),
+                error: Some("timed out".into()),
+            });
+            return report;
+        }
+    };
+    report.connected = true;
+    let _ = outcomes.send(Outcome {
+        topic,
+        took: started.elapsed(),
+        error: None,
+    });
+    drop(outcomes);
+
+    let mut state = Reader {
+        cfg: &cfg,
+        index,
+        topic: topic as u64,
+        scanner: Scanner::default(),
+        events: Vec::new(),
+        latencies: Vec::new(),
+        report,
+    };
+    if let Err(e) = state.body(&mut framing, leftover.as_slice()) {
+        state.report.dropped = Some(e);
+        return state.report;
+    }
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = stream.read(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => {
+                state.report.dropped = Some("closed by the hub".into());
+                break;
+            }
+            Ok(n) => {
+                if let Err(e) = state.body(&mut framing, &buf[..n]) {
+                    state.report.dropped = Some(e);
+                    break;
+                }
+            }
+            Err(e) => {
+                state.report.dropped = Some(io_error(&e));
+                break;
+            }
+        }
+    }
+    state.report
+}
+
+/// Opens the connection, sends the request and reads the response head.
+/// Returns the stream, the body framing and the body bytes already read.
+async fn connect(
+    cfg: &Config,
+    index: usize,
+    buf: &mut [u8],
+) -> Result<(TcpStream, Framing, Vec<u8>), String> {
+    let addr = cfg.target.addr;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| io_error(&e))?;
+    if !cfg.sources.is_empty() {
+        let src = cfg.sources[index % cfg.sources.len()];
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| format!("bind {src}: {}", io_error(&e)))?;
+    }
+    let mut stream = socket.connect(addr).await.map_err(|e| io_error(&e))?;
+    let _ = stream.set_nodelay(true);
+    let request = &cfg.requests[index % cfg.requests.len()];
+    stream.write_all(request).await.map_err(|e| io_error(&e))?;
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            return Err(format!(
+                "response head larger than {} bytes",
+                buf.len().min(MAX_HEAD)
+            ));
+        }
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| io_error(&e))?;
+        if n == 0 {
+            return Err("closed by the hub before answering".into());
+        }
+        filled += n;
+        match parse_head(&buf[..filled]) {
+            Ok(None) => continue,
+            Ok(Some((head, len))) => {
+                if head.status != 200 {
+                    return Err(format!("HTTP {}", head.status));
+                }
+                return Ok((stream, head.framing(), buf[len..filled].to_vec()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Decodes the body and counts what it carries.
+struct Reader<'a> {
+    cfg: &'a Config,
+    index: usize,
+    topic: u64,
+    scanner: Scanner,
+    /// What the events of the current read carried: (scheduled time,
+    /// sequence number), `None` for a foreign payload.
+    events: Vec<Option<(u64, u64)>>,
+    /// Latencies of the current read, flushed to the shared histogram at once.
+    latencies: Vec<u64>,
+    report: Report,
+}
+
+impl Reader<'_> {
+    fn body(&mut self, framing: &mut Framing, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let now = u64::try_from(self.cfg.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let (scanner, events) = (&mut self.scanner, &mut self.events);
+        let (_, done) = framing
+            .decode(bytes, |data| {
+                scanner.feed(data, |head| events.push(payload::decode(head)));
+            })
+            .map_err(|e| e.to_string())?;
+        let shared = &*self.cfg.shared;
+        let from = shared.measure_from.load(Ordering::Relaxed);
+        let to = shared.measure_to.load(Ordering::Relaxed);
+        let next_seq = shared.next_seq.load(Ordering::Relaxed);
+        let mut fresh = 0;
+        for event in self.events.drain(..) {
+            self.report.events += 1;
+            let Some((scheduled, seq)) = event else {
+                self.report.foreign += 1;
+                continue;
+            };
+            if seq >= next_seq || seq % self.cfg.topics != self.topic {
+                self.report.foreign += 1;
+                continue;
+            }
+            if !self.report.seen.insert(seq / self.cfg.topics) {
+                self.report.duplicates += 1;
+                continue;
+            }
+            fresh += 1;
+            if (from..=to).contains(&now) {
+                self.report.in_window += 1;
+            }
+            if scheduled >= from {
+                self.latencies.push(now.saturating_sub(scheduled));
+            }
+        }
+        shared.add(self.index, fresh, &self.latencies);
+        self.latencies.clear();
+        if done {
+            return Err("the hub ended the stream".into());
+        }
+        Ok(())
+    }
+}
+
+/// A short, stable description of a socket error.
+pub(super) fn io_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::TimedOut | K::WouldBlock => "timed out".into(),
+        K::AddrNotAvailable => "address not available (out of ephemeral ports?)".into(),
+        K::AddrInUse => "address in use (out of ephemeral ports?)".into(),
+        K::BrokenPipe => "broken pipe".into(),
+        K::UnexpectedEof => "closed by the hub".into(),
+        _ => match e.raw_os_error() {
+            Some(24) => "too many open files".into(),
+            _ => e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,114 @@
+//! `herald bench` end to end against a real `herald serve`.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+const KEY: &str = "bench-test-secret-bench-test-secret";
+
+/// A `herald serve --engine memory` child, killed on drop.
+struct Hub {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hub {
+    fn start() -> Hub {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(BIN)
+            .args(["serve", "--engine", "memory", "--addr", &addr])
+            .args(["--publisher-jwt", KEY, "--log", "warn"])
+            .env_remove("HERALD_PUBLISHER_JWT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let hub = Hub { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&hub.addr).is_err() {
+            assert!(Instant::now() < deadline, "the hub did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        hub
+    }
+}
+
+#[test]
+fn bench_counts_every_delivery_of_a_real_hub() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
+        .args(["--key", KEY, "--subscribers", "20", "--rate", "50"])
+        .args(["--duration", "2", "--quiet", "--json"])
+        .arg(&json)
+        .args(["--pid", &hub.child.id().to_string()])
+        .env_remove("HERALD_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("latency, scheduled send to receive"),
+        "{stdout}"
+    );
+
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("the JSON report parses");
+    assert_eq!(v["mode"], "load");
+    assert_eq!(v["connections"]["ok"], 20, "{v:#}");
+    assert_eq!(v["connections"]["failed"], 0, "{v:#}");
+    assert_eq!(v["connections"]["dropped"], 0, "{v:#}");
+
+    let acked = v["publish"]["acknowledged"].as_u64().unwrap();
+    // 50/s through 1 s of warm-up and 2 s measured: about 150.
+    assert!((100..=160).contains(&acked), "{v:#}");
+    assert_eq!(v["publish"]["errors"], 0, "{v:#}");
+
+    let d = &v["deliveries"];
+    assert_eq!(d["losses"], 0, "{v:#}");
+    assert_eq!(d["duplicates"], 0, "{v:#}");
+    assert_eq!(d["total"].as_u64().unwrap(), acked * 20, "{v:#}");
+    assert_eq!(d["expected"].as_u64().unwrap(), acked * 20, "{v:#}");
+    assert!(d["per_second"].as_f64().unwrap() > 0.0, "{v:#}");
+
+    let lat = &v["latency_ms"];
+    assert!(lat["samples"].as_u64().unwrap() > 0, "{v:#}");
+    for field in ["p50", "p90", "p99", "p999", "max", "mean"] {
+        assert!(lat[field].as_f64().is_some(), "latency_ms.{field}: {v:#}");
+    }
+    assert!(lat["p50"].as_f64() <= lat["max"].as_f64());
+
+    let h = &v["hub_process"];
+    assert!(h["rss_idle_kib"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(h["cpu_percent"].as_f64().is_some(), "{v:#}");
+    assert!(v["generator"]["cpu_percent"].as_f64().is_some(), "{v:#}");
+}
+
+#[test]
+fn bench_refuses_to_publish_without_a_token() {
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", "http://127.0.0.1:9", "--subscribers", "1"])
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_PUBLISHER_JWT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("publishing needs a token"), "{stderr}");
+}

@@ -1,0 +1,207 @@
+//! Telemetry as named events: each function here is one thing that happens
+//! in the hub, and emits both its log line and its metrics, so the two never
+//! disagree. No label takes unbounded values: no topic names, no subscriber
+//! ids on metrics (they go to logs only).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Reason label of authorization failures (a fixed set, see
+/// [`crate::auth::AuthError::reason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Action label of authorization failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub action: &'static str,
+    pub reason: &'static str,
+}
+
+/// Every metric of one hub.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub subscriptions: Gauge,
+    pub published: Counter,
+    pub delivered: Counter,
+    pub replayed: Counter,
+    pub slow_disconnects: Counter,
+    pub queued_bytes: Gauge<i64, AtomicI64>,
+    pub publish_seconds: Histogram,
+    pub delivery_seconds: Histogram,
+    pub append_seconds: Histogram,
+    pub replay_seconds: Histogram,
+    pub auth_failures: Family<AuthLabels, Counter>,
+    /// Plain mirrors for the dashboard (cheap to read).
+    pub published_count: AtomicU64,
+    pub delivered_count: AtomicU64,
+}
+
+/// Latency buckets from 50 µs to about 13 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 19)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            subscriptions: Gauge::default(),
+            published: Counter::default(),
+            delivered: Counter::default(),
+            replayed: Counter::default(),
+            slow_disconnects: Counter::default(),
+            queued_bytes: Gauge::default(),
+            publish_seconds: Histogram::new(latency_buckets()),
+            delivery_seconds: Histogram::new(latency_buckets()),
+            append_seconds: Histogram::new(latency_buckets()),
+            replay_seconds: Histogram::new(latency_buckets()),
+            auth_failures: Family::default(),
+            published_count: AtomicU64::new(0),
+            delivered_count: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open subscriber connections", m.connections.clone());
+        registry.register(
+            "connections",
+            "Subscriber connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Active topic selectors over all subscribers",
+            m.subscriptions.clone(),
+        );
+        registry.register("updates_published", "Updates published", m.published.clone());
+        registry.register(
+            "updates_delivered",
+            "Updates queued to live subscribers",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "updates_replayed",
+            "Updates sent from history on resume",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "slow_subscriber_disconnects",
+            "Subscribers disconnected because their queue was full",
+            m.slow_disconnects.clone(),
+        );
+        registry.register(
+            "queued_bytes",
+            "Bytes waiting in subscriber queues",
+            m.queued_bytes.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Publish requests, from arrival to answer",
+            m.publish_seconds.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Commit to write into a subscriber's stream (sampled)",
+            m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "engine_append_duration_seconds",
+            "Engine appends, including durable commit",
+            m.append_seconds.clone(),
+        );
+        registry.register(
+            "engine_replay_duration_seconds",
+            "Engine history reads while replaying",
+            m.replay_seconds.clone(),
+        );
+        registry.register(
+            "authorization_failures",
+            "Refused tokens and rights, by action and reason",
+            m.auth_failures.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus / OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    // === named events ===
+
+    pub fn subscriber_connected(&self, id: u64, peer: Option<std::net::SocketAddr>, selectors: usize, resume: Option<&str>) {
+        self.connections.inc();
+        self.connections_total.inc();
+        self.subscriptions.inc_by(selectors as i64);
+        tracing::info!(subscriber = id, peer = ?peer, selectors, resume, "subscriber connected");
+    }
+
+    pub fn subscriber_disconnected(&self, id: u64, selectors: usize, delivered: u64) {
+        self.connections.dec();
+        self.subscriptions.dec_by(selectors as i64);
+        tracing::info!(subscriber = id, delivered, "subscriber disconnected");
+    }
+
+    pub fn slow_subscriber(&self, id: u64) {
+        self.slow_disconnects.inc();
+        tracing::warn!(subscriber = id, "slow subscriber disconnected: queue full");
+    }
+
+    pub fn published(&self, n: u64, took: Duration) {
+        self.published.inc_by(n);
+        self.published_count.fetch_add(n, Ordering::Relaxed);
+        self.append_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn publish_request(&self, took: Duration) {
+        self.publish_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn delivered(&self, n: u64) {
+        if n > 0 {
+            self.delivered.inc_by(n);
+            self.delivered_count.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn replayed(&self, n: u64, took: Duration) {
+        self.replayed.inc_by(n);
+        self.replay_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn auth_failed(&self, action: &'static str, err: &crate::auth::AuthError) {
+        self.auth_failures
+            .get_or_create(&AuthLabels {
+                action,
+                reason: err.reason(),
+            })
+            .inc();
+        tracing::info!(action, reason = err.reason(), "authorization failed: {err}");
+    }
+
+    pub fn engine_error(&self, what: &'static str, err: &crate::engine::EngineError) {
+        tracing::error!(what, "engine error: {err}");
+    }
+}
