@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use herald::auth::{self, Claims, KeyConfig, MercureClaim};
+use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
 use herald::engine::Engine;
@@ -96,6 +97,16 @@ pub struct Args {
     /// Name of the authorization cookie [default: mercureAuthorization].
     #[arg(long, env = "HERALD_COOKIE_NAME")]
     cookie_name: Option<String>,
+    /// Development mode: the dashboard's admin data needs no token
+    /// [default: on when the key was generated].
+    #[arg(long, env = "HERALD_DEV", num_args = 0..=1, default_missing_value = "true")]
+    dev: Option<bool>,
+    /// `/metrics`: `open`, `off`, or `token` (needs --metrics-token) [default: open].
+    #[arg(long, env = "HERALD_METRICS")]
+    metrics: Option<String>,
+    /// Bearer token required by `/metrics` when `metrics = "token"`.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Log filter, e.g. `info` or `herald=debug` [default: info].
     #[arg(long, env = "HERALD_LOG")]
     log: Option<String>,
@@ -207,6 +218,17 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
     if let Some(v) = a.cookie_name.or(f.cookie_name) {
         hub.cookie_name = v;
     }
+    hub.dev_mode = a.dev.or(f.dev).unwrap_or(generated_key);
+    let metrics_token = a.metrics_token.or(f.metrics_token);
+    hub.metrics = match a.metrics.or(f.metrics).as_deref().unwrap_or("open") {
+        "open" => MetricsAccess::Open,
+        "off" => MetricsAccess::Off,
+        "token" => MetricsAccess::Token(
+            metrics_token
+                .ok_or_else(|| anyhow::anyhow!("metrics = \"token\" needs metrics_token"))?,
+        ),
+        other => bail!("unknown metrics setting {other:?} (expected open, off or token)"),
+    };
     hub.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let engine = match a.engine.or(f.engine).as_deref().unwrap_or("local") {

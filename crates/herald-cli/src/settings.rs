@@ -38,6 +38,9 @@ pub struct FileConfig {
     pub queue_bytes: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub cookie_name: Option<String>,
+    pub dev: Option<bool>,
+    pub metrics: Option<String>,
+    pub metrics_token: Option<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,
 }

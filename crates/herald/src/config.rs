@@ -46,6 +46,22 @@ pub struct HubConfig {
     pub shutdown_grace: Duration,
     /// Updates per history read while replaying.
     pub replay_batch: usize,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
+    /// Development mode: the dashboard's admin data needs no token.
+    pub dev_mode: bool,
+}
+
+/// Access to `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MetricsAccess {
+    /// Not served (`404`).
+    Off,
+    /// Served to anyone (the usual setup behind a private network).
+    #[default]
+    Open,
+    /// Served with `Authorization: Bearer <token>` only.
+    Token(String),
 }
 
 impl Default for HubConfig {
@@ -67,6 +83,8 @@ impl Default for HubConfig {
             max_connections: 19_000,
             shutdown_grace: Duration::from_secs(5),
             replay_batch: 1024,
+            metrics: MetricsAccess::Open,
+            dev_mode: false,
         }
     }
 }

@@ -26,7 +26,9 @@ pub mod http;
 pub mod hub;
 pub mod registry;
 pub mod server;
+pub mod stats;
 pub mod subscriber;
+pub mod telemetry;
 
 pub use config::HubConfig;
 pub use herald_protocol as protocol;

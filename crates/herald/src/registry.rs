@@ -25,6 +25,7 @@ pub struct Registry {
     index: RwLock<Index>,
     template_cache: Mutex<TemplateCache>,
     on_overflow: Option<OverflowHook>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -59,9 +60,10 @@ struct TemplateCache {
 }
 
 impl Registry {
-    pub fn new(on_overflow: OverflowHook) -> Self {
+    pub fn new(on_overflow: OverflowHook, metrics: Arc<crate::telemetry::Metrics>) -> Self {
         Self {
             on_overflow: Some(on_overflow),
+            metrics: Some(metrics),
             ..Self::default()
         }
     }
@@ -159,9 +161,14 @@ impl Registry {
 
     fn dispatch(&self, stored: &Arc<Stored>) {
         let idx = self.index.read();
+        let mut queued = 0u64;
         let mut push = |id: &u64| {
             if let Some(sub) = idx.subscribers.get(id) {
-                if sub.push(stored) == Push::Overflowed {
+                let r = sub.push(stored);
+                if r == Push::Queued {
+                    queued += 1;
+                }
+                if r == Push::Overflowed {
                     if let Some(cb) = &self.on_overflow {
                         cb(sub);
                     }
@@ -182,6 +189,30 @@ impl Registry {
                 }
             }
         }
+        if let Some(m) = &self.metrics {
+            m.delivered(queued);
+        }
+    }
+
+    /// The most subscribed selectors, with their subscriber counts.
+    pub fn top_selectors(&self, limit: usize) -> Vec<(String, usize)> {
+        let idx = self.index.read();
+        let mut all: Vec<(String, usize)> = idx
+            .exact
+            .iter()
+            .map(|(t, s)| (t.clone(), s.len()))
+            .chain(
+                idx.templates
+                    .iter()
+                    .map(|(t, e)| (t.clone(), e.subscribers.len())),
+            )
+            .collect();
+        if !idx.any.is_empty() {
+            all.push(("*".to_owned(), idx.any.len()));
+        }
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all
     }
 }
 

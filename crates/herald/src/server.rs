@@ -62,6 +62,7 @@ pub async fn serve(
             let cancel = CancellationToken::new();
             let ctx = ConnContext {
                 cancel: cancel.clone(),
+                peer,
             };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ctx.clone());

@@ -52,7 +52,7 @@ pub struct Subscriber {
 
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<(Position, Bytes)>,
+    items: VecDeque<(Position, Bytes, std::time::Instant)>,
     bytes: usize,
     replaying: bool,
     lagged: bool,
@@ -62,7 +62,7 @@ struct Queue {
 /// What the stream found in the queue.
 #[derive(Debug)]
 pub enum Drain {
-    Frames(Vec<(Position, Bytes)>),
+    Frames(Vec<(Position, Bytes, std::time::Instant)>),
     Empty,
     Closed,
 }
@@ -137,7 +137,8 @@ impl Subscriber {
             self.notify.notify_one();
             return Push::Overflowed;
         }
-        q.items.push_back((stored.position, stored.frame.clone()));
+        q.items
+            .push_back((stored.position, stored.frame.clone(), stored.at));
         q.bytes += len;
         drop(q);
         self.notify.notify_one();

@@ -3,7 +3,7 @@
 //! disagree. No label takes unbounded values: no topic names, no subscriber
 //! ids on metrics (they go to logs only).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,7 +38,6 @@ pub struct Metrics {
     pub delivered: Counter,
     pub replayed: Counter,
     pub slow_disconnects: Counter,
-    pub queued_bytes: Gauge<i64, AtomicI64>,
     pub publish_seconds: Histogram,
     pub delivery_seconds: Histogram,
     pub append_seconds: Histogram,
@@ -71,7 +70,6 @@ impl Metrics {
             delivered: Counter::default(),
             replayed: Counter::default(),
             slow_disconnects: Counter::default(),
-            queued_bytes: Gauge::default(),
             publish_seconds: Histogram::new(latency_buckets()),
             delivery_seconds: Histogram::new(latency_buckets()),
             append_seconds: Histogram::new(latency_buckets()),
@@ -81,7 +79,11 @@ impl Metrics {
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        registry.register("connections", "Open subscriber connections", m.connections.clone());
+        registry.register(
+            "connections",
+            "Open subscriber connections",
+            m.connections.clone(),
+        );
         registry.register(
             "connections",
             "Subscriber connections accepted",
@@ -92,7 +94,11 @@ impl Metrics {
             "Active topic selectors over all subscribers",
             m.subscriptions.clone(),
         );
-        registry.register("updates_published", "Updates published", m.published.clone());
+        registry.register(
+            "updates_published",
+            "Updates published",
+            m.published.clone(),
+        );
         registry.register(
             "updates_delivered",
             "Updates queued to live subscribers",
@@ -107,11 +113,6 @@ impl Metrics {
             "slow_subscriber_disconnects",
             "Subscribers disconnected because their queue was full",
             m.slow_disconnects.clone(),
-        );
-        registry.register(
-            "queued_bytes",
-            "Bytes waiting in subscriber queues",
-            m.queued_bytes.clone(),
         );
         registry.register(
             "publish_duration_seconds",
@@ -151,7 +152,13 @@ impl Metrics {
 
     // === named events ===
 
-    pub fn subscriber_connected(&self, id: u64, peer: Option<std::net::SocketAddr>, selectors: usize, resume: Option<&str>) {
+    pub fn subscriber_connected(
+        &self,
+        id: u64,
+        peer: Option<std::net::SocketAddr>,
+        selectors: usize,
+        resume: Option<&str>,
+    ) {
         self.connections.inc();
         self.connections_total.inc();
         self.subscriptions.inc_by(selectors as i64);

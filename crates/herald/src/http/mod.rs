@@ -4,6 +4,7 @@
 //! [`crate::server::serve`] runs it on a listener with connection limits,
 //! slow-subscriber cancellation and graceful shutdown.
 
+mod admin;
 mod page;
 mod publish;
 mod subscribe;
@@ -25,6 +26,8 @@ pub const MERCURE_PATH: &str = "/.well-known/mercure";
 pub struct ConnContext {
     /// Cancelling it drops the connection at once (slow subscribers).
     pub cancel: CancellationToken,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
 }
 
 /// A short text error: the status and one line saying why.
@@ -73,6 +76,9 @@ pub fn router(hub: Hub) -> Router {
     let router = Router::new()
         .route("/", get(page::index))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .route("/.well-known/herald/stats", get(admin::stats))
         .route(
             MERCURE_PATH,
             get(subscribe::subscribe).post(publish::publish),

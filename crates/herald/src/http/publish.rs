@@ -18,7 +18,11 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let claims = authorize_publisher(&hub, &headers, query.as_deref())?;
+    let started = std::time::Instant::now();
+    let claims = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
+        hub.metrics().auth_failed("publish", &e);
+        HttpError::from(e)
+    })?;
 
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
@@ -45,19 +49,14 @@ pub(super) async fn publish(
         .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
 
     let update = update_from_form(fields)?;
-    let allowed = claims
-        .mercure
-        .publish
-        .as_deref()
-        .ok_or(AuthError::NoPublishClaim)?;
-    let allowed = auth::compile_selectors(allowed);
-    for topic in &update.topics {
-        if !allowed.iter().any(|s| s.matches(topic)) {
-            return Err(AuthError::TopicNotAllowed(topic.clone()).into());
-        }
+    if let Err(e) = check_topics(&claims, &update) {
+        hub.metrics().auth_failed("publish", &e);
+        return Err(e.into());
     }
 
-    match hub.publish(vec![update]).await {
+    let result = hub.publish(vec![update]).await;
+    hub.metrics().publish_request(started.elapsed());
+    match result {
         Ok(stored) => {
             let id = stored
                 .first()
@@ -83,7 +82,7 @@ fn authorize_publisher(
     hub: &Hub,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<auth::Claims, HttpError> {
+) -> Result<auth::Claims, AuthError> {
     let query_token = query.and_then(|q| {
         herald_protocol::form::parse(q.as_bytes())
             .ok()?
@@ -99,6 +98,22 @@ fn authorize_publisher(
     }
     let verifier = hub.publisher_verifier().ok_or(AuthError::NoKey)?;
     Ok(verifier.verify(&token)?)
+}
+
+/// Every topic of the update must be allowed by `mercure.publish`.
+fn check_topics(claims: &auth::Claims, update: &Update) -> Result<(), AuthError> {
+    let allowed = claims
+        .mercure
+        .publish
+        .as_deref()
+        .ok_or(AuthError::NoPublishClaim)?;
+    let allowed = auth::compile_selectors(allowed);
+    for topic in &update.topics {
+        if !allowed.iter().any(|s| s.matches(topic)) {
+            return Err(AuthError::TopicNotAllowed(topic.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Builds an update from form fields. `topic` may repeat (the first is the

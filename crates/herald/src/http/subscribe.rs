@@ -5,7 +5,6 @@
 //! gap and no duplicate, however busy the publishers are during the connect.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,7 +99,7 @@ fn authorize(
     hub: &Hub,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Option<Claims>, HttpError> {
+) -> Result<Option<Claims>, AuthError> {
     let found = auth::extract_token(headers, query_token, &hub.config().cookie_name)?;
     match found {
         Some((token, _)) => {
@@ -108,7 +107,7 @@ fn authorize(
             Ok(Some(verifier.verify(&token)?))
         }
         None if hub.config().anonymous => Ok(None),
-        None => Err(AuthError::Missing.into()),
+        None => Err(AuthError::Missing),
     }
 }
 
@@ -119,14 +118,20 @@ pub(super) async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let req = parse_request(&hub, &headers, query.as_deref())?;
-    let claims = authorize(&hub, &headers, req.query_token.as_deref())?;
+    let claims = authorize(&hub, &headers, req.query_token.as_deref()).map_err(|e| {
+        hub.metrics().auth_failed("subscribe", &e);
+        HttpError::from(e)
+    })?;
     let allowed = claims
         .as_ref()
         .and_then(|c| c.mercure.subscribe.as_deref())
         .map(auth::compile_selectors);
     let expires = claims.as_ref().and_then(|c| c.exp).map(deadline);
 
-    let cancel = conn.map(|Extension(c)| c.cancel).unwrap_or_default();
+    let (cancel, peer) = match conn {
+        Some(Extension(c)) => (c.cancel, Some(c.peer)),
+        None => (CancellationToken::new(), None),
+    };
     let cfg = hub.config();
     let sub = Arc::new(Subscriber::new(
         hub.next_subscriber_id(),
@@ -142,6 +147,7 @@ pub(super) async fn subscribe(
     let guard = Registration {
         hub: hub.clone(),
         sub: sub.clone(),
+        sent: 0,
     };
 
     let (cursor, header_id) = match &req.last_event_id {
@@ -161,10 +167,12 @@ pub(super) async fn subscribe(
         },
     };
 
-    let stats = hub.stats();
-    stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_current.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(subscriber = sub.id, resume = ?req.last_event_id, "subscriber connected");
+    hub.metrics().subscriber_connected(
+        sub.id,
+        peer,
+        sub.selectors.len(),
+        req.last_event_id.as_deref(),
+    );
 
     let stream = event_stream(hub.clone(), guard, cursor, expires);
     let mut res = Response::new(Body::from_stream(stream));
@@ -187,17 +195,18 @@ pub(super) async fn subscribe(
 struct Registration {
     hub: Hub,
     sub: Arc<Subscriber>,
+    sent: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.sub.close();
         self.hub.registry().remove(&self.sub);
-        self.hub
-            .stats()
-            .connections_current
-            .fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!(subscriber = self.sub.id, "subscriber disconnected");
+        self.hub.metrics().subscriber_disconnected(
+            self.sub.id,
+            self.sub.selectors.len(),
+            self.sent,
+        );
     }
 }
 
@@ -216,8 +225,9 @@ fn event_stream(
     expires: Option<Instant>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
     async_stream::stream! {
-        let reg = reg;
+        let mut reg = reg;
         let sub = reg.sub.clone();
+        let metrics = hub.metrics().clone();
         let cfg = hub.config().clone();
         let shutdown: CancellationToken = hub.shutdown_token().clone();
         // The first bytes flush the headers through proxies at once.
@@ -230,6 +240,7 @@ fn event_stream(
         if let Some(start) = cursor {
             last = start;
             loop {
+                let read_started = std::time::Instant::now();
                 let batch = match hub.engine().read_after(last, cfg.replay_batch).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -243,12 +254,17 @@ fn event_stream(
                     }
                     continue;
                 }
+                let took = read_started.elapsed();
+                let mut replayed = 0;
                 for s in &batch {
                     last = s.position;
                     if sub.wants(s) {
+                        replayed += 1;
                         yield Ok(s.frame.clone());
                     }
                 }
+                reg.sent += replayed;
+                metrics.replayed(replayed, took);
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -263,9 +279,14 @@ fn event_stream(
             match sub.drain() {
                 Drain::Closed => return,
                 Drain::Frames(frames) => {
-                    for (pos, frame) in frames {
+                    for (pos, frame, at) in frames {
                         if pos > last {
                             last = pos;
+                            // Sampled: one update in 16 per subscriber.
+                            if pos % 16 == 0 {
+                                metrics.delivery_seconds.observe(at.elapsed().as_secs_f64());
+                            }
+                            reg.sent += 1;
                             yield Ok(frame);
                         }
                     }

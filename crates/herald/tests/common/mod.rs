@@ -143,8 +143,18 @@ impl Subscription {
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> Subscription {
+        Self::open_path(hub, "/.well-known/mercure", query, headers).await
+    }
+
+    /// Opens `GET` on any path of the hub.
+    pub async fn open_path(
+        hub: &TestHub,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Subscription {
         let c = reqwest::Client::new();
-        let mut req = c.get(hub.hub_url()).query(query);
+        let mut req = c.get(hub.url(path)).query(query);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
