@@ -908,9 +908,9 @@ mod local_only {
         assert!(reason.contains(&regular.display().to_string()), "{reason}");
     }
 
-    /// A read-only directory. Root ignores permissions, so there this test
-    /// says it was skipped instead of passing silently (the test above
-    /// covers an unusable directory as root).
+    /// A read-only directory. Root ignores permission bits, so as root the
+    /// store directory is a read-only tmpfs mount instead, which stops root
+    /// too.
     #[cfg(unix)]
     #[tokio::test]
     async fn read_only_directory_is_an_error() {
@@ -919,16 +919,37 @@ mod local_only {
         let store = dir.path().join("store");
         std::fs::create_dir(&store).unwrap();
         std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o555)).unwrap();
-        let probe = store.join("probe");
-        let writable = std::fs::write(&probe, b"x").is_ok();
-        if writable {
-            println!("skipped: running as root (permissions do not stop writes)");
+        let writable = std::fs::write(store.join("probe"), b"x").is_ok();
+        let _mount = if writable {
+            let ro = dir.path().join("ro");
+            std::fs::create_dir(&ro).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+                .arg(&ro)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "running as root and cannot mount a read-only tmpfs");
+            let unmount = Unmount(ro.clone());
+            assert!(std::fs::write(ro.join("probe"), b"x").is_err());
+            let reason = open_err(&LocalConfig::new(&ro));
+            println!("read-only mount: {reason}");
+            assert!(reason.contains(&ro.display().to_string()), "{reason}");
+            Some(unmount)
         } else {
             let reason = open_err(&LocalConfig::new(&store));
             println!("read-only directory: {reason}");
             assert!(reason.contains(&store.display().to_string()), "{reason}");
+            None
+        };
+    }
+
+    /// Unmounts on drop.
+    struct Unmount(std::path::PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
         }
-        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     #[tokio::test]
