@@ -306,8 +306,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let engine_name = engine.name();
-    let listener = tokio::net::TcpListener::bind(plan.addr)
-        .await
+    let listener = herald::server::bind(plan.addr)
         .with_context(|| format!("cannot listen on {}", plan.addr))?;
     let addr = listener.local_addr()?;
     if plan.generated_key {

@@ -20,6 +20,23 @@ use tower::ServiceExt;
 use crate::http::{router, ConnContext};
 use crate::hub::Hub;
 
+/// Binds a listener with a backlog large enough for bursts of reconnecting
+/// browsers (the operating system's default of 128 drops them), and with
+/// `SO_REUSEADDR` so a restarted hub can bind at once.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Serves `hub` on `listener` until `shutdown` resolves, then ends every
 /// stream, waits up to the configured grace period for connections to
 /// finish, and closes the engine.
