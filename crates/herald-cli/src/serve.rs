@@ -101,6 +101,12 @@ pub struct Args {
     /// [default: on when the key was generated].
     #[arg(long, env = "HERALD_DEV", num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
+    /// Subscription events and the subscriptions API: each subscriber's
+    /// connect and disconnect is published as a private update on
+    /// `/.well-known/mercure/subscriptions/{topic}/{subscriber}`, and
+    /// `GET /.well-known/mercure/subscriptions` lists them [default: off].
+    #[arg(long, env = "HERALD_SUBSCRIPTIONS", num_args = 0..=1, default_missing_value = "true")]
+    subscriptions: Option<bool>,
     /// `/metrics`: `open`, `off`, or `token` (needs --metrics-token) [default: open].
     #[arg(long, env = "HERALD_METRICS")]
     metrics: Option<String>,
@@ -219,6 +225,7 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
         hub.cookie_name = v;
     }
     hub.dev_mode = a.dev.or(f.dev).unwrap_or(generated_key);
+    hub.subscriptions = a.subscriptions.or(f.subscriptions).unwrap_or(false);
     let metrics_token = a.metrics_token.or(f.metrics_token);
     hub.metrics = match a.metrics.or(f.metrics).as_deref().unwrap_or("open") {
         "open" => MetricsAccess::Open,

@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub shutdown_grace: Option<String>,
     pub cookie_name: Option<String>,
     pub dev: Option<bool>,
+    pub subscriptions: Option<bool>,
     pub metrics: Option<String>,
     pub metrics_token: Option<String>,
     pub log: Option<String>,

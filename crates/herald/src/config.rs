@@ -50,6 +50,10 @@ pub struct HubConfig {
     pub metrics: MetricsAccess,
     /// Development mode: the dashboard's admin data needs no token.
     pub dev_mode: bool,
+    /// Subscription events and the subscriptions API (Mercure's "active
+    /// subscriptions"): each connect and disconnect is published as a
+    /// private update, and `/.well-known/mercure/subscriptions` lists them.
+    pub subscriptions: bool,
 }
 
 /// Access to `/metrics`.
@@ -85,6 +89,7 @@ impl Default for HubConfig {
             replay_batch: 1024,
             metrics: MetricsAccess::Open,
             dev_mode: false,
+            subscriptions: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_protocol::Update;
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +12,12 @@ use crate::config::HubConfig;
 use crate::engine::{Engine, EngineError, Stored};
 use crate::registry::Registry;
 use crate::subscriber::Subscriber;
+use crate::subscriptions::{ActiveSubscriptions, Subscription};
 use crate::telemetry::Metrics;
+
+/// Resolves once a subscription's `active: true` events are appended (or
+/// failed to be).
+pub(crate) type Opened = Shared<BoxFuture<'static, ()>>;
 
 /// A cheaply cloneable handle to one hub.
 #[derive(Clone, Debug)]
@@ -31,6 +37,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     stats_feed: std::sync::OnceLock<Arc<crate::stats::StatsFeed>>,
     started: std::time::Instant,
+    /// The active subscriptions, when subscription events are on.
+    subscriptions: Option<ActiveSubscriptions>,
 }
 
 impl std::fmt::Debug for dyn Engine {
@@ -68,6 +76,7 @@ impl Hub {
             metrics.clone(),
         ));
         engine.start(registry.clone());
+        let subscriptions = config.subscriptions.then(ActiveSubscriptions::default);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -80,6 +89,7 @@ impl Hub {
                 metrics,
                 stats_feed: std::sync::OnceLock::new(),
                 started: std::time::Instant::now(),
+                subscriptions,
             }),
         })
     }
@@ -154,6 +164,56 @@ impl Hub {
         })?;
         self.inner.metrics.published(n, started.elapsed());
         Ok(stored)
+    }
+
+    /// The active subscriptions; `None` when subscription events are off.
+    pub fn subscriptions(&self) -> Option<&ActiveSubscriptions> {
+        self.inner.subscriptions.as_ref()
+    }
+
+    /// Records a subscriber connection and publishes its `active: true`
+    /// events in the background (a connect never waits for a commit). The
+    /// returned future resolves once they are appended.
+    pub(crate) fn open_subscription(
+        &self,
+        connection: u64,
+        sub: Arc<Subscription>,
+    ) -> Option<Opened> {
+        let table = self.inner.subscriptions.as_ref()?;
+        table.insert(connection, sub.clone());
+        let hub = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = hub.publish(sub.events(true)).await {
+                tracing::warn!(subscriber = %sub.subscriber, "subscription event not published: {e}");
+            }
+        });
+        Some(task.map(|_| ()).boxed().shared())
+    }
+
+    /// Forgets a subscriber connection and publishes its `active: false`
+    /// events, after its `active: true` ones.
+    pub(crate) fn close_subscription(&self, connection: u64, opened: Option<Opened>) {
+        let Some(sub) = self
+            .inner
+            .subscriptions
+            .as_ref()
+            .and_then(|t| t.remove(connection))
+        else {
+            return;
+        };
+        let hub = self.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Some(o) = opened {
+                o.await;
+            }
+            if let Err(e) = hub.publish(sub.events(false)).await {
+                // At shutdown the engine may already be closed.
+                tracing::debug!(subscriber = %sub.subscriber, "subscription end not published: {e}");
+            }
+        });
     }
 
     /// Ends every stream and closes the engine.

@@ -9,6 +9,8 @@
 //!   [`engine::local`] (durable, on disk).
 //! - [`registry`]: the topic index that finds the subscribers of an update.
 //! - [`subscriber`]: one connection's selectors, rights and bounded queue.
+//! - [`subscriptions`]: subscription events and the table behind the
+//!   subscriptions API (when switched on).
 //! - [`auth`]: Mercure JWTs from header, query or cookie.
 //! - [`http`]: the axum routes; [`server`]: listener, limits, shutdown.
 //! - [`config`]: the settings of a hub.
@@ -28,6 +30,7 @@ pub mod registry;
 pub mod server;
 pub mod stats;
 pub mod subscriber;
+pub mod subscriptions;
 pub mod telemetry;
 
 pub use config::HubConfig;

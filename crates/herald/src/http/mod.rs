@@ -8,6 +8,7 @@ mod admin;
 mod page;
 mod publish;
 mod subscribe;
+mod subscriptions;
 
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -82,6 +83,18 @@ pub fn router(hub: Hub) -> Router {
         .route(
             MERCURE_PATH,
             get(subscribe::subscribe).post(publish::publish),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions",
+            get(subscriptions::all),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{topic}",
+            get(subscriptions::by_topic),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
+            get(subscriptions::one),
         )
         .with_state(hub);
     match cors {

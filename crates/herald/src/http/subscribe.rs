@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnContext, HttpError};
 use crate::auth::{self, AuthError, Claims};
 use crate::engine::Position;
-use crate::hub::Hub;
+use crate::hub::{Hub, Opened};
 use crate::subscriber::{Drain, Subscriber};
+use crate::subscriptions::Subscription;
 
 /// Longest accepted `Last-Event-ID`.
 const MAX_LAST_EVENT_ID: usize = 1024;
@@ -144,10 +145,11 @@ pub(super) async fn subscribe(
     ));
     // Register first, then look up the resume point: see the module docs.
     hub.registry().insert(sub.clone());
-    let guard = Registration {
+    let mut guard = Registration {
         hub: hub.clone(),
         sub: sub.clone(),
         sent: 0,
+        opened: None,
     };
 
     let (cursor, header_id) = match &req.last_event_id {
@@ -166,6 +168,16 @@ pub(super) async fn subscribe(
             }
         },
     };
+
+    if hub.subscriptions().is_some() {
+        let topics = sub
+            .selectors
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let payload = claims.as_ref().and_then(|c| c.mercure.payload.clone());
+        guard.opened = hub.open_subscription(sub.id, Arc::new(Subscription::new(topics, payload)));
+    }
 
     hub.metrics().subscriber_connected(
         sub.id,
@@ -196,12 +208,17 @@ struct Registration {
     hub: Hub,
     sub: Arc<Subscriber>,
     sent: u64,
+    /// With subscription events on: resolves when `active: true` is out.
+    opened: Option<Opened>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.sub.close();
         self.hub.registry().remove(&self.sub);
+        if self.hub.subscriptions().is_some() {
+            self.hub.close_subscription(self.sub.id, self.opened.take());
+        }
         self.hub.metrics().subscriber_disconnected(
             self.sub.id,
             self.sub.selectors.len(),
