@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use crate::publish::{parse_hub_url, DEFAULT_HUB};
 use crate::settings::parse_duration;
 use crate::token;
-use http::{form_encode, Target};
+use http::{Flavor, Target};
 use report::{
     fmt_count, fmt_pct, render, ConfigOut, Connections, Deliveries, GeneratorOut, HubOut,
     MachineOut, PublishOut, Summary,
@@ -64,8 +64,21 @@ Example:
   herald bench --key $SECRET --subscribers 1000 --publishers 4 --rate 0 --pid $(pidof herald)")]
 pub struct Args {
     /// Hub URL; a bare host (or path `/`) gets `/.well-known/mercure`.
+    /// Subscribers `GET` it with `?topic=<form-encoded topic>` appended,
+    /// whatever the --flavor.
     #[arg(long, value_name = "URL", env = "HERALD_HUB_URL", default_value = DEFAULT_HUB, value_parser = parse_hub_url)]
     hub: Url,
+    /// How updates are published: to a Mercure hub, to nginx + Nchan or to
+    /// Pushpin (to measure herald against them). Only the publication
+    /// request changes; subscribing and every measure stay the same.
+    #[arg(long, value_enum, value_name = "FLAVOR", default_value_t = Flavor::Mercure)]
+    flavor: Flavor,
+    /// Where publications go [default: the hub URL]. Needed by the nchan
+    /// flavor (the `nchan_publisher` location, e.g.
+    /// http://127.0.0.1:8092/pub) and the pushpin flavor (its control API,
+    /// e.g. http://127.0.0.1:5561/publish/).
+    #[arg(long, value_name = "URL")]
+    publish_url: Option<Url>,
     /// Number of subscribers (one connection each).
     #[arg(long, value_name = "N", default_value_t = 100)]
     subscribers: usize,
@@ -94,7 +107,8 @@ pub struct Args {
     /// Bytes of data per update (at least 40: send time and sequence number).
     #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(payload::MIN_SIZE as u64..=16 * 1024 * 1024))]
     payload_size: u64,
-    /// JWT allowing publication to the bench topics.
+    /// JWT allowing publication to the bench topics (optional with the nchan
+    /// and pushpin flavors).
     #[arg(long, value_name = "JWT", env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Without --token: key to mint a publisher token with (HMAC secret, or
@@ -134,9 +148,11 @@ pub struct Args {
     /// Give up on a connection not answered within this time.
     #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_positive_duration)]
     connect_timeout: Duration,
-    /// Pid of a local hub process, to report its memory (RSS) and CPU use.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
+    /// Pid of a local hub process, to report its memory (RSS) and CPU use;
+    /// several, comma-separated, for a hub made of several processes
+    /// (their memory and CPU use are summed; the report names the first).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pid: Vec<u32>,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -187,22 +203,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let target = Target::resolve(&args.hub).await?;
+    let publish_target = match (&args.publish_url, args.flavor) {
+        (Some(url), _) => Target::resolve(url).await?,
+        (None, flavor) if flavor == Flavor::Mercure || args.idle => target.clone(),
+        (None, flavor) => bail!(
+            "--flavor {} needs --publish-url: where to POST updates",
+            format!("{flavor:?}").to_lowercase()
+        ),
+    };
     let publish_token = if args.idle {
         None
     } else {
-        Some(publisher_token(&args)?)
+        publisher_token(&args)?
     };
     let subscribe_token = subscriber_token(&args)?;
-    let hub_proc = match args.pid {
-        Some(pid) => {
-            let p = Proc::pid(pid);
-            if !p.exists() {
-                bail!("no process with pid {pid} (--pid)");
-            }
-            Some(p)
+    for &pid in &args.pid {
+        if !Proc::pid(pid).exists() {
+            bail!("no process with pid {pid} (--pid)");
         }
-        None => None,
-    };
+    }
+    let hub_proc = (!args.pid.is_empty()).then(|| Proc::pids(&args.pid));
     let topics: Vec<String> = (0..args.topics)
         .map(|i| format!("{}{i}", args.topic_prefix))
         .collect();
@@ -270,9 +290,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await;
         (from, CpuSample::take(hub_proc.as_ref()))
     } else {
-        let token = publish_token.as_deref().expect("minted above");
-        let (l, from, to) =
-            publish(&args, &target, token, &topics, epoch, &shared, &progress).await?;
+        let (l, from, to) = publish(
+            &args,
+            &publish_target,
+            publish_token.as_deref(),
+            &topics,
+            epoch,
+            &shared,
+            &progress,
+        )
+        .await?;
         load = Some(l);
         (from, to)
     };
@@ -359,7 +386,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }),
         deliveries,
         latency_ms: latency,
-        hub_process: args.pid.map(|pid| HubOut {
+        hub_process: args.pid.first().map(|&pid| HubOut {
             pid,
             rss_before_kib: rss_before,
             rss_idle_kib: rss_idle,
@@ -426,17 +453,19 @@ fn port_capacity(sources: usize) -> Option<u64> {
     Some((hi.saturating_sub(lo) + 1) * sources as u64)
 }
 
-fn publisher_token(args: &Args) -> anyhow::Result<String> {
+/// The publishers' token: required by Mercure, optional elsewhere.
+fn publisher_token(args: &Args) -> anyhow::Result<Option<String>> {
     match (&args.token, &args.key) {
-        (Some(t), _) => Ok(t.clone()),
+        (Some(t), _) => Ok(Some(t.clone())),
         (None, Some(key)) => {
             let cfg = token::key_config(key, args.alg)?;
             let claim = MercureClaim {
                 publish: Some(vec!["*".into()]),
                 ..Default::default()
             };
-            token::mint(&cfg, claim, token_ttl(args))
+            token::mint(&cfg, claim, token_ttl(args)).map(Some)
         }
+        (None, None) if args.flavor != Flavor::Mercure => Ok(None),
         (None, None) => bail!(
             "publishing needs a token: pass --token (or set HERALD_TOKEN), or --key (or \
              set HERALD_PUBLISHER_JWT) to mint one; or measure idle connections with --idle"
@@ -578,7 +607,7 @@ struct Load {
 async fn publish(
     args: &Args,
     target: &Target,
-    token: &str,
+    token: Option<&str>,
     topics: &[String],
     epoch: Instant,
     shared: &Arc<Shared>,
@@ -592,15 +621,9 @@ async fn publish(
     shared.measure_to.store(to_ns, Ordering::Relaxed);
     let cfg = Arc::new(publisher::Config {
         target: target.clone(),
-        head_prefix: target.publish_head_prefix(token),
-        body_prefixes: topics
+        templates: topics
             .iter()
-            .map(|t| {
-                let mut s = String::from("topic=");
-                form_encode(t, &mut s);
-                s.push_str("&data=");
-                s.into_bytes()
-            })
+            .map(|t| target.publish_template(args.flavor, t, token))
             .collect(),
         payload_size: usize::try_from(args.payload_size).unwrap_or(usize::MAX),
         rate: args.rate,
@@ -790,5 +813,25 @@ mod tests {
         assert!(Cli::try_parse_from(["b", "--duration", "0"]).is_err());
         assert!(Cli::try_parse_from(["b", "--rate", "-1"]).is_err());
         assert!(Cli::try_parse_from(["b", "--payload-size", "10"]).is_err());
+        assert_eq!(cli.args.flavor, Flavor::Mercure);
+        assert!(cli.args.pid.is_empty());
+        let cli = Cli::parse_from([
+            "b",
+            "--flavor",
+            "pushpin",
+            "--publish-url",
+            "http://127.0.0.1:5561/publish/",
+            "--pid",
+            "10,11",
+            "--pid",
+            "12",
+        ]);
+        assert_eq!(cli.args.flavor, Flavor::Pushpin);
+        assert_eq!(cli.args.pid, [10, 11, 12]);
+        assert_eq!(
+            cli.args.publish_url.unwrap().as_str(),
+            "http://127.0.0.1:5561/publish/"
+        );
+        assert!(Cli::try_parse_from(["b", "--flavor", "ably"]).is_err());
     }
 }

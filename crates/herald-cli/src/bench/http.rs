@@ -101,21 +101,104 @@ impl Target {
         req.into_bytes()
     }
 
-    /// The head of a publication request, up to and including
-    /// `Content-Length: ` (the length, CRLF CRLF and body follow).
-    pub fn publish_head_prefix(&self, token: &str) -> Vec<u8> {
-        let target = match &self.query {
+    /// The publication request for `topic` in `flavor`, less its data.
+    /// `token` (if any) is sent as a bearer token.
+    ///
+    /// The topic travels form-encoded, exactly as in the subscription's
+    /// query, so a server that takes its channel from the raw query (Nchan's
+    /// `$arg_topic`, the Pushpin origin's `Grip-Channel`) sees the same
+    /// name on both sides.
+    pub fn publish_template(
+        &self,
+        flavor: Flavor,
+        topic: &str,
+        token: Option<&str>,
+    ) -> PublishTemplate {
+        let mut topic_enc = String::new();
+        form_encode(topic, &mut topic_enc);
+        let plain = match &self.query {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.clone(),
         };
-        format!(
-            "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n\
-             Authorization: Bearer {token}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ",
+        let (target, content_type, body_prefix, body_suffix) = match flavor {
+            Flavor::Mercure => (
+                plain,
+                "application/x-www-form-urlencoded",
+                format!("topic={topic_enc}&data="),
+                String::new(),
+            ),
+            Flavor::Nchan => (
+                format!("{}topic={topic_enc}", self.target_prefix()),
+                "text/plain",
+                String::new(),
+                String::new(),
+            ),
+            // The data is digits and `x` only (see `payload`): nothing to
+            // escape in the JSON string nor in the SSE frame.
+            Flavor::Pushpin => (
+                plain,
+                "application/json",
+                format!(
+                    r#"{{"items":[{{"channel":"{topic_enc}","formats":{{"http-stream":{{"content":"data: "#
+                ),
+                r#"\n\n"}}}]}"#.to_owned(),
+            ),
+        };
+        let mut head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n",
             self.host,
             user_agent()
-        )
-        .into_bytes()
+        );
+        if let Some(t) = token {
+            let _ = write!(head, "Authorization: Bearer {t}\r\n");
+        }
+        let _ = write!(head, "Content-Type: {content_type}\r\nContent-Length: ");
+        PublishTemplate {
+            head: head.into_bytes(),
+            body_prefix: body_prefix.into_bytes(),
+            body_suffix: body_suffix.into_bytes(),
+        }
+    }
+}
+
+/// How the generator publishes: the protocol of the server under test.
+/// Subscribing is the same for every flavor (`GET <hub>?topic=<topic>`,
+/// reading `text/event-stream`); only the publication request differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Flavor {
+    /// A Mercure hub: a form `topic=…&data=…` POSTed with a bearer JWT.
+    #[default]
+    Mercure,
+    /// nginx + Nchan: the data alone POSTed to an `nchan_publisher`
+    /// location (`--publish-url`) whose channel id is `$arg_topic`; Nchan
+    /// sends it to subscribers as the event's `data`.
+    Nchan,
+    /// Pushpin: a JSON item POSTed to its HTTP control API
+    /// (`--publish-url`, e.g. `http://127.0.0.1:5561/publish/`), in the
+    /// `http-stream` format with the SSE frame `data: …` as content, on the
+    /// channel named by the form-encoded topic.
+    Pushpin,
+}
+
+/// A publication request for one topic with a hole for the data: the head
+/// (up to `Content-Length: `), then the body around the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PublishTemplate {
+    pub head: Vec<u8>,
+    pub body_prefix: Vec<u8>,
+    pub body_suffix: Vec<u8>,
+}
+
+impl PublishTemplate {
+    /// Appends the complete request carrying `data` to `out`.
+    pub fn write(&self, data: &[u8], out: &mut Vec<u8>) {
+        let len = self.body_prefix.len() + data.len() + self.body_suffix.len();
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.body_prefix);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&self.body_suffix);
     }
 }
 
@@ -462,5 +545,78 @@ mod tests {
         assert!(req.ends_with("Authorization: Bearer T\r\n\r\n"));
         assert_eq!(t.source_addrs(3).len(), 3);
         assert_eq!(t.source_addrs(3)[2].to_string(), "127.0.0.3");
+    }
+
+    fn publication(t: &Target, flavor: Flavor, token: Option<&str>) -> String {
+        let mut out = Vec::new();
+        t.publish_template(flavor, "https://b/t/1 x", token)
+            .write(b"0042xx", &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Splits a request into head and body, checking Content-Length.
+    fn split(req: &str) -> (&str, &str) {
+        let (head, body) = req.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len(), "{req:?}");
+        (head, body)
+    }
+
+    #[test]
+    fn publications() {
+        let t = Target {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            host: "localhost:8080".into(),
+            path: "/.well-known/mercure".into(),
+            query: None,
+        };
+        let req = publication(&t, Flavor::Mercure, Some("T"));
+        let (head, body) = split(&req);
+        assert_eq!(
+            head,
+            format!(
+                "POST /.well-known/mercure HTTP/1.1\r\nHost: localhost:8080\r\n\
+                 User-Agent: {}\r\nAuthorization: Bearer T\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 43",
+                user_agent()
+            )
+        );
+        assert_eq!(body, "topic=https%3A%2F%2Fb%2Ft%2F1+x&data=0042xx");
+
+        let nchan = Target {
+            path: "/pub".into(),
+            query: Some("a=1".into()),
+            ..t.clone()
+        };
+        let req = publication(&nchan, Flavor::Nchan, None);
+        let (head, body) = split(&req);
+        assert!(head.starts_with(
+            "POST /pub?a=1&topic=https%3A%2F%2Fb%2Ft%2F1+x HTTP/1.1\r\nHost: localhost:8080\r\n"
+        ));
+        assert!(head.contains("\r\nContent-Type: text/plain\r\n"));
+        assert!(!head.contains("Authorization"));
+        assert_eq!(body, "0042xx");
+
+        let pushpin = Target {
+            path: "/publish/".into(),
+            ..t
+        };
+        let req = publication(&pushpin, Flavor::Pushpin, None);
+        let (head, body) = split(&req);
+        assert!(head.starts_with("POST /publish/ HTTP/1.1\r\n"));
+        assert!(head.contains("\r\nContent-Type: application/json\r\n"));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"items": [{
+                "channel": "https%3A%2F%2Fb%2Ft%2F1+x",
+                "formats": {"http-stream": {"content": "data: 0042xx\n\n"}},
+            }]})
+        );
     }
 }

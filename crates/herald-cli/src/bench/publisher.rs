@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::http::{parse_head, Framing, Target};
+use super::http::{parse_head, Framing, PublishTemplate, Target};
 use super::payload;
 use super::stats::{new_histogram, record, Shared};
 use super::subscriber::io_error;
@@ -22,11 +22,10 @@ use super::subscriber::io_error;
 /// What every publisher shares.
 #[derive(Debug)]
 pub(super) struct Config {
+    /// Where publications go.
     pub target: Target,
-    /// `POST ... Content-Length: ` with the token.
-    pub head_prefix: Vec<u8>,
-    /// `topic=<encoded>&data=` for each topic.
-    pub body_prefixes: Vec<Vec<u8>>,
+    /// The publication request of each topic.
+    pub templates: Vec<PublishTemplate>,
     pub payload_size: usize,
     /// Updates per second, all publishers together; 0: as fast as possible.
     pub rate: f64,
@@ -73,8 +72,8 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
     };
     let mut conn: Option<Conn> = None;
     let mut request = Vec::with_capacity(cfg.payload_size + 512);
-    let mut body = Vec::with_capacity(cfg.payload_size + 256);
-    let topics = cfg.body_prefixes.len() as u64;
+    let mut data = Vec::with_capacity(cfg.payload_size);
+    let topics = cfg.templates.len() as u64;
     let now_ns = || u64::try_from(cfg.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
     sleep_until(now_ns(), cfg.start_ns);
     for j in 0u64.. {
@@ -100,14 +99,10 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
         report.lag_ns = report.lag_ns.max(now.saturating_sub(scheduled));
 
         let seq = cfg.shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        body.clear();
-        body.extend_from_slice(&cfg.body_prefixes[(seq % topics) as usize]);
-        payload::encode(&mut body, scheduled, seq, cfg.payload_size);
+        data.clear();
+        payload::encode(&mut data, scheduled, seq, cfg.payload_size);
         request.clear();
-        request.extend_from_slice(&cfg.head_prefix);
-        request.extend_from_slice(body.len().to_string().as_bytes());
-        request.extend_from_slice(b"\r\n\r\n");
-        request.extend_from_slice(&body);
+        cfg.templates[(seq % topics) as usize].write(&data, &mut request);
 
         let c = match conn.as_mut() {
             Some(c) => c,

@@ -242,48 +242,65 @@ pub(super) fn round1(x: f64) -> f64 {
 /// fixes at 100 per second for user space on every mainstream architecture.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// A process whose CPU and memory are read from `/proc`.
+/// A process whose CPU and memory are read from `/proc`, or several read
+/// as one (a hub made of several processes): their figures are summed, and
+/// are unknown as soon as one of them is gone.
 #[derive(Debug, Clone)]
 pub(super) struct Proc {
-    dir: String,
+    dirs: Vec<String>,
 }
 
 impl Proc {
     pub fn pid(pid: u32) -> Self {
+        Self::pids(&[pid])
+    }
+
+    pub fn pids(pids: &[u32]) -> Self {
         Self {
-            dir: format!("/proc/{pid}"),
+            dirs: pids.iter().map(|p| format!("/proc/{p}")).collect(),
         }
     }
 
     pub fn current() -> Self {
         Self {
-            dir: "/proc/self".into(),
+            dirs: vec!["/proc/self".into()],
         }
     }
 
     pub fn exists(&self) -> bool {
-        std::path::Path::new(&self.dir).join("stat").exists()
+        self.dirs
+            .iter()
+            .all(|d| std::path::Path::new(d).join("stat").exists())
+    }
+
+    /// Sums `read` over the processes; `None` if any cannot be read.
+    fn sum(&self, read: impl Fn(&str) -> Option<u64>) -> Option<u64> {
+        self.dirs.iter().map(|d| read(d)).sum()
     }
 
     /// User plus system CPU time of all its threads, in ticks.
     pub fn cpu_ticks(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("{}/stat", self.dir)).ok()?;
-        // The command name (field 2) may hold spaces and parentheses: the
-        // fields that follow start after its last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut fields = rest.split_whitespace();
-        // `rest` starts at field 3 (state); utime and stime are 14 and 15.
-        let utime: u64 = fields.nth(11)?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        Some(utime + stime)
+        self.sum(|dir| {
+            let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+            // The command name (field 2) may hold spaces and parentheses: the
+            // fields that follow start after its last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace();
+            // `rest` starts at field 3 (state); utime and stime are 14 and 15.
+            let utime: u64 = fields.nth(11)?.parse().ok()?;
+            let stime: u64 = fields.next()?.parse().ok()?;
+            Some(utime + stime)
+        })
     }
 
     /// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS` or `VmHWM`, in KiB.
     fn status_kib(&self, key: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("{}/status", self.dir)).ok()?;
-        status.lines().find_map(|l| {
-            let v = l.strip_prefix(key)?.strip_prefix(':')?;
-            v.trim().trim_end_matches("kB").trim().parse().ok()
+        self.sum(|dir| {
+            let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.strip_prefix(':')?;
+                v.trim().trim_end_matches("kB").trim().parse().ok()
+            })
         })
     }
 
@@ -292,7 +309,8 @@ impl Proc {
         self.status_kib("VmRSS")
     }
 
-    /// Peak resident memory since the process started, in KiB.
+    /// Peak resident memory since the process started, in KiB (of several
+    /// processes: the sum of their peaks, which may not have coincided).
     pub fn peak_rss_kib(&self) -> Option<u64> {
         self.status_kib("VmHWM")
     }
@@ -479,5 +497,18 @@ mod tests {
         assert!(used.own.unwrap() > 10.0, "{used:?} {x}");
         assert!(used.hub.is_some());
         assert!(!used.cores.is_empty());
+    }
+
+    #[test]
+    fn sums_several_processes() {
+        let me = std::process::id();
+        let one = Proc::pid(me).rss_kib().unwrap();
+        let two = Proc::pids(&[me, me]).rss_kib().unwrap();
+        // Allocation between the reads moves RSS a little.
+        assert!(two.abs_diff(2 * one) < one / 2, "{one} {two}");
+        assert!(Proc::pids(&[me, me]).cpu_ticks().is_some());
+        let gone = Proc::pids(&[me, u32::MAX]);
+        assert!(!gone.exists());
+        assert!(gone.rss_kib().is_none() && gone.cpu_ticks().is_none());
     }
 }
