@@ -5,6 +5,7 @@
 //! gap and no duplicate, however busy the publishers are during the connect.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -155,6 +156,7 @@ pub(crate) async fn prepare(
         cancel,
     ));
     // Register first, then look up the resume point: see the module docs.
+    hub.start_ticker();
     hub.registry().insert(sub.clone());
     let mut guard = Registration {
         hub: hub.clone(),
@@ -162,6 +164,14 @@ pub(crate) async fn prepare(
         sent: 0,
         opened: None,
     };
+    // The ticker closes every subscriber when shutdown begins; one that
+    // registered after that would never be closed.
+    if hub.shutdown_token().is_cancelled() {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is shutting down",
+        ));
+    }
 
     let (cursor, header_id) = match &req.last_event_id {
         None => (None, None),
@@ -181,7 +191,11 @@ pub(crate) async fn prepare(
     };
 
     if hub.subscriptions().is_some() {
-        let topics = sub.selectors.iter().map(|s| s.as_str().to_owned()).collect();
+        let topics = sub
+            .selectors
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
         let payload = claims.as_ref().and_then(|c| c.mercure.payload.clone());
         guard.opened = hub.open_subscription(sub.id, Arc::new(Subscription::new(topics, payload)));
     }
@@ -204,8 +218,10 @@ pub(super) async fn subscribe(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let Prepared { mut feed, header_id } =
-        prepare(&hub, &headers, query.as_deref(), conn.map(|Extension(c)| c)).await?;
+    let Prepared {
+        mut feed,
+        header_id,
+    } = prepare(&hub, &headers, query.as_deref(), conn.map(|Extension(c)| c)).await?;
     let stream = async_stream::stream! {
         let mut out = Vec::new();
         while feed.next(&mut out).await {
@@ -303,9 +319,9 @@ impl Feed {
         }
     }
 
-    /// The subscriber behind this feed.
-    pub fn subscriber(&self) -> &Arc<Subscriber> {
-        &self.reg.sub
+    /// Fired when the subscriber's queue overflowed: the connection must go.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.reg.sub.cancel
     }
 
     /// Appends the next frames to `out`; `false` when the feed has ended.
@@ -339,7 +355,10 @@ impl Feed {
                     {
                         Ok(b) => b,
                         Err(e) => {
-                            tracing::warn!(subscriber = self.reg.sub.id, "history read failed: {e}");
+                            tracing::warn!(
+                                subscriber = self.reg.sub.id,
+                                "history read failed: {e}"
+                            );
                             self.phase = Phase::Done;
                             return false;
                         }
@@ -372,41 +391,22 @@ impl Feed {
                     if self.phase == Phase::Done {
                         return false;
                     }
-                    let heartbeat = hub.config().heartbeat;
-                    let idle = tokio::time::sleep(if heartbeat.is_zero() {
-                        Duration::from_secs(86400)
-                    } else {
-                        heartbeat
-                    });
-                    let expiry = self.expiry.as_mut();
-                    let expiry = async move {
-                        match expiry {
-                            Some(e) => e.await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     let sub = &self.reg.sub;
-                    tokio::select! {
-                        () = sub.wait() => {}
-                        () = idle => {
-                            if !heartbeat.is_zero() {
-                                out.push(Bytes::from_static(b":\n\n"));
-                                return true;
-                            }
+                    let expiry = &mut self.expiry;
+                    let expired = std::future::poll_fn(|cx| {
+                        if sub.poll_ready(cx).is_ready() {
+                            return std::task::Poll::Ready(false);
                         }
-                        () = expiry => {
-                            tracing::debug!(subscriber = sub.id, "token expired: closing stream");
-                            self.phase = Phase::Done;
-                            return false;
+                        match expiry.as_mut().map(|e| e.as_mut().poll(cx)) {
+                            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(true),
+                            _ => std::task::Poll::Pending,
                         }
-                        () = hub.shutdown_token().cancelled() => {
-                            self.phase = Phase::Done;
-                            return false;
-                        }
-                        () = sub.cancel.cancelled() => {
-                            self.phase = Phase::Done;
-                            return false;
-                        }
+                    })
+                    .await;
+                    if expired {
+                        tracing::debug!(subscriber = sub.id, "token expired: closing stream");
+                        self.phase = Phase::Done;
+                        return false;
                     }
                 }
             }
@@ -421,6 +421,10 @@ impl Feed {
                 false
             }
             Drain::Empty => false,
+            Drain::Heartbeat => {
+                out.push(Bytes::from_static(b":\n\n"));
+                true
+            }
             Drain::Frames(frames) => {
                 let metrics = self.reg.hub.metrics();
                 let before = out.len();
