@@ -23,7 +23,9 @@ pub struct HubConfig {
     pub cors_origins: Vec<String>,
     /// Origins allowed to publish with cookie authorization (`*` for any).
     pub publish_origins: Vec<String>,
-    /// Idle time after which a heartbeat comment is sent; zero disables it.
+    /// Idle time after which a heartbeat comment is sent (one hub-wide
+    /// ticker sends it after between 3/4 of this and all of it); zero
+    /// disables it.
     pub heartbeat: Duration,
     /// `retry:` sent at the start of every stream, in milliseconds.
     pub retry: Option<u64>,

@@ -39,6 +39,8 @@ struct Inner {
     started: std::time::Instant,
     /// The active subscriptions, when subscription events are on.
     subscriptions: Option<ActiveSubscriptions>,
+    /// Set once the heartbeat ticker runs.
+    ticker: std::sync::OnceLock<()>,
 }
 
 impl std::fmt::Debug for dyn Engine {
@@ -90,6 +92,7 @@ impl Hub {
                 stats_feed: std::sync::OnceLock::new(),
                 started: std::time::Instant::now(),
                 subscriptions,
+                ticker: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -122,6 +125,43 @@ impl Hub {
             .stats_feed
             .get_or_init(|| crate::stats::StatsFeed::start(self.clone()))
             .clone()
+    }
+
+    /// Starts (once) the task that sends heartbeats to idle subscribers
+    /// and, at shutdown, closes every subscriber so its stream ends. It
+    /// ticks every `heartbeat / 4`; a subscriber sent nothing for four
+    /// ticks gets a comment, so an idle stream hears from the hub after
+    /// between 3/4 of `heartbeat` and `heartbeat` of silence, and no
+    /// connection needs a timer of its own.
+    pub(crate) fn start_ticker(&self) {
+        self.inner.ticker.get_or_init(|| {
+            let registry = self.inner.registry.clone();
+            let stop = self.inner.shutdown.clone();
+            let heartbeat = self.inner.config.heartbeat;
+            tokio::spawn(async move {
+                let period = if heartbeat.is_zero() {
+                    std::time::Duration::from_secs(86400)
+                } else {
+                    heartbeat / 4
+                };
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {
+                            if !heartbeat.is_zero() {
+                                registry.for_each(|s| s.tick());
+                            }
+                        }
+                        () = stop.cancelled() => {
+                            registry.for_each(|s| s.close());
+                            return;
+                        }
+                    }
+                }
+            });
+        });
     }
 
     pub(crate) fn publisher_verifier(&self) -> Option<&Verifier> {

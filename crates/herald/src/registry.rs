@@ -106,6 +106,13 @@ impl Registry {
         idx.subscribers.insert(id, sub);
     }
 
+    /// Calls `f` on every registered subscriber.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Subscriber>)) {
+        for sub in self.index.read().subscribers.values() {
+            f(sub);
+        }
+    }
+
     pub fn remove(&self, sub: &Subscriber) {
         let mut idx = self.index.write();
         let id = sub.id;

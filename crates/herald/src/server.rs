@@ -7,16 +7,19 @@
 //! queue overflows, and shutdown drains with a deadline.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::http::direct::{self, Head, Rewind};
 use crate::http::{router, ConnContext};
 use crate::hub::Hub;
 
@@ -35,6 +38,72 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// Time a new connection has to send its first request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One accepted connection: its first request head decides whether it is
+/// an event stream served directly (see [`crate::http::direct`]) or a
+/// connection for hyper and the router.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    hub: Hub,
+    app: axum::Router,
+    tracker: TaskTracker,
+) {
+    let stop = hub.shutdown_token().clone();
+    let cancel = CancellationToken::new();
+    let ctx = ConnContext {
+        cancel: cancel.clone(),
+        peer,
+    };
+    let mut buf = Vec::new();
+    let complete = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, direct::read_head(&mut stream, &mut buf)) => {
+            matches!(r, Ok(Ok(true)))
+        }
+        () = stop.cancelled() => false,
+    };
+    if !complete {
+        return;
+    }
+    if let Head::Subscribe { headers, query } = direct::classify(&buf) {
+        drop(buf);
+        let Some(live) = direct::open(stream, hub, headers, query, ctx).await else {
+            return;
+        };
+        // The stream gets a task of its own, sized for streaming alone:
+        // this one, which read and checked the request, ends here.
+        tracker.spawn(live.with_permit(permit).run());
+        return;
+    }
+    let _permit = permit;
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ctx.clone());
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    builder.header_read_timeout(HEAD_TIMEOUT);
+    // Boxed: a direct event stream's task does not carry hyper's state.
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(Rewind::new(buf, stream)), svc));
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        }
+        () = cancel.cancelled() => {
+            tracing::debug!(%peer, "connection cancelled");
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Serves `hub` on `listener` until `shutdown` resolves, then ends every
@@ -72,39 +141,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let cancel = CancellationToken::new();
-            let ctx = ConnContext {
-                cancel: cancel.clone(),
-                peer,
-            };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ctx.clone());
-                app.clone().oneshot(req)
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            builder.header_read_timeout(std::time::Duration::from_secs(30));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                }
-                () = cancel.cancelled() => {
-                    tracing::debug!(%peer, "connection cancelled");
-                }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        tracker.spawn(connection(
+            stream,
+            peer,
+            permit,
+            hub.clone(),
+            app.clone(),
+            tracker.clone(),
+        ));
     }
 
     drop(listener);

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use herald_protocol::{selector::any_matches, Selector};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Position, Stored};
@@ -39,7 +39,8 @@ pub struct Subscriber {
     /// Selectors from the token's `mercure.subscribe`; `None` for anonymous.
     pub allowed: Option<Vec<Selector>>,
     queue: Mutex<Queue>,
-    notify: Notify,
+    /// The connection task waiting for frames.
+    waker: AtomicWaker,
     /// Cancels the whole connection (used when the queue overflows, since a
     /// subscriber that stopped reading never polls its stream again).
     pub cancel: CancellationToken,
@@ -57,12 +58,20 @@ struct Queue {
     replaying: bool,
     lagged: bool,
     closed: bool,
+    /// A frame was queued since the last heartbeat tick.
+    active: bool,
+    /// Heartbeat ticks in a row with nothing queued.
+    idle_ticks: u8,
+    /// A heartbeat is due (set by the hub's ticker on idle subscribers).
+    heartbeat: bool,
 }
 
 /// What the stream found in the queue.
 #[derive(Debug)]
 pub enum Drain {
     Frames(Vec<(Position, Bytes, std::time::Instant)>),
+    /// Nothing queued, and the connection has been idle: send a heartbeat.
+    Heartbeat,
     Empty,
     Closed,
 }
@@ -85,7 +94,7 @@ impl Subscriber {
                 replaying,
                 ..Queue::default()
             }),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             cancel,
             last_pushed: AtomicU64::new(0),
             max_frames,
@@ -134,14 +143,15 @@ impl Subscriber {
             q.closed = true;
             drop(q);
             self.cancel.cancel();
-            self.notify.notify_one();
+            self.waker.wake();
             return Push::Overflowed;
         }
         q.items
             .push_back((stored.position, stored.frame.clone(), stored.at));
         q.bytes += len;
+        q.active = true;
         drop(q);
-        self.notify.notify_one();
+        self.waker.wake();
         Push::Queued
     }
 
@@ -152,8 +162,12 @@ impl Subscriber {
             return Drain::Closed;
         }
         if q.items.is_empty() {
+            if std::mem::take(&mut q.heartbeat) {
+                return Drain::Heartbeat;
+            }
             return Drain::Empty;
         }
+        q.heartbeat = false;
         q.bytes = 0;
         Drain::Frames(std::mem::take(&mut q.items).into())
     }
@@ -171,14 +185,47 @@ impl Subscriber {
         true
     }
 
-    /// Resolves when a frame is queued or the subscriber is closed.
+    /// Ready when frames are queued, a heartbeat is due, or the subscriber
+    /// is closed; otherwise the task is woken when one of these happens.
+    /// (A waker slot rather than a `Notify`: the waiting state is a few
+    /// bytes in each connection's task.)
+    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        let q = self.queue.lock();
+        if q.closed || q.heartbeat || !q.items.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Resolves when [`Subscriber::poll_ready`] is ready.
     pub async fn wait(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await;
+    }
+
+    /// A quarter of the heartbeat period passed: a subscriber that was sent
+    /// nothing during the last four gets a heartbeat. One hub-wide ticker
+    /// calls this, so an idle connection holds no timer of its own.
+    pub fn tick(&self) {
+        let mut q = self.queue.lock();
+        if std::mem::take(&mut q.active) || q.closed || !q.items.is_empty() {
+            q.idle_ticks = 0;
+            return;
+        }
+        q.idle_ticks += 1;
+        if q.idle_ticks < 4 {
+            return;
+        }
+        q.idle_ticks = 0;
+        q.heartbeat = true;
+        drop(q);
+        self.waker.wake();
     }
 
     /// Marks the subscriber closed (disconnect).
     pub fn close(&self) {
         self.queue.lock().closed = true;
-        self.notify.notify_one();
+        self.waker.wake();
     }
 }

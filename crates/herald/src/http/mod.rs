@@ -5,6 +5,7 @@
 //! slow-subscriber cancellation and graceful shutdown.
 
 mod admin;
+pub(crate) mod direct;
 mod page;
 mod publish;
 mod subscribe;

@@ -5,6 +5,8 @@
 //! gap and no duplicate, however busy the publishers are during the connect.
 
 use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,7 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use herald_protocol::update::EARLIEST;
-use herald_protocol::{sse, Selector};
+use herald_protocol::Selector;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -112,14 +114,24 @@ fn authorize(
     }
 }
 
-pub(super) async fn subscribe(
-    State(hub): State<Hub>,
-    conn: Option<Extension<ConnContext>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, HttpError> {
-    let req = parse_request(&hub, &headers, query.as_deref())?;
-    let claims = authorize(&hub, &headers, req.query_token.as_deref()).map_err(|e| {
+/// A subscription that passed every check: registered for live updates,
+/// with its resume point looked up.
+pub(crate) struct Prepared {
+    pub feed: Feed,
+    /// Value of the `Last-Event-ID` response header, when one is due.
+    pub header_id: Option<String>,
+}
+
+/// Validates, authorizes and registers a subscription request. Shared by
+/// the axum route and the direct connection path of [`crate::server`].
+pub(crate) async fn prepare(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    conn: Option<ConnContext>,
+) -> Result<Prepared, HttpError> {
+    let req = parse_request(hub, headers, query)?;
+    let claims = authorize(hub, headers, req.query_token.as_deref()).map_err(|e| {
         hub.metrics().auth_failed("subscribe", &e);
         HttpError::from(e)
     })?;
@@ -130,7 +142,7 @@ pub(super) async fn subscribe(
     let expires = claims.as_ref().and_then(|c| c.exp).map(deadline);
 
     let (cancel, peer) = match conn {
-        Some(Extension(c)) => (c.cancel, Some(c.peer)),
+        Some(c) => (c.cancel, Some(c.peer)),
         None => (CancellationToken::new(), None),
     };
     let cfg = hub.config();
@@ -144,6 +156,7 @@ pub(super) async fn subscribe(
         cancel,
     ));
     // Register first, then look up the resume point: see the module docs.
+    hub.start_ticker();
     hub.registry().insert(sub.clone());
     let mut guard = Registration {
         hub: hub.clone(),
@@ -151,6 +164,14 @@ pub(super) async fn subscribe(
         sent: 0,
         opened: None,
     };
+    // The ticker closes every subscriber when shutdown begins; one that
+    // registered after that would never be closed.
+    if hub.shutdown_token().is_cancelled() {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is shutting down",
+        ));
+    }
 
     let (cursor, header_id) = match &req.last_event_id {
         None => (None, None),
@@ -185,8 +206,30 @@ pub(super) async fn subscribe(
         sub.selectors.len(),
         req.last_event_id.as_deref(),
     );
+    Ok(Prepared {
+        feed: Feed::new(guard, cursor, expires),
+        header_id,
+    })
+}
 
-    let stream = event_stream(hub.clone(), guard, cursor, expires);
+pub(super) async fn subscribe(
+    State(hub): State<Hub>,
+    conn: Option<Extension<ConnContext>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let Prepared {
+        mut feed,
+        header_id,
+    } = prepare(&hub, &headers, query.as_deref(), conn.map(|Extension(c)| c)).await?;
+    let stream = async_stream::stream! {
+        let mut out = Vec::new();
+        while feed.next(&mut out).await {
+            for frame in out.drain(..) {
+                yield Ok::<_, Infallible>(frame);
+            }
+        }
+    };
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
     h.insert(
@@ -235,96 +278,168 @@ fn deadline(exp: u64) -> Instant {
     Instant::now() + Duration::from_secs(exp.saturating_sub(now))
 }
 
-fn event_stream(
-    hub: Hub,
-    reg: Registration,
-    cursor: Option<Position>,
-    expires: Option<Instant>,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
-    async_stream::stream! {
-        let mut reg = reg;
-        let sub = reg.sub.clone();
-        let metrics = hub.metrics().clone();
-        let cfg = hub.config().clone();
-        let shutdown: CancellationToken = hub.shutdown_token().clone();
-        // The first bytes flush the headers through proxies at once.
-        yield Ok(match cfg.retry {
-            Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
-            None => Bytes::from_static(b":\n\n"),
-        });
+/// Where a feed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing sent yet: the first bytes flush the headers through proxies.
+    Start,
+    /// Reading history after `last`.
+    Replay,
+    /// Forwarding live updates from the queue.
+    Live,
+    Done,
+}
 
-        let mut last: Position = 0;
-        if let Some(start) = cursor {
-            last = start;
-            loop {
-                let read_started = std::time::Instant::now();
-                let batch = match hub.engine().read_after(last, cfg.replay_batch).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(subscriber = sub.id, "history read failed: {e}");
-                        return;
-                    }
-                };
-                if batch.is_empty() {
-                    if sub.finish_replay() {
-                        break;
-                    }
-                    continue;
+/// The frames of one subscription, in order: a first flush, then history
+/// from the resume point, then live updates, with heartbeats when idle.
+/// It ends at shutdown, at token expiry, and when the subscriber is closed
+/// (disconnect or queue overflow).
+///
+/// [`Feed::next`] is cancel-safe: its state changes only after an await
+/// has completed, so a caller may race it against other events.
+pub(crate) struct Feed {
+    reg: Registration,
+    phase: Phase,
+    /// Replay history after the first flush.
+    resume: bool,
+    /// Position of the last update handled in order.
+    last: Position,
+    /// Token expiry, when the token has one.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Feed {
+    fn new(reg: Registration, cursor: Option<Position>, expires: Option<Instant>) -> Self {
+        Self {
+            reg,
+            phase: Phase::Start,
+            resume: cursor.is_some(),
+            last: cursor.unwrap_or(0),
+            expiry: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Fired when the subscriber's queue overflowed: the connection must go.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.reg.sub.cancel
+    }
+
+    /// Appends the next frames to `out`; `false` when the feed has ended.
+    pub async fn next(&mut self, out: &mut Vec<Bytes>) -> bool {
+        let hub = self.reg.hub.clone();
+        loop {
+            match self.phase {
+                Phase::Done => return false,
+                Phase::Start => {
+                    out.push(match hub.config().retry {
+                        Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
+                        None => Bytes::from_static(b":\n\n"),
+                    });
+                    self.phase = if self.resume {
+                        Phase::Replay
+                    } else {
+                        Phase::Live
+                    };
+                    return true;
                 }
-                let took = read_started.elapsed();
-                let mut replayed = 0;
-                for s in &batch {
-                    last = s.position;
-                    if sub.wants(s) {
-                        replayed += 1;
-                        yield Ok(s.frame.clone());
+                Phase::Replay => {
+                    if hub.shutdown_token().is_cancelled() {
+                        self.phase = Phase::Done;
+                        return false;
+                    }
+                    let read_started = std::time::Instant::now();
+                    let batch = match hub
+                        .engine()
+                        .read_after(self.last, hub.config().replay_batch)
+                        .await
+                    {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(
+                                subscriber = self.reg.sub.id,
+                                "history read failed: {e}"
+                            );
+                            self.phase = Phase::Done;
+                            return false;
+                        }
+                    };
+                    if batch.is_empty() {
+                        if self.reg.sub.finish_replay() {
+                            self.phase = Phase::Live;
+                        }
+                        continue;
+                    }
+                    let took = read_started.elapsed();
+                    let before = out.len();
+                    for s in &batch {
+                        self.last = s.position;
+                        if self.reg.sub.wants(s) {
+                            out.push(s.frame.clone());
+                        }
+                    }
+                    let replayed = (out.len() - before) as u64;
+                    self.reg.sent += replayed;
+                    hub.metrics().replayed(replayed, took);
+                    if replayed > 0 {
+                        return true;
                     }
                 }
-                reg.sent += replayed;
-                metrics.replayed(replayed, took);
-                if shutdown.is_cancelled() {
-                    return;
+                Phase::Live => {
+                    if self.take_queued(out) {
+                        return true;
+                    }
+                    if self.phase == Phase::Done {
+                        return false;
+                    }
+                    let sub = &self.reg.sub;
+                    let expiry = &mut self.expiry;
+                    let expired = std::future::poll_fn(|cx| {
+                        if sub.poll_ready(cx).is_ready() {
+                            return std::task::Poll::Ready(false);
+                        }
+                        match expiry.as_mut().map(|e| e.as_mut().poll(cx)) {
+                            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(true),
+                            _ => std::task::Poll::Pending,
+                        }
+                    })
+                    .await;
+                    if expired {
+                        tracing::debug!(subscriber = sub.id, "token expired: closing stream");
+                        self.phase = Phase::Done;
+                        return false;
+                    }
                 }
             }
         }
+    }
 
-        let heartbeat = (!cfg.heartbeat.is_zero()).then(|| sse::comment(""));
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
-        let expiry = tokio::time::sleep_until(expires.unwrap_or(far));
-        tokio::pin!(expiry);
-        loop {
-            match sub.drain() {
-                Drain::Closed => return,
-                Drain::Frames(frames) => {
-                    for (pos, frame, at) in frames {
-                        if pos > last {
-                            last = pos;
-                            // Sampled: one update in 16 per subscriber.
-                            if pos % 16 == 0 {
-                                metrics.delivery_seconds.observe(at.elapsed().as_secs_f64());
-                            }
-                            reg.sent += 1;
-                            yield Ok(frame);
-                        }
-                    }
-                    continue;
-                }
-                Drain::Empty => {}
+    /// Moves the queued live frames not yet sent to `out`.
+    fn take_queued(&mut self, out: &mut Vec<Bytes>) -> bool {
+        match self.reg.sub.drain() {
+            Drain::Closed => {
+                self.phase = Phase::Done;
+                false
             }
-            let idle = tokio::time::sleep(if cfg.heartbeat.is_zero() { Duration::from_secs(86400) } else { cfg.heartbeat });
-            tokio::select! {
-                _ = sub.wait() => {}
-                _ = idle => {
-                    if let Some(hb) = &heartbeat {
-                        yield Ok(hb.clone());
+            Drain::Empty => false,
+            Drain::Heartbeat => {
+                out.push(Bytes::from_static(b":\n\n"));
+                true
+            }
+            Drain::Frames(frames) => {
+                let metrics = self.reg.hub.metrics();
+                let before = out.len();
+                for (pos, frame, at) in frames {
+                    if pos > self.last {
+                        self.last = pos;
+                        // Sampled: one update in 16 per subscriber.
+                        if pos % 16 == 0 {
+                            metrics.delivery_seconds.observe(at.elapsed().as_secs_f64());
+                        }
+                        out.push(frame);
                     }
                 }
-                _ = &mut expiry => {
-                    tracing::debug!(subscriber = sub.id, "token expired: closing stream");
-                    return;
-                }
-                _ = shutdown.cancelled() => return,
-                _ = sub.cancel.cancelled() => return,
+                self.reg.sent += (out.len() - before) as u64;
+                out.len() > before
             }
         }
     }

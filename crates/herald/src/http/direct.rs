@@ -1,0 +1,432 @@
+//! Event streams served straight on the socket, below hyper.
+//!
+//! A hub spends most of its connections on subscribers that wait. hyper
+//! keeps read and write buffers for every connection and sends each frame
+//! of a streamed body as its own chunk; tens of thousands of mostly idle
+//! event streams pay for that on each of them. So [`crate::server`] reads
+//! the first request head itself. A subscription (`GET
+//! /.well-known/mercure` over HTTP/1.1) is answered here: once the head is
+//! parsed no buffer is kept, an idle stream is its socket, its subscriber
+//! and one small task, and every wakeup writes all queued frames as one
+//! chunk with one vectored write. Anything else (publishing, the APIs, the
+//! dashboard, HTTP/1.0, upgrades) goes to hyper with the bytes already
+//! read, through [`Rewind`].
+
+use std::future::Future as _;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::subscribe::{prepare, Feed, Prepared};
+use super::{ConnContext, HttpError, MERCURE_PATH};
+use crate::hub::Hub;
+
+/// Largest request head read before giving up (`431`).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in a subscription request answered here; more go to hyper.
+const MAX_HEADERS: usize = 64;
+/// Buffers in one `writev`, below every platform's `IOV_MAX`.
+const MAX_IOV: usize = 512;
+
+/// What the first request head asks for.
+#[derive(Debug)]
+pub enum Head {
+    /// An event stream this module serves.
+    Subscribe {
+        headers: HeaderMap,
+        query: Option<String>,
+    },
+    /// Anything else, for hyper.
+    Other,
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Reads into `buf` until it holds a complete request head. `Ok(false)`
+/// when the client closed first or the head is too large.
+pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if !matches!(classify(buf), Head::Partial) {
+            return Ok(true);
+        }
+        if buf.len() >= MAX_HEAD {
+            let _ = stream
+                .write_all(&error_response(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                    &[],
+                ))
+                .await;
+            return Ok(false);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(512));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// Sorts a request head: ours, hyper's, or not complete yet.
+pub fn classify(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        // Malformed or too many headers: hyper answers with the right error.
+        Err(_) => return Head::Other,
+    };
+    let (Some("GET"), Some(1), Some(target)) = (req.method, req.version, req.path) else {
+        return Head::Other;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    // Pipelined bytes after a GET mean a client that expects another
+    // answer on this connection: hyper handles that.
+    if path != MERCURE_PATH || len != buf.len() {
+        return Head::Other;
+    }
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            return Head::Other;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Other;
+        };
+        map.append(name, value);
+    }
+    Head::Subscribe {
+        headers: map,
+        query,
+    }
+}
+
+/// An event stream whose response head is sent: what an idle subscriber
+/// costs is this, its subscriber and its task.
+pub struct Live {
+    stream: TcpStream,
+    feed: Feed,
+    /// The connection's place under the connection limit.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Answers a subscription request: an error response (and `None`), or the
+/// response head, leaving a [`Live`] stream to run. The request's memory is
+/// freed before it returns, so the long-lived task never carries it.
+pub async fn open(
+    mut stream: TcpStream,
+    hub: Hub,
+    headers: HeaderMap,
+    query: Option<String>,
+    ctx: ConnContext,
+) -> Option<Live> {
+    let cors = cors_headers(&hub, &headers);
+    let Prepared { feed, header_id } =
+        match prepare(&hub, &headers, query.as_deref(), Some(ctx)).await {
+            Ok(p) => p,
+            Err(HttpError { status, reason }) => {
+                let _ = stream
+                    .write_all(&error_response(status, &reason, &cors))
+                    .await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        };
+    let mut head = String::with_capacity(256);
+    head.push_str(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if let Some(id) = header_id {
+        head.push_str("last-event-id: ");
+        head.push_str(&id);
+        head.push_str("\r\n");
+    }
+    for (name, value) in &cors {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    Some(Live {
+        stream,
+        feed,
+        permit: None,
+    })
+}
+
+impl Live {
+    /// Holds `permit` for as long as the stream runs.
+    pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
+    /// Streams until the feed ends (shutdown, token expiry, queue
+    /// overflow) or the client goes away.
+    pub async fn run(self) {
+        let Live {
+            mut stream,
+            mut feed,
+            permit: _permit,
+        } = self;
+        let mut out: Vec<Bytes> = Vec::new();
+        loop {
+            // The write happens outside the select, so the task's size is
+            // the larger of the two states, not their sum.
+            let more = {
+                let next = feed.next(&mut out);
+                tokio::pin!(next);
+                // Readiness of the socket is polled in place (no waiter
+                // future): it tells when the client closed its side.
+                let event = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(more) = next.as_mut().poll(cx) {
+                        return Poll::Ready(Some(more));
+                    }
+                    match stream.poll_read_ready(cx) {
+                        Poll::Ready(_) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                match event {
+                    Some(more) => more,
+                    None => {
+                        if client_closed(&stream) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            };
+            if !more {
+                break;
+            }
+            // Boxed: one small allocation per write keeps the writing state
+            // out of every idle connection's task.
+            let cancel = feed.cancel_token();
+            let written = Box::pin(async {
+                tokio::select! {
+                    r = write_chunk(&mut stream, &out) => r.is_ok(),
+                    // Overflowed while the client was not reading.
+                    () = cancel.cancelled() => false,
+                }
+            });
+            if !written.await {
+                return;
+            }
+            out.clear();
+            if out.capacity() > 64 {
+                out = Vec::new();
+            }
+        }
+        // The last chunk: the response ends cleanly.
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+    }
+}
+
+/// True when the client closed its side (or the socket failed). A client
+/// has nothing more to send on an event stream; stray bytes are discarded.
+fn client_closed(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 64];
+    match stream.try_read(&mut probe) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Writes frames as one HTTP/1.1 chunk per `MAX_IOV` frames, with vectored
+/// writes.
+async fn write_chunk(stream: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
+    for group in frames.chunks(MAX_IOV) {
+        let len: usize = group.iter().map(Bytes::len).sum();
+        if len == 0 {
+            continue;
+        }
+        let size = format!("{len:x}\r\n");
+        let mut slices = Vec::with_capacity(group.len() + 2);
+        slices.push(IoSlice::new(size.as_bytes()));
+        slices.extend(group.iter().map(|f| IoSlice::new(f)));
+        slices.push(IoSlice::new(b"\r\n"));
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = match stream.try_write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stream.writable().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            IoSlice::advance_slices(&mut rest, n);
+        }
+    }
+    Ok(())
+}
+
+/// A complete short text response that closes the connection.
+fn error_response(status: StatusCode, reason: &str, extra: &[(&str, String)]) -> Vec<u8> {
+    let body = format!("{reason}\n");
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        out.push_str("www-authenticate: Bearer\r\n");
+    }
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+/// The CORS headers of a simple `GET`, as the router's CORS layer sends
+/// them: the request's origin mirrored when it is allowed, credentials
+/// allowed, `Last-Event-ID` exposed.
+fn cors_headers(hub: &Hub, headers: &HeaderMap) -> Vec<(&'static str, String)> {
+    let origins = &hub.config().cors_origins;
+    let mut out = Vec::new();
+    if origins.is_empty() {
+        return out;
+    }
+    out.push((
+        "vary",
+        "origin, access-control-request-method, access-control-request-headers".to_owned(),
+    ));
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
+        return out;
+    };
+    if origins.iter().any(|o| o == "*" || o == origin) {
+        out.push(("access-control-allow-origin", origin.to_owned()));
+        out.push(("access-control-allow-credentials", "true".to_owned()));
+        out.push(("access-control-expose-headers", "last-event-id".to_owned()));
+    }
+    out
+}
+
+/// A stream that first yields bytes already read from it, so hyper sees
+/// the request from its first byte.
+#[derive(Debug)]
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+        Self {
+            prefix: Bytes::from(prefix),
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_are_recognised_and_the_rest_goes_to_hyper() {
+        let sub =
+            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 5\r\n\r\n";
+        match classify(sub) {
+            Head::Subscribe { headers, query } => {
+                assert_eq!(query.as_deref(), Some("topic=a"));
+                assert_eq!(headers["last-event-id"], "5");
+                assert_eq!(headers["host"], "x");
+            }
+            h => panic!("{h:?}"),
+        }
+        assert!(matches!(classify(&sub[..20]), Head::Partial));
+        for other in [
+            &b"POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /.well-known/mercure?topic=a HTTP/1.0\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\n\r\n",
+            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"\x00\x01garbage\r\n\r\n",
+        ] {
+            assert!(matches!(classify(other), Head::Other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn error_responses_are_complete() {
+        let r =
+            String::from_utf8(error_response(StatusCode::UNAUTHORIZED, "no token", &[])).unwrap();
+        assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+        assert!(r.contains("content-length: 9\r\n"));
+        assert!(r.contains("www-authenticate: Bearer\r\n"));
+        assert!(r.ends_with("\r\n\r\nno token\n"));
+    }
+}
