@@ -54,6 +54,9 @@ impl std::fmt::Debug for dyn Engine {
 pub enum PublishError {
     #[error("{0}")]
     Invalid(#[from] herald_protocol::UpdateError),
+    /// Update `.0` of several is invalid (nothing was appended).
+    #[error("update {0}: {1}")]
+    InvalidAt(usize, herald_protocol::UpdateError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -191,11 +194,19 @@ impl Hub {
         &self,
         mut updates: Vec<Update>,
     ) -> Result<Vec<Arc<Stored>>, PublishError> {
-        for u in &mut updates {
+        let several = updates.len() > 1;
+        for (i, u) in updates.iter_mut().enumerate() {
             if u.id.is_empty() {
                 u.id = generate_id();
             }
-            u.validate(self.inner.config.max_topics_per_update)?;
+            u.validate(self.inner.config.max_topics_per_update)
+                .map_err(|e| {
+                    if several {
+                        PublishError::InvalidAt(i, e)
+                    } else {
+                        PublishError::Invalid(e)
+                    }
+                })?;
         }
         let n = updates.len() as u64;
         let started = std::time::Instant::now();

@@ -1,4 +1,10 @@
-//! `POST /.well-known/mercure`: publish one update.
+//! `POST /.well-known/mercure`: publish one update (a Mercure form), or
+//! many at once (herald's batch extension: a JSON array).
+//!
+//! A batch is all or nothing: every update is validated and authorized
+//! before any is appended, and the engine appends them in one commit (one
+//! fsync with the `local` engine), in order. The answer lists their ids in
+//! the same order. `max_body_bytes` bounds a batch like any body.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -24,16 +30,24 @@ pub(super) async fn publish(
         HttpError::from(e)
     })?;
 
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(HttpError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "expected Content-Type: application/x-www-form-urlencoded",
-            ));
+    let batch = match headers.get(header::CONTENT_TYPE) {
+        None => false,
+        Some(ct) => {
+            let ct = ct.to_str().unwrap_or("");
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+                false
+            } else if mime.eq_ignore_ascii_case("application/json") {
+                true
+            } else {
+                return Err(HttpError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "expected Content-Type: application/x-www-form-urlencoded (one update) \
+                     or application/json (a batch)",
+                ));
+            }
         }
-    }
+    };
     let limit = hub.config().max_body_bytes;
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
@@ -45,18 +59,34 @@ pub(super) async fn publish(
         }
         Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
     };
-    let fields = herald_protocol::form::parse(&bytes)
-        .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
-
-    let update = update_from_form(fields)?;
-    if let Err(e) = check_topics(&claims, &update) {
+    let updates = if batch {
+        updates_from_json(&bytes)?
+    } else {
+        let fields = herald_protocol::form::parse(&bytes)
+            .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
+        vec![update_from_form(fields)?]
+    };
+    let allowed = claims
+        .mercure
+        .publish
+        .as_deref()
+        .map(auth::compile_selectors)
+        .ok_or(AuthError::NoPublishClaim);
+    let checked =
+        allowed.and_then(|allowed| updates.iter().try_for_each(|u| check_topics(&allowed, u)));
+    if let Err(e) = checked {
         hub.metrics().auth_failed("publish", &e);
         return Err(e.into());
     }
 
-    let result = hub.publish(vec![update]).await;
+    let result = hub.publish(updates).await;
     hub.metrics().publish_request(started.elapsed());
     match result {
+        Ok(stored) if batch => {
+            let ids: Vec<&str> = stored.iter().map(|s| s.update.id.as_str()).collect();
+            let body = serde_json::to_string(&ids).unwrap_or_default();
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
         Ok(stored) => {
             let id = stored
                 .first()
@@ -65,6 +95,9 @@ pub(super) async fn publish(
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response())
         }
         Err(PublishError::Invalid(e)) => Err(HttpError::bad_request(e.to_string())),
+        Err(PublishError::InvalidAt(i, e)) => {
+            Err(HttpError::bad_request(format!("update {i}: {e}")))
+        }
         Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
             Err(HttpError::new(StatusCode::CONFLICT, e.to_string()))
         }
@@ -101,13 +134,7 @@ fn authorize_publisher(
 }
 
 /// Every topic of the update must be allowed by `mercure.publish`.
-fn check_topics(claims: &auth::Claims, update: &Update) -> Result<(), AuthError> {
-    let allowed = claims
-        .mercure
-        .publish
-        .as_deref()
-        .ok_or(AuthError::NoPublishClaim)?;
-    let allowed = auth::compile_selectors(allowed);
+fn check_topics(allowed: &[herald_protocol::Selector], update: &Update) -> Result<(), AuthError> {
     for topic in &update.topics {
         if !allowed.iter().any(|s| s.matches(topic)) {
             return Err(AuthError::TopicNotAllowed(topic.clone()));
@@ -147,4 +174,48 @@ fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, HttpError> 
         return Err(HttpError::bad_request("missing topic"));
     }
     Ok(u)
+}
+
+/// One update of a batch. Unknown fields are refused, so a misspelt
+/// `private` or `topics` is an error rather than a public update.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchUpdate {
+    topics: Vec<String>,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    retry: Option<u64>,
+    #[serde(default)]
+    private: bool,
+}
+
+/// Parses a batch: a JSON array of updates, at least one.
+fn updates_from_json(body: &[u8]) -> Result<Vec<Update>, HttpError> {
+    let batch: Vec<BatchUpdate> = serde_json::from_slice(body)
+        .map_err(|e| HttpError::bad_request(format!("malformed JSON batch: {e}")))?;
+    if batch.is_empty() {
+        return Err(HttpError::bad_request("empty batch"));
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if b.topics.is_empty() {
+                return Err(HttpError::bad_request(format!("update {i}: missing topic")));
+            }
+            Ok(Update {
+                id: b.id.unwrap_or_default(),
+                topics: b.topics,
+                data: b.data,
+                event_type: b.event_type.filter(|t| !t.is_empty()),
+                retry: b.retry,
+                private: b.private,
+            })
+        })
+        .collect()
 }
