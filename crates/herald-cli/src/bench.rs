@@ -91,6 +91,10 @@ pub struct Args {
     /// Number of publishers (one keep-alive connection each, one request in flight).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     publishers: u16,
+    /// Updates per publication request: above 1, herald's batch extension
+    /// (a JSON array POSTed to the hub; mercure flavor only).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch: u32,
     /// Updates per second, all publishers together; 0: as fast as the
     /// publishers' connections allow.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = parse_rate)]
@@ -203,6 +207,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let target = Target::resolve(&args.hub).await?;
+    if args.batch > 1 && args.flavor != Flavor::Mercure {
+        bail!("--batch is herald's extension: it needs --flavor mercure");
+    }
     let publish_target = match (&args.publish_url, args.flavor) {
         (Some(url), _) => Target::resolve(url).await?,
         (None, flavor) if flavor == Flavor::Mercure || args.idle => target.clone(),
@@ -625,6 +632,8 @@ async fn publish(
             .iter()
             .map(|t| target.publish_template(args.flavor, t, token))
             .collect(),
+        batch_template: (args.batch > 1).then(|| target.batch_template(topics, token)),
+        batch: args.batch as usize,
         payload_size: usize::try_from(args.payload_size).unwrap_or(usize::MAX),
         rate: args.rate,
         publishers: usize::from(args.publishers),

@@ -112,3 +112,36 @@ fn bench_refuses_to_publish_without_a_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("publishing needs a token"), "{stderr}");
 }
+
+#[test]
+fn bench_batches_reach_every_subscriber_once() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
+        .args(["--key", KEY, "--subscribers", "10", "--topics", "3"])
+        .args(["--batch", "25", "--rate", "500"])
+        .args(["--duration", "2", "--quiet", "--json"])
+        .arg(&json)
+        .env_remove("HERALD_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let acked = v["publish"]["acknowledged"].as_u64().unwrap();
+    // 500/s in requests of 25 through 1 s of warm-up and 2 s measured.
+    assert!((1000..=1525).contains(&acked), "{v:#}");
+    assert_eq!(acked % 25, 0, "{v:#}");
+    assert_eq!(v["publish"]["errors"], 0, "{v:#}");
+    let d = &v["deliveries"];
+    assert_eq!(d["losses"], 0, "{v:#}");
+    assert_eq!(d["duplicates"], 0, "{v:#}");
+    // 10 subscribers over 3 topics (4, 3, 3), updates over the topics in
+    // turn: every subscriber gets the updates of its topic.
+    assert!(d["total"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(d["total"], d["expected"], "{v:#}");
+}

@@ -161,6 +161,66 @@ impl Target {
     }
 }
 
+impl Target {
+    /// herald's batch publication: one `POST` of a JSON array of updates,
+    /// each naming its topic. `topics` are the topics by index.
+    pub fn batch_template(&self, topics: &[String], token: Option<&str>) -> BatchTemplate {
+        let target = match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let mut head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n",
+            self.host,
+            user_agent()
+        );
+        if let Some(t) = token {
+            let _ = write!(head, "Authorization: Bearer {t}\r\n");
+        }
+        head.push_str("Content-Type: application/json\r\nContent-Length: ");
+        BatchTemplate {
+            head: head.into_bytes(),
+            items: topics
+                .iter()
+                .map(|t| {
+                    let topic = serde_json::to_string(t).unwrap_or_default();
+                    format!(r#"{{"topics":[{topic}],"data":""#).into_bytes()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A batch publication request: the head (up to `Content-Length: `), and
+/// the opening of one JSON item per topic, up to its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BatchTemplate {
+    pub head: Vec<u8>,
+    pub items: Vec<Vec<u8>>,
+}
+
+impl BatchTemplate {
+    /// Appends the complete request carrying `(topic index, data)` items.
+    /// The data is digits and `x` only (see `payload`): nothing to escape.
+    pub fn write<'a>(&self, items: impl Iterator<Item = (usize, &'a [u8])>, out: &mut Vec<u8>) {
+        let mut body = Vec::with_capacity(1024);
+        body.push(b'[');
+        for (i, (topic, data)) in items.enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&self.items[topic]);
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\"}");
+        }
+        body.push(b']');
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&body);
+    }
+}
+
 /// How the generator publishes: the protocol of the server under test.
 /// Subscribing is the same for every flavor (`GET <hub>?topic=<topic>`,
 /// reading `text/event-stream`); only the publication request differs.
@@ -527,6 +587,39 @@ mod tests {
         assert_eq!(head.content_length, Some(12));
         assert!(head.close);
         assert!(parse_head(b"SSH-2.0-x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn batch_requests_are_json_arrays() {
+        let t = Target {
+            host: "127.0.0.1:8080".into(),
+            path: "/.well-known/mercure".into(),
+            query: None,
+            addr: "127.0.0.1:8080".parse().unwrap(),
+        };
+        let b = t.batch_template(
+            &["https://b/\"1\"".into(), "https://b/2".into()],
+            Some("tok"),
+        );
+        let mut out = Vec::new();
+        b.write([(0, &b"12x"[..]), (1, &b"34x"[..])].into_iter(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("POST /.well-known/mercure HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("Authorization: Bearer tok\r\n"));
+        assert!(head.contains("Content-Type: application/json\r\n"));
+        assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"topics": ["https://b/\"1\""], "data": "12x"},
+                {"topics": ["https://b/2"], "data": "34x"},
+            ])
+        );
     }
 
     #[test]

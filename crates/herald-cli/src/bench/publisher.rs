@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::http::{parse_head, Framing, PublishTemplate, Target};
+use super::http::{parse_head, BatchTemplate, Framing, PublishTemplate, Target};
 use super::payload;
 use super::stats::{new_histogram, record, Shared};
 use super::subscriber::io_error;
@@ -26,6 +26,10 @@ pub(super) struct Config {
     pub target: Target,
     /// The publication request of each topic.
     pub templates: Vec<PublishTemplate>,
+    /// With `batch > 1`: the batch request (herald's JSON array).
+    pub batch_template: Option<BatchTemplate>,
+    /// Updates per request.
+    pub batch: usize,
     pub payload_size: usize,
     /// Updates per second, all publishers together; 0: as fast as possible.
     pub rate: f64,
@@ -78,9 +82,12 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
     sleep_until(now_ns(), cfg.start_ns);
     for j in 0u64.. {
         let now = now_ns();
+        let batch = cfg.batch as u64;
+        // Each request carries `batch` updates: requests are scheduled at
+        // rate / batch, and every update of a request shares its time.
         let scheduled = if cfg.rate > 0.0 {
             let slot = j as f64 * cfg.publishers as f64 + k as f64;
-            cfg.start_ns + (slot * 1e9 / cfg.rate) as u64
+            cfg.start_ns + (slot * batch as f64 * 1e9 / cfg.rate) as u64
         } else {
             now
         };
@@ -90,19 +97,35 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
         if now >= cfg.end_ns {
             // Behind schedule when the window closed: what is left is counted,
             // not sent, so the run ends on time.
-            let slots = (cfg.end_ns - cfg.start_ns) as f64 * cfg.rate / 1e9;
+            let slots = (cfg.end_ns - cfg.start_ns) as f64 * cfg.rate / 1e9 / batch as f64;
             let mine = ((slots - k as f64) / cfg.publishers as f64).ceil().max(0.0) as u64;
-            report.unsent = mine.saturating_sub(j);
+            report.unsent = mine.saturating_sub(j) * batch;
             break;
         }
         sleep_until(now, scheduled);
         report.lag_ns = report.lag_ns.max(now.saturating_sub(scheduled));
 
-        let seq = cfg.shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        data.clear();
-        payload::encode(&mut data, scheduled, seq, cfg.payload_size);
+        let seq = cfg.shared.next_seq.fetch_add(batch, Ordering::Relaxed);
         request.clear();
-        cfg.templates[(seq % topics) as usize].write(&data, &mut request);
+        match &cfg.batch_template {
+            Some(bt) => {
+                data.clear();
+                let size = cfg.payload_size;
+                for i in 0..batch {
+                    payload::encode(&mut data, scheduled, seq + i, size);
+                }
+                let items = (0..batch).map(|i| {
+                    let at = i as usize * size;
+                    (((seq + i) % topics) as usize, &data[at..at + size])
+                });
+                bt.write(items, &mut request);
+            }
+            None => {
+                data.clear();
+                payload::encode(&mut data, scheduled, seq, cfg.payload_size);
+                cfg.templates[(seq % topics) as usize].write(&data, &mut request);
+            }
+        }
 
         let c = match conn.as_mut() {
             Some(c) => c,
@@ -116,8 +139,8 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
                 }
             },
         };
-        report.sent += 1;
-        cfg.shared.sent.fetch_add(1, Ordering::Relaxed);
+        report.sent += batch;
+        cfg.shared.sent.fetch_add(batch, Ordering::Relaxed);
         let written = Instant::now();
         match c.exchange(&request) {
             Ok((status, keep)) => {
@@ -129,11 +152,11 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
                         &mut report.ack_time,
                         u64::try_from(written.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     );
-                    report.acked += 1;
-                    cfg.shared.acked.fetch_add(1, Ordering::Relaxed);
-                    report.acked_seqs.push(seq);
+                    report.acked += batch;
+                    cfg.shared.acked.fetch_add(batch, Ordering::Relaxed);
+                    report.acked_seqs.extend(seq..seq + batch);
                     if (cfg.measure_from_ns..cfg.end_ns).contains(&now_ns()) {
-                        report.acked_in_window += 1;
+                        report.acked_in_window += batch;
                     }
                 } else {
                     *report.errors.entry(format!("HTTP {status}")).or_default() += 1;
