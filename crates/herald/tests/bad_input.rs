@@ -96,8 +96,8 @@ async fn publish_refusals() {
         ),
         (
             "wrong content type",
-            "application/json",
-            b"{}".to_vec(),
+            "text/plain",
+            b"topic=t".to_vec(),
             415,
             "Content-Type",
         ),

@@ -1,7 +1,10 @@
 //! The `memory` engine: a bounded ring of recent updates, for tests and
 //! ephemeral hubs. Nothing survives a restart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// foldhash (seeded): the id index is hashed on every append and eviction.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
@@ -61,9 +64,14 @@ impl Engine for MemoryEngine {
                 return Err(EngineError::Closed);
             }
             // Refuse the whole batch before changing anything.
-            let mut seen = std::collections::HashSet::new();
+            let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+                std::collections::HashSet::with_capacity_and_hasher(
+                    if updates.len() > 1 { updates.len() } else { 0 },
+                    Default::default(),
+                );
             for u in &updates {
-                if st.ids.contains_key(&u.id) || !seen.insert(u.id.as_str()) {
+                if st.ids.contains_key(&u.id) || (updates.len() > 1 && !seen.insert(u.id.as_str()))
+                {
                     return Err(EngineError::DuplicateId(u.id.clone()));
                 }
             }
