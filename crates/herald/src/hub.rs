@@ -41,6 +41,9 @@ struct Inner {
     subscriptions: Option<ActiveSubscriptions>,
     /// Set once the heartbeat ticker runs.
     ticker: std::sync::OnceLock<()>,
+    /// Subscription events being published, awaited before the engine
+    /// closes so the last `active: false` events are kept.
+    events: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for dyn Engine {
@@ -96,6 +99,7 @@ impl Hub {
                 started: std::time::Instant::now(),
                 subscriptions,
                 ticker: std::sync::OnceLock::new(),
+                events: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -233,7 +237,7 @@ impl Hub {
         let table = self.inner.subscriptions.as_ref()?;
         table.insert(connection, sub.clone());
         let hub = self.clone();
-        let task = tokio::spawn(async move {
+        let task = self.inner.events.spawn(async move {
             if let Err(e) = hub.publish(sub.events(true)).await {
                 tracing::warn!(subscriber = %sub.subscriber, "subscription event not published: {e}");
             }
@@ -252,11 +256,11 @@ impl Hub {
         else {
             return;
         };
-        let hub = self.clone();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
-        rt.spawn(async move {
+        }
+        let hub = self.clone();
+        self.inner.events.spawn(async move {
             if let Some(o) = opened {
                 o.await;
             }
@@ -267,9 +271,19 @@ impl Hub {
         });
     }
 
-    /// Ends every stream and closes the engine.
+    /// Ends every stream, lets the subscription events still being
+    /// published finish (for up to the shutdown grace period), and closes
+    /// the engine.
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
+        self.inner.events.close();
+        let grace = self.inner.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.inner.events.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("subscription events still pending at shutdown");
+        }
         self.inner.engine.close().await
     }
 }

@@ -138,6 +138,15 @@ async fn a_bad_batch_appends_nothing_and_says_which_update() {
     assert_eq!(last_position(&hub).await, 1);
     assert_eq!(hub.hub.engine().resolve("fresh").await.unwrap(), None);
 
+    // More updates than half a subscriber's queue: 413, nothing appended.
+    let big: Vec<_> = (0..2049)
+        .map(|_| json!({"topics": ["https://ex/a"]}))
+        .collect();
+    let (status, _, text) = post_json(&hub, &t, &json!(big).to_string()).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("at most 2048"), "{text}");
+    assert_eq!(last_position(&hub).await, 1);
+
     // Another content type is refused.
     let res = client()
         .post(hub.hub_url())

@@ -157,3 +157,59 @@ async fn resume_during_busy_publishing_has_no_gap_and_no_duplicate() {
         );
     }
 }
+
+/// Bytes a client sends on an event stream are discarded without
+/// disturbing it: a replay in progress (history read off the thread pool,
+/// as the `local` engine does) goes on to the end.
+#[tokio::test]
+async fn stray_client_bytes_do_not_disturb_a_replay() {
+    use herald::engine::local::{LocalConfig, LocalEngine};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = LocalEngine::open(LocalConfig::new(dir.path().join("store"))).unwrap();
+    let hub = TestHub::start_with(
+        herald::HubConfig {
+            replay_batch: 7,
+            ..config()
+        },
+        std::sync::Arc::new(engine),
+    )
+    .await;
+    let updates: Vec<herald_protocol::Update> = (0..2000)
+        .map(|i| herald_protocol::Update {
+            topics: vec!["https://ex/r".into()],
+            data: format!("n{i}"),
+            ..Default::default()
+        })
+        .collect();
+    hub.hub.publish(updates).await.unwrap();
+
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /.well-known/mercure?topic=https%3A%2F%2Fex%2Fr HTTP/1.1\r\nHost: x\r\nLast-Event-ID: earliest\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    // Junk for as long as the replay runs.
+    let junk = tokio::spawn(async move {
+        while wr.write_all(b"junk junk junk\r\n").await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !String::from_utf8_lossy(&got).contains("data:n1999\n") {
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut buf))
+            .await
+            .expect("the replay did not finish")
+            .unwrap();
+        assert!(n > 0, "the hub closed the stream");
+        got.extend_from_slice(&buf[..n]);
+    }
+    junk.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:.200}");
+    assert_eq!(text.matches("\ndata:n").count(), 2000);
+}

@@ -283,3 +283,27 @@ async fn events_are_in_history_for_resume_from_the_api_last_event_id() {
     assert_eq!(gone["topic"], A);
     assert_eq!(gone["active"], false);
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_keeps_the_last_active_false_events() {
+    let hub = TestHub::start(on()).await;
+    let handle = hub.hub.clone();
+    let _s = open_with_token(&hub, &[A], &sub_token(&[A], None)).await;
+    for _ in 0..100 {
+        if handle.engine().bounds().await.unwrap().last >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    hub.stop().await.unwrap();
+    // The memory engine still answers reads after close.
+    let history = handle.engine().read_after(0, 10).await.unwrap();
+    let docs: Vec<Value> = history
+        .iter()
+        .map(|s| serde_json::from_str(&s.update.data).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert_eq!(docs[0]["active"], true);
+    assert_eq!(docs[1]["active"], false);
+    assert_eq!(docs[0]["subscriber"], docs[1]["subscriber"]);
+}

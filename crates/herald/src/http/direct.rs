@@ -27,12 +27,17 @@ use super::subscribe::{prepare, Feed, Prepared};
 use super::{ConnContext, HttpError, MERCURE_PATH};
 use crate::hub::Hub;
 
-/// Largest request head read before giving up (`431`).
-pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest subscription request head read before giving up (`431`).
+/// Other requests go to hyper as soon as their request line shows what
+/// they are, under hyper's own limits.
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in a subscription request answered here; more go to hyper.
 const MAX_HEADERS: usize = 64;
 /// Buffers in one `writev`, below every platform's `IOV_MAX`.
 const MAX_IOV: usize = 512;
+/// Longest wait for a client to take one write: one that stopped reading
+/// gives its connection back after this.
+const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the first request head asks for.
 #[derive(Debug)]
@@ -81,7 +86,14 @@ pub fn classify(buf: &[u8]) -> Head {
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Head::Partial,
+        Ok(httparse::Status::Partial) => {
+            // Once the request line is in, anything but a subscription
+            // goes to hyper without waiting for the rest of its head.
+            return match buf.windows(2).position(|w| w == b"\r\n") {
+                Some(end) if !is_subscription_line(&buf[..end]) => Head::Other,
+                _ => Head::Partial,
+            };
+        }
         // Malformed or too many headers: hyper answers with the right error.
         Err(_) => return Head::Other,
     };
@@ -114,6 +126,17 @@ pub fn classify(buf: &[u8]) -> Head {
         headers: map,
         query,
     }
+}
+
+/// Whether a request line may be a subscription this module serves.
+fn is_subscription_line(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(b"GET ") else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(MERCURE_PATH.as_bytes()) else {
+        return false;
+    };
+    matches!(rest.first(), Some(b' ' | b'?'))
 }
 
 /// An event stream whose response head is sent: what an idle subscriber
@@ -195,25 +218,33 @@ impl Live {
                 let next = feed.next(&mut out);
                 tokio::pin!(next);
                 // Readiness of the socket is polled in place (no waiter
-                // future): it tells when the client closed its side.
+                // future): it tells when the client closed its side. Stray
+                // bytes are discarded without dropping `next`, so a replay in
+                // progress is never restarted.
                 let event = std::future::poll_fn(|cx| {
                     if let Poll::Ready(more) = next.as_mut().poll(cx) {
                         return Poll::Ready(Some(more));
                     }
-                    match stream.poll_read_ready(cx) {
-                        Poll::Ready(_) => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
+                    for _ in 0..16 {
+                        match stream.poll_read_ready(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            Poll::Ready(Ok(())) => match discard_input(&stream) {
+                                Input::Closed => return Poll::Ready(None),
+                                // Readiness cleared: poll it again to wait.
+                                Input::Drained => {}
+                                Input::More => {}
+                            },
+                        }
                     }
+                    // A client that keeps sending: let others run first.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
                 })
                 .await;
                 match event {
                     Some(more) => more,
-                    None => {
-                        if client_closed(&stream) {
-                            return;
-                        }
-                        continue;
-                    }
+                    None => return,
                 }
             };
             if !more {
@@ -222,11 +253,15 @@ impl Live {
             // Boxed: one small allocation per write keeps the writing state
             // out of every idle connection's task.
             let cancel = feed.cancel_token();
+            let shutdown = feed.shutdown_token();
             let written = Box::pin(async {
                 tokio::select! {
-                    r = write_chunk(&mut stream, &out) => r.is_ok(),
+                    r = tokio::time::timeout(WRITE_STALL, write_chunk(&mut stream, &out)) => {
+                        matches!(r, Ok(Ok(())))
+                    }
                     // Overflowed while the client was not reading.
                     () = cancel.cancelled() => false,
+                    () = shutdown.cancelled() => false,
                 }
             });
             if !written.await {
@@ -237,19 +272,31 @@ impl Live {
                 out = Vec::new();
             }
         }
-        // The last chunk: the response ends cleanly.
-        let _ = stream.write_all(b"0\r\n\r\n").await;
+        // The last chunk, so the response ends cleanly, if the socket takes
+        // it now: a client that stopped reading gets no more waiting.
+        let _ = stream.try_write(b"0\r\n\r\n");
     }
 }
 
-/// True when the client closed its side (or the socket failed). A client
-/// has nothing more to send on an event stream; stray bytes are discarded.
-fn client_closed(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 64];
-    match stream.try_read(&mut probe) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+/// What reading a readable socket found.
+enum Input {
+    /// The client closed its side (or the socket failed).
+    Closed,
+    /// Nothing more to read now.
+    Drained,
+    /// Bytes were discarded and more may follow.
+    More,
+}
+
+/// A client has nothing to send on an event stream: bytes it sends anyway
+/// are discarded. Tells whether it closed.
+fn discard_input(stream: &TcpStream) -> Input {
+    let mut sink = [0u8; 512];
+    match stream.try_read(&mut sink) {
+        Ok(0) => Input::Closed,
+        Ok(_) => Input::More,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Input::Drained,
+        Err(_) => Input::Closed,
     }
 }
 
@@ -407,6 +454,19 @@ mod tests {
             h => panic!("{h:?}"),
         }
         assert!(matches!(classify(&sub[..20]), Head::Partial));
+        // Another request line goes to hyper before its head is complete.
+        assert!(matches!(
+            classify(b"POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\nCookie: "),
+            Head::Other
+        ));
+        assert!(matches!(
+            classify(b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\nHost"),
+            Head::Other
+        ));
+        assert!(matches!(
+            classify(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost"),
+            Head::Partial
+        ));
         for other in [
             &b"POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\n\r\n"[..],
             b"GET /.well-known/mercure?topic=a HTTP/1.0\r\n\r\n",

@@ -4,7 +4,8 @@
 //! A batch is all or nothing: every update is validated and authorized
 //! before any is appended, and the engine appends them in one commit (one
 //! fsync with the `local` engine), in order. The answer lists their ids in
-//! the same order. `max_body_bytes` bounds a batch like any body.
+//! the same order. `max_body_bytes` bounds a batch like any body, and a
+//! batch holds at most half of `queue_frames` updates.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -60,7 +61,7 @@ pub(super) async fn publish(
         Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
     };
     let updates = if batch {
-        updates_from_json(&bytes)?
+        updates_from_json(&bytes, max_batch(&hub))?
     } else {
         let fields = herald_protocol::form::parse(&bytes)
             .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
@@ -194,12 +195,25 @@ struct BatchUpdate {
     private: bool,
 }
 
-/// Parses a batch: a JSON array of updates, at least one.
-fn updates_from_json(body: &[u8]) -> Result<Vec<Update>, HttpError> {
+/// Most updates in one batch: half a subscriber's queue, so one batch to a
+/// topic never overflows the queues of its live subscribers (which would
+/// disconnect them all at once).
+fn max_batch(hub: &Hub) -> usize {
+    (hub.config().queue_frames / 2).max(1)
+}
+
+/// Parses a batch: a JSON array of at least one and at most `max` updates.
+fn updates_from_json(body: &[u8], max: usize) -> Result<Vec<Update>, HttpError> {
     let batch: Vec<BatchUpdate> = serde_json::from_slice(body)
         .map_err(|e| HttpError::bad_request(format!("malformed JSON batch: {e}")))?;
     if batch.is_empty() {
         return Err(HttpError::bad_request("empty batch"));
+    }
+    if batch.len() > max {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("batch of {} updates: at most {max}", batch.len()),
+        ));
     }
     batch
         .into_iter()

@@ -163,6 +163,7 @@ pub(crate) async fn prepare(
         sub: sub.clone(),
         sent: 0,
         opened: None,
+        counted: false,
     };
     // The ticker closes every subscriber when shutdown begins; one that
     // registered after that would never be closed.
@@ -206,6 +207,7 @@ pub(crate) async fn prepare(
         sub.selectors.len(),
         req.last_event_id.as_deref(),
     );
+    guard.counted = true;
     Ok(Prepared {
         feed: Feed::new(guard, cursor, expires),
         header_id,
@@ -253,6 +255,8 @@ struct Registration {
     sent: u64,
     /// With subscription events on: resolves when `active: true` is out.
     opened: Option<Opened>,
+    /// Counted as connected (the gauges move back only then).
+    counted: bool,
 }
 
 impl Drop for Registration {
@@ -262,11 +266,13 @@ impl Drop for Registration {
         if self.hub.subscriptions().is_some() {
             self.hub.close_subscription(self.sub.id, self.opened.take());
         }
-        self.hub.metrics().subscriber_disconnected(
-            self.sub.id,
-            self.sub.selectors.len(),
-            self.sent,
-        );
+        if self.counted {
+            self.hub.metrics().subscriber_disconnected(
+                self.sub.id,
+                self.sub.selectors.len(),
+                self.sent,
+            );
+        }
     }
 }
 
@@ -322,6 +328,11 @@ impl Feed {
     /// Fired when the subscriber's queue overflowed: the connection must go.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.reg.sub.cancel
+    }
+
+    /// Fired when the hub shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        self.reg.hub.shutdown_token()
     }
 
     /// Appends the next frames to `out`; `false` when the feed has ended.
@@ -385,6 +396,16 @@ impl Feed {
                     }
                 }
                 Phase::Live => {
+                    // Checked first, so an expired token stops a stream that
+                    // always has frames queued, too.
+                    if self.expiry.as_ref().is_some_and(|e| e.is_elapsed()) {
+                        tracing::debug!(
+                            subscriber = self.reg.sub.id,
+                            "token expired: closing stream"
+                        );
+                        self.phase = Phase::Done;
+                        return false;
+                    }
                     if self.take_queued(out) {
                         return true;
                     }

@@ -24,8 +24,11 @@ pub(super) async fn all(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let table = authorize(&hub, &uri, &headers)?;
+    // The id first, then the list: a subscription that starts in between
+    // is listed and its event comes after the id, never missed.
+    let last = last_event_id(&hub).await?;
     let docs = table.documents(None, None);
-    collection(&hub, SUBSCRIPTIONS_PATH.to_owned(), docs).await
+    Ok(collection(SUBSCRIPTIONS_PATH.to_owned(), docs, &last))
 }
 
 pub(super) async fn by_topic(
@@ -35,8 +38,13 @@ pub(super) async fn by_topic(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let table = authorize(&hub, &uri, &headers)?;
+    let last = last_event_id(&hub).await?;
     let docs = table.documents(Some(&topic), None);
-    collection(&hub, subscriptions::topic_collection(&topic), docs).await
+    Ok(collection(
+        subscriptions::topic_collection(&topic),
+        docs,
+        &last,
+    ))
 }
 
 pub(super) async fn one(
@@ -46,6 +54,7 @@ pub(super) async fn one(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let table = authorize(&hub, &uri, &headers)?;
+    let last = last_event_id(&hub).await?;
     let Some(mut doc) = table
         .documents(Some(&topic), Some(&subscriber))
         .into_iter()
@@ -56,7 +65,6 @@ pub(super) async fn one(
             "no such active subscription",
         ));
     };
-    let last = last_event_id(&hub).await?;
     doc["@context"] = json!(CONTEXT);
     doc["lastEventID"] = json!(last);
     Ok(json_ld(doc, &last))
@@ -96,8 +104,7 @@ fn check_token(hub: &Hub, path: &str, headers: &HeaderMap) -> Result<(), AuthErr
     }
 }
 
-async fn collection(hub: &Hub, id: String, docs: Vec<Value>) -> Result<Response, HttpError> {
-    let last = last_event_id(hub).await?;
+fn collection(id: String, docs: Vec<Value>, last: &str) -> Response {
     let body = json!({
         "@context": CONTEXT,
         "id": id,
@@ -105,7 +112,7 @@ async fn collection(hub: &Hub, id: String, docs: Vec<Value>) -> Result<Response,
         "lastEventID": last,
         "subscriptions": docs,
     });
-    Ok(json_ld(body, &last))
+    json_ld(body, last)
 }
 
 /// The id of the newest update in history, or `earliest` when there is none.
