@@ -87,7 +87,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use crate::template::expand_simple;
 use regex::bytes::{Regex, RegexBuilder};
 use url::Url;
 use urlpattern::regexp::RegExp;
@@ -135,14 +135,6 @@ pub const HUB_PATH: &str = "/.well-known/mercure";
 
 /// The reserved wildcard matcher value.
 pub const WILDCARD: &str = "*";
-
-/// Characters RFC 6570 simple expansion leaves unencoded: ALPHA, DIGIT and
-/// `-._~`.
-const EXPANSION: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// A topic matcher type (section "Matcher Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -570,11 +562,7 @@ where
 /// (everything but `ALPHA DIGIT - . _ ~`, UTF-8 octets in upper-case hex;
 /// an existing `%` is encoded too, section "Subscription Events").
 pub fn subscription_matcher_path(match_type: MatchType, value: &str) -> String {
-    format!(
-        "{}/{}",
-        match_type.name(),
-        utf8_percent_encode(value, EXPANSION)
-    )
+    format!("{}/{}", match_type.name(), expand_simple(value))
 }
 
 /// The topic of a subscription event:
@@ -585,7 +573,7 @@ pub fn subscription_topic(match_type: MatchType, value: &str, subscriber: &str) 
     format!(
         "{SUBSCRIPTIONS_PATH}/{}/{}",
         subscription_matcher_path(match_type, value),
-        utf8_percent_encode(subscriber, EXPANSION)
+        expand_simple(subscriber)
     )
 }
 

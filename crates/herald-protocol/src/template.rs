@@ -67,6 +67,7 @@
 //!   but `{` and `}`; RFC 6570's literal character restrictions are not
 //!   enforced, since a selector is compared to topics, not expanded.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, PercentEncode, NON_ALPHANUMERIC};
 use regex::bytes::{Regex, RegexBuilder};
 
 /// Longest regex source a template may compile to. An expression of several
@@ -75,6 +76,20 @@ use regex::bytes::{Regex, RegexBuilder};
 /// this stops a hostile one before the string is even built. A typical
 /// selector needs a few KiB.
 const MAX_PATTERN_LEN: usize = 16 * 1024;
+
+/// What RFC 6570 simple string expansion leaves as it is: ALPHA, DIGIT and
+/// `-._~`; everything else is percent-encoded (as UTF-8).
+const SIMPLE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A value as RFC 6570 simple string expansion (`{var}`) writes it, e.g.
+/// the `{topic}` and `{subscriber}` of subscription event topics.
+pub fn expand_simple(value: &str) -> PercentEncode<'_> {
+    utf8_percent_encode(value, SIMPLE)
+}
 
 /// Limit on the compiled program (see [`RegexBuilder::size_limit`]). Only a
 /// backstop: [`MAX_PATTERN_LEN`] and [`MAX_PREFIX_TOTAL`] keep templates well

@@ -18,23 +18,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use herald_protocol::template::expand_simple;
 use herald_protocol::Update;
 use parking_lot::Mutex;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 /// Path of the subscriptions collection, and prefix of the event topics.
-pub const SUBSCRIPTIONS_PATH: &str = "/.well-known/mercure/subscriptions";
+pub use herald_protocol::matcher::SUBSCRIPTIONS_PATH;
 
 /// The JSON-LD context every document names.
 pub const CONTEXT: &str = "https://mercure.rocks/";
-
-/// RFC 6570 simple expansion keeps only unreserved characters as they are.
-const EXPANSION: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// One subscriber connection, as the subscriptions feature sees it.
 #[derive(Debug)]
@@ -79,17 +72,14 @@ impl Subscription {
 pub fn subscription_topic(topic: &str, subscriber: &str) -> String {
     format!(
         "{SUBSCRIPTIONS_PATH}/{}/{}",
-        utf8_percent_encode(topic, EXPANSION),
-        utf8_percent_encode(subscriber, EXPANSION)
+        expand_simple(topic),
+        expand_simple(subscriber)
     )
 }
 
 /// `/.well-known/mercure/subscriptions/{topic}`, expanded.
 pub fn topic_collection(topic: &str) -> String {
-    format!(
-        "{SUBSCRIPTIONS_PATH}/{}",
-        utf8_percent_encode(topic, EXPANSION)
-    )
+    format!("{SUBSCRIPTIONS_PATH}/{}", expand_simple(topic))
 }
 
 /// The subscription document (without `@context`, which a collection gives

@@ -32,12 +32,7 @@ fn sub_token(subscribe: &[&str], payload: Option<Value>) -> String {
 }
 
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
-        .replace("%2D", "-")
-        .replace("%2E", ".")
-        .replace("%5F", "_")
-        .replace("%7E", "~")
+    herald_protocol::template::expand_simple(s).to_string()
 }
 
 async fn open_with_token(hub: &TestHub, topics: &[&str], token: &str) -> Subscription {

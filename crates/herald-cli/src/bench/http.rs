@@ -144,6 +144,17 @@ impl Target {
                 r#"\n\n"}}}]}"#.to_owned(),
             ),
         };
+        PublishTemplate {
+            head: self.post_head(&target, content_type, token),
+            body_prefix: body_prefix.into_bytes(),
+            body_suffix: body_suffix.into_bytes(),
+        }
+    }
+}
+
+impl Target {
+    /// A `POST` head up to `Content-Length: `, which the request completes.
+    fn post_head(&self, target: &str, content_type: &str, token: Option<&str>) -> Vec<u8> {
         let mut head = format!(
             "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n",
             self.host,
@@ -153,15 +164,9 @@ impl Target {
             let _ = write!(head, "Authorization: Bearer {t}\r\n");
         }
         let _ = write!(head, "Content-Type: {content_type}\r\nContent-Length: ");
-        PublishTemplate {
-            head: head.into_bytes(),
-            body_prefix: body_prefix.into_bytes(),
-            body_suffix: body_suffix.into_bytes(),
-        }
+        head.into_bytes()
     }
-}
 
-impl Target {
     /// herald's batch publication: one `POST` of a JSON array of updates,
     /// each naming its topic. `topics` are the topics by index.
     pub fn batch_template(&self, topics: &[String], token: Option<&str>) -> BatchTemplate {
@@ -169,17 +174,8 @@ impl Target {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.clone(),
         };
-        let mut head = format!(
-            "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n",
-            self.host,
-            user_agent()
-        );
-        if let Some(t) = token {
-            let _ = write!(head, "Authorization: Bearer {t}\r\n");
-        }
-        head.push_str("Content-Type: application/json\r\nContent-Length: ");
         BatchTemplate {
-            head: head.into_bytes(),
+            head: self.post_head(&target, "application/json", token),
             items: topics
                 .iter()
                 .map(|t| {
