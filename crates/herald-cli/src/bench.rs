@@ -91,6 +91,11 @@ pub struct Args {
     /// Number of publishers (one keep-alive connection each, one request in flight).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     publishers: u16,
+    /// Percentage of subscribers that never read their stream (stalled
+    /// clients, with a 4 KiB receive buffer). They are left out of the
+    /// delivery and latency figures; the hub's memory shows what they cost.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    slow: u8,
     /// Updates per publication request: above 1, herald's batch extension
     /// (a JSON array POSTed to the hub; mercure flavor only).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -261,6 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         topics: args.topics,
         epoch,
         shared: shared.clone(),
+        slow: args.slow,
     });
     let progress = Progress {
         quiet: args.quiet,
@@ -379,6 +385,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             connect_ms: Percentiles::of(&connect.times),
             dropped,
             dropped_reasons,
+            slow: connect.slow,
         },
         publish: load.as_ref().map(|l| PublishOut {
             sent: l.sent,
@@ -507,8 +514,10 @@ struct ConnectStats {
     errors: BTreeMap<String, u64>,
     seconds: f64,
     times: hdrhistogram::Histogram<u64>,
-    /// Connected subscribers per topic.
+    /// Connected subscribers per topic (those that read).
     per_topic: Vec<u64>,
+    /// Connected subscribers that never read.
+    slow: usize,
 }
 
 /// Opens every subscriber connection (paced, with a bound on connections in
@@ -555,6 +564,7 @@ async fn connect_all(
         seconds: 0.0,
         times: new_histogram(),
         per_topic: vec![0; topics],
+        slow: 0,
     };
     let mut ticker = tokio::time::interval_at(
         (started + Duration::from_secs(1)).into(),
@@ -569,7 +579,11 @@ async fn connect_all(
                 match o.error {
                     None => {
                         stats.ok += 1;
-                        stats.per_topic[o.topic] += 1;
+                        if o.slow {
+                            stats.slow += 1;
+                        } else {
+                            stats.per_topic[o.topic] += 1;
+                        }
                     }
                     Some(e) => {
                         stats.failed += 1;
@@ -708,7 +722,7 @@ async fn publish(
 fn tally_deliveries(load: &Load, reports: &[subscriber::Report], duration: Duration) -> Deliveries {
     let mut d = Deliveries::default();
     let mut in_window = 0;
-    for r in reports.iter().filter(|r| r.connected) {
+    for r in reports.iter().filter(|r| r.connected && !r.slow) {
         let acked = &load.acked_per_topic[r.topic];
         let received = r.seen.seen_of(acked);
         let expected = acked.len();

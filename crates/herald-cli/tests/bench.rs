@@ -145,3 +145,33 @@ fn bench_batches_reach_every_subscriber_once() {
     assert!(d["total"].as_u64().unwrap() > 0, "{v:#}");
     assert_eq!(d["total"], d["expected"], "{v:#}");
 }
+
+#[test]
+fn bench_leaves_never_reading_subscribers_out_of_the_deliveries() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
+        .args(["--key", KEY, "--subscribers", "20", "--slow", "10"])
+        .args(["--rate", "50", "--duration", "2", "--quiet", "--json"])
+        .arg(&json)
+        .env_remove("HERALD_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("never reading (--slow)"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // 10 % of 20: two never read.
+    assert_eq!(v["connections"]["slow"], 2, "{v:#}");
+    assert_eq!(v["connections"]["ok"], 20, "{v:#}");
+    let acked = v["publish"]["acknowledged"].as_u64().unwrap();
+    let d = &v["deliveries"];
+    assert_eq!(d["losses"], 0, "{v:#}");
+    // Only the eighteen that read are counted.
+    assert_eq!(d["expected"].as_u64().unwrap(), acked * 18, "{v:#}");
+    assert_eq!(d["total"].as_u64().unwrap(), acked * 18, "{v:#}");
+}

@@ -50,6 +50,8 @@ pub(super) struct Connections {
     /// Connections that ended before the run did.
     pub(super) dropped: usize,
     pub(super) dropped_reasons: BTreeMap<String, u64>,
+    /// Connected subscribers that never read (`--slow`).
+    pub(super) slow: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -273,6 +275,9 @@ pub(super) fn render(s: &Summary) -> String {
     ];
     for (e, n) in &k.errors {
         rows.push(("  failed", format!("{}x {e}", fmt_count(*n))));
+    }
+    if k.slow > 0 {
+        rows.push(("never reading (--slow)", fmt_count(k.slow as u64)));
     }
     rows.push(("dropped during the run", fmt_count(k.dropped as u64)));
     for (e, n) in &k.dropped_reasons {

@@ -32,12 +32,34 @@ pub(super) struct Config {
     /// Zero of every timestamp in the run.
     pub epoch: Instant,
     pub shared: Arc<Shared>,
+    /// Percentage of subscribers that never read, spread evenly over the
+    /// indices: they model stalled clients.
+    pub slow: u8,
 }
+
+impl Config {
+    /// Whether subscriber `index` is one of the `slow` percent.
+    pub fn is_slow(&self, index: usize) -> bool {
+        one_in_share(index, self.slow)
+    }
+}
+
+/// Picks `pct` percent of the indices 0, 1, 2, …, spread evenly.
+fn one_in_share(index: usize, pct: u8) -> bool {
+    let pct = usize::from(pct);
+    (index + 1) * pct / 100 > index * pct / 100
+}
+
+/// Receive buffer of a subscriber that never reads: small, so the hub
+/// finds its socket full soon and its own bounded queue has to hold.
+const SLOW_RECV_BUFFER: u32 = 4096;
 
 /// How connecting went, reported as soon as it is known.
 #[derive(Debug)]
 pub(super) struct Outcome {
     pub topic: usize,
+    /// A subscriber that never reads: not expected to receive anything.
+    pub slow: bool,
     pub took: Duration,
     pub error: Option<String>,
 }
@@ -47,6 +69,8 @@ pub(super) struct Outcome {
 pub(super) struct Report {
     pub topic: usize,
     pub connected: bool,
+    /// Never read (see [`Config::slow`]).
+    pub slow: bool,
     /// Events received, duplicates included.
     pub events: u64,
     /// Events received inside the measured window.
@@ -69,8 +93,10 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Report {
     let topic = index % cfg.requests.len();
+    let slow = cfg.is_slow(index);
     let mut report = Report {
         topic,
+        slow,
         ..Default::default()
     };
     let started = Instant::now();
@@ -82,6 +108,7 @@ pub(super) async fn run(
         Ok(Err(e)) => {
             let _ = outcomes.send(Outcome {
                 topic,
+                slow,
                 took: started.elapsed(),
                 error: Some(e),
             });
@@ -90,6 +117,7 @@ pub(super) async fn run(
         Err(_) => {
             let _ = outcomes.send(Outcome {
                 topic,
+                slow,
                 took: started.elapsed(),
                 error: Some("timed out".into()),
             });
@@ -99,10 +127,17 @@ pub(super) async fn run(
     report.connected = true;
     let _ = outcomes.send(Outcome {
         topic,
+        slow,
         took: started.elapsed(),
         error: None,
     });
     drop(outcomes);
+    if slow {
+        // Hold the connection without reading until the run ends.
+        let _ = stop.changed().await;
+        drop(stream);
+        return report;
+    }
 
     let mut state = Reader {
         cfg: &cfg,
@@ -157,6 +192,9 @@ async fn connect(
         TcpSocket::new_v6()
     }
     .map_err(|e| io_error(&e))?;
+    if cfg.is_slow(index) {
+        let _ = socket.set_recv_buffer_size(SLOW_RECV_BUFFER);
+    }
     if !cfg.sources.is_empty() {
         let src = cfg.sources[index % cfg.sources.len()];
         socket
@@ -274,5 +312,18 @@ pub(super) fn io_error(e: &std::io::Error) -> String {
             Some(24) => "too many open files".into(),
             _ => e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slow_subscribers_are_the_given_share_spread_out() {
+        let count = |n: usize, pct: u8| (0..n).filter(|&i| super::one_in_share(i, pct)).count();
+        assert_eq!(count(10_000, 10), 1_000);
+        assert_eq!(count(20, 10), 2);
+        assert_eq!(count(100, 0), 0);
+        assert_eq!(count(100, 100), 100);
+        assert_eq!(count(1000, 33), 330);
     }
 }
