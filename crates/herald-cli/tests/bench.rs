@@ -46,30 +46,49 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Runs `herald bench` against this hub with `args` (plus the key,
+    /// `--quiet` and `--json`); asserts it succeeded and returns its text
+    /// report and its JSON report.
+    fn bench(&self, args: &[&str]) -> (String, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("bench.json");
+        let out = Command::new(BIN)
+            .args(["bench", "--hub", &format!("http://{}", self.addr)])
+            .args(["--key", KEY, "--quiet", "--json"])
+            .arg(&json)
+            .args(args)
+            .env_remove("HERALD_TOKEN")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+        let v = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+            .expect("the JSON report parses");
+        (stdout, v)
+    }
+}
+
 #[test]
 fn bench_counts_every_delivery_of_a_real_hub() {
     let hub = Hub::start();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = Command::new(BIN)
-        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
-        .args(["--key", KEY, "--subscribers", "20", "--rate", "50"])
-        .args(["--duration", "2", "--quiet", "--json"])
-        .arg(&json)
-        .args(["--pid", &hub.child.id().to_string()])
-        .env_remove("HERALD_TOKEN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let pid = hub.child.id().to_string();
+    let (stdout, v) = hub.bench(&[
+        "--subscribers",
+        "20",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--pid",
+        &pid,
+    ]);
     assert!(
         stdout.contains("latency, scheduled send to receive"),
         "{stdout}"
     );
 
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
-        .expect("the JSON report parses");
     assert_eq!(v["mode"], "load");
     assert_eq!(v["connections"]["ok"], 20, "{v:#}");
     assert_eq!(v["connections"]["failed"], 0, "{v:#}");
@@ -116,22 +135,18 @@ fn bench_refuses_to_publish_without_a_token() {
 #[test]
 fn bench_batches_reach_every_subscriber_once() {
     let hub = Hub::start();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = Command::new(BIN)
-        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
-        .args(["--key", KEY, "--subscribers", "10", "--topics", "3"])
-        .args(["--batch", "25", "--rate", "500"])
-        .args(["--duration", "2", "--quiet", "--json"])
-        .arg(&json)
-        .env_remove("HERALD_TOKEN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, v) = hub.bench(&[
+        "--subscribers",
+        "10",
+        "--topics",
+        "3",
+        "--batch",
+        "25",
+        "--rate",
+        "500",
+        "--duration",
+        "2",
+    ]);
     let acked = v["publish"]["acknowledged"].as_u64().unwrap();
     // 500/s in requests of 25 through 1 s of warm-up and 2 s measured.
     assert!((1000..=1525).contains(&acked), "{v:#}");
@@ -149,22 +164,17 @@ fn bench_batches_reach_every_subscriber_once() {
 #[test]
 fn bench_leaves_never_reading_subscribers_out_of_the_deliveries() {
     let hub = Hub::start();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = Command::new(BIN)
-        .args(["bench", "--hub", &format!("http://{}", hub.addr)])
-        .args(["--key", KEY, "--subscribers", "20", "--slow", "10"])
-        .args(["--rate", "50", "--duration", "2", "--quiet", "--json"])
-        .arg(&json)
-        .env_remove("HERALD_TOKEN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let (stdout, v) = hub.bench(&[
+        "--subscribers",
+        "20",
+        "--slow",
+        "10",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+    ]);
     assert!(stdout.contains("never reading (--slow)"), "{stdout}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // 10 % of 20: two never read.
     assert_eq!(v["connections"]["slow"], 2, "{v:#}");
     assert_eq!(v["connections"]["ok"], 20, "{v:#}");
