@@ -12,7 +12,6 @@ use herald::registry::Registry;
 use herald::subscriber::Subscriber;
 use herald::telemetry::Metrics;
 use herald_protocol::{Selector, Update};
-use tokio_util::sync::CancellationToken;
 
 fn registry() -> Registry {
     Registry::new(Box::new(|_| {}), Arc::new(Metrics::new()))
@@ -26,7 +25,7 @@ fn subscriber(id: u64, selector: &str) -> Arc<Subscriber> {
         false,
         1 << 20,
         1 << 30,
-        CancellationToken::new(),
+        None,
     ))
 }
 

@@ -55,11 +55,6 @@ async fn connection(
     tracker: TaskTracker,
 ) {
     let stop = hub.shutdown_token().clone();
-    let cancel = CancellationToken::new();
-    let ctx = ConnContext {
-        cancel: cancel.clone(),
-        peer,
-    };
     let mut buf = Vec::new();
     let complete = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, direct::read_head(&mut stream, &mut buf)) => {
@@ -72,6 +67,8 @@ async fn connection(
     }
     if let Head::Subscribe { headers, query } = direct::classify(&buf) {
         drop(buf);
+        // No cancellation token: a direct stream watches its subscriber.
+        let ctx = ConnContext { cancel: None, peer };
         let Some(live) = direct::open(stream, hub, headers, query, ctx).await else {
             return;
         };
@@ -81,6 +78,11 @@ async fn connection(
         return;
     }
     let _permit = permit;
+    let cancel = CancellationToken::new();
+    let ctx = ConnContext {
+        cancel: Some(cancel.clone()),
+        peer,
+    };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
         app.clone().oneshot(req)

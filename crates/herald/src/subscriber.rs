@@ -43,7 +43,7 @@ pub struct Subscriber {
     waker: AtomicWaker,
     /// Cancels the whole connection (used when the queue overflows, since a
     /// subscriber that stopped reading never polls its stream again).
-    pub cancel: CancellationToken,
+    pub cancel: Option<CancellationToken>,
     /// Highest position pushed, so an update with several matching topics
     /// is delivered once.
     last_pushed: AtomicU64,
@@ -84,7 +84,7 @@ impl Subscriber {
         replaying: bool,
         max_frames: usize,
         max_bytes: usize,
-        cancel: CancellationToken,
+        cancel: Option<CancellationToken>,
     ) -> Self {
         Self {
             id,
@@ -142,7 +142,9 @@ impl Subscriber {
             }
             q.closed = true;
             drop(q);
-            self.cancel.cancel();
+            if let Some(c) = &self.cancel {
+                c.cancel();
+            }
             self.waker.wake();
             return Push::Overflowed;
         }
@@ -193,6 +195,17 @@ impl Subscriber {
         self.waker.register(cx.waker());
         let q = self.queue.lock();
         if q.closed || q.heartbeat || !q.items.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Ready once the subscriber is closed (disconnect, overflow, shutdown);
+    /// otherwise the task is woken when it is.
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        if self.queue.lock().closed {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending

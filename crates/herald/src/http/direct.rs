@@ -252,7 +252,7 @@ impl Live {
             }
             // Boxed: one small allocation per write keeps the writing state
             // out of every idle connection's task.
-            let cancel = feed.cancel_token();
+            let closed = feed.closed();
             let shutdown = feed.shutdown_token();
             let written = Box::pin(async {
                 tokio::select! {
@@ -260,7 +260,7 @@ impl Live {
                         matches!(r, Ok(Ok(())))
                     }
                     // Overflowed while the client was not reading.
-                    () = cancel.cancelled() => false,
+                    () = closed => false,
                     () = shutdown.cancelled() => false,
                 }
             });

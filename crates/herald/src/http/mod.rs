@@ -26,8 +26,9 @@ pub const MERCURE_PATH: &str = "/.well-known/mercure";
 /// Per-connection context the server puts into each request's extensions.
 #[derive(Clone, Debug)]
 pub struct ConnContext {
-    /// Cancelling it drops the connection at once (slow subscribers).
-    pub cancel: CancellationToken,
+    /// Cancelling it drops the connection at once (slow subscribers). The
+    /// direct event-stream path has none: it watches the subscriber.
+    pub cancel: Option<CancellationToken>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
 }

@@ -143,7 +143,7 @@ pub(crate) async fn prepare(
 
     let (cancel, peer) = match conn {
         Some(c) => (c.cancel, Some(c.peer)),
-        None => (CancellationToken::new(), None),
+        None => (None, None),
     };
     let cfg = hub.config();
     let sub = Arc::new(Subscriber::new(
@@ -325,9 +325,10 @@ impl Feed {
         }
     }
 
-    /// Fired when the subscriber's queue overflowed: the connection must go.
-    pub fn cancel_token(&self) -> &CancellationToken {
-        &self.reg.sub.cancel
+    /// Resolves once the subscriber is closed (queue overflow, shutdown):
+    /// the connection must go.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.reg.sub.poll_closed(cx))
     }
 
     /// Fired when the hub shuts down.
