@@ -212,11 +212,6 @@ impl Subscriber {
         }
     }
 
-    /// Resolves when [`Subscriber::poll_ready`] is ready.
-    pub async fn wait(&self) {
-        std::future::poll_fn(|cx| self.poll_ready(cx)).await;
-    }
-
     /// A quarter of the heartbeat period passed: a subscriber that was sent
     /// nothing during the last four gets a heartbeat. One hub-wide ticker
     /// calls this, so an idle connection holds no timer of its own.
