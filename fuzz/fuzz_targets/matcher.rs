@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = subscription_matcher_path(match_type, value);
     let _ = is_reserved_topic(topic, &hub);
     // The same text as query parameter names, to exercise the namespace.
-    let pairs = [(topic, value), ("matchURLPattern", topic), ("match", value)];
+    let pairs = [(topic, value), ("match_urlpattern", topic), ("match", value)];
     if let Ok(ms) = parse_subscribe_query(pairs, &hub, 8) {
         for m in ms {
             let _ = m.matches(topic);

@@ -1,40 +1,43 @@
 //! Mercure draft-08 authorization details.
 //!
-//! A draft-08 access token is an RFC 9068 JWT whose `authorization_details`
-//! claim (RFC 9396) lists what its holder may do. This module turns that
-//! claim into an [`Authorization`]; checking the token's signature, `typ`,
-//! `exp`, `aud` and so on is the hub's job, before it calls in here.
+//! A draft-08 (Mercure 1.0) access token is an RFC 9068 JWT whose
+//! `authorization_details` claim (RFC 9396) lists what its holder may do.
+//! This module turns that claim into an [`Authorization`]; checking the
+//! token's signature, `typ`, `exp`, `aud` and so on is the hub's job, before
+//! it calls in here.
 //!
-//! What the spec defines (sections "Authorization Details", "Topic Matcher
-//! List" and "Payloads"):
+//! The shape, as Mercure 1.0 defines it:
 //!
-//! - The detail type is `mercure`. Entries of other types are ignored, as
-//!   RFC 9396 lets each type define its own members; they must still be
-//!   objects with a string `type`, which RFC 9396 requires of every entry.
-//! - A `mercure` detail has `actions`, a non-empty array of `publish` and
-//!   `subscribe`; `topics`, a non-empty array of `{"match": ..., "matchType":
-//!   ...}` objects (`matchType` is `Exact` or `URLPattern`, `Exact` when
-//!   absent); and optionally `payload`, a JSON object, meaningful for
-//!   `subscribe`.
-//! - A token grants an action on a topic when one of its `mercure` details
-//!   lists the action and has a matcher selecting the topic. No `mercure`
+//! - The detail type is `https://mercure.rocks/authorization-detail`
+//!   ([`DETAIL_TYPE`]; the IETF draft text's short name `mercure` is
+//!   accepted too). Entries of other types are ignored, as RFC 9396 lets
+//!   each type define its own members; they must still be objects with a
+//!   string `type`, which RFC 9396 requires of every entry.
+//! - A Mercure detail has `actions`, a non-empty array of `publish` and
+//!   `subscribe`; `topics`, a non-empty array of `{"match": ...,
+//!   "match_type": ...}` objects (`match_type` is `exact` or `urlpattern`,
+//!   `exact` when absent; the draft text's `matchType` with `Exact` or
+//!   `URLPattern` is accepted too); and optionally `payload`, any JSON
+//!   value, meaningful for `subscribe`.
+//! - A token grants an action on a topic when one of its Mercure details
+//!   lists the action and has a matcher selecting the topic. No Mercure
 //!   detail, no rights.
-//! - One invalid `mercure` detail invalidates the whole token: partial
+//! - One invalid Mercure detail invalidates the whole token: partial
 //!   acceptance would silently change what the token grants. So any error
 //!   here maps to a 401 `invalid_token`.
 //!
 //! Strictness beyond the letter of the spec, failing closed:
 //!
-//! - Members of a `mercure` detail or topic matcher other than those above
+//! - Members of a Mercure detail or topic matcher other than those above
 //!   are refused, including RFC 9396's common `locations`, `datatypes`,
 //!   `identifier` and `privileges`: they would narrow the grant, and herald
 //!   does not implement them, so ignoring them would widen it. A misspelled
-//!   `matchtype` is refused instead of silently meaning `Exact`.
-//! - `payload`, when present, must be an object (not `null`), and `actions`
-//!   and `topics` must hold strings and objects only. A repeated action is
-//!   accepted: it changes nothing.
+//!   `matchtype` is refused instead of silently meaning `exact`, and so is a
+//!   matcher carrying both `match_type` and `matchType`.
+//! - `actions` and `topics` must hold strings and objects only. A repeated
+//!   action is accepted: it changes nothing. A `null` payload is no payload.
 //!
-//! The number of `mercure` details and of topic matchers is limited
+//! The number of Mercure details and of topic matchers is limited
 //! ([`MAX_DETAILS`], [`MAX_TOPICS`]) before anything is compiled, as the spec
 //! recommends, because every URL pattern costs a compilation.
 
@@ -46,8 +49,11 @@ use crate::matcher::{MatchType, Matcher, MatcherError, Topic};
 /// The name of the JWT claim.
 pub const CLAIM: &str = "authorization_details";
 
-/// The authorization detail type defined by Mercure.
-pub const DETAIL_TYPE: &str = "mercure";
+/// The authorization detail type defined by Mercure 1.0.
+pub const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
+
+/// The same type as the IETF draft text spells it; accepted on input.
+pub const DETAIL_TYPE_DRAFT: &str = "mercure";
 
 /// Most `mercure` details in one token. The spec leaves the figure to hubs;
 /// real tokens carry a handful, and the reference hub allows 100 in all.
@@ -126,7 +132,7 @@ pub struct Detail {
     publish: bool,
     subscribe: bool,
     topics: Vec<Matcher>,
-    payload: Option<Map<String, Value>>,
+    payload: Option<Value>,
 }
 
 impl Detail {
@@ -143,8 +149,8 @@ impl Detail {
         &self.topics
     }
 
-    /// The `payload` object, if the detail has one.
-    pub fn payload(&self) -> Option<&Map<String, Value>> {
+    /// The `payload`, if the detail has one.
+    pub fn payload(&self) -> Option<&Value> {
         self.payload.as_ref()
     }
 
@@ -196,7 +202,7 @@ impl Authorization {
                 .get("type")
                 .and_then(Value::as_str)
                 .ok_or(AuthzError::MissingType(i))?;
-            if kind != DETAIL_TYPE {
+            if kind != DETAIL_TYPE && kind != DETAIL_TYPE_DRAFT {
                 continue;
             }
             if mercure.len() == MAX_DETAILS {
@@ -259,7 +265,7 @@ impl Authorization {
     /// taken as a topic. `None` when no such detail exists, or when the
     /// first one has no payload: the first matching detail decides, and a
     /// later one is not consulted.
-    pub fn payload_for(&self, subscription_match: &str) -> Option<&Map<String, Value>> {
+    pub fn payload_for(&self, subscription_match: &str) -> Option<&Value> {
         self.details
             .iter()
             .find(|d| d.subscribe && d.matches(subscription_match))
@@ -318,11 +324,7 @@ fn parse_detail(i: usize, object: &Map<String, Value>, base: &Url) -> Result<Det
         .map(|(j, entry)| parse_topic(i, j, entry, base))
         .collect::<Result<_, _>>()?;
 
-    let payload = match object.get("payload") {
-        None => None,
-        Some(Value::Object(p)) => Some(p.clone()),
-        Some(_) => return Err(invalid(i, "payload", "not an object")),
-    };
+    let payload = object.get("payload").filter(|p| !p.is_null()).cloned();
 
     Ok(Detail {
         publish,
@@ -338,7 +340,7 @@ fn parse_topic(i: usize, j: usize, entry: &Value, base: &Url) -> Result<Matcher,
         .ok_or_else(|| invalid(i, format!("topics[{j}]"), "not an object"))?;
     if let Some(member) = object
         .keys()
-        .find(|k| !matches!(k.as_str(), "match" | "matchType"))
+        .find(|k| !matches!(k.as_str(), "match" | "match_type" | "matchType"))
     {
         return Err(invalid(
             i,
@@ -351,14 +353,25 @@ fn parse_topic(i: usize, j: usize, entry: &Value, base: &Url) -> Result<Matcher,
         Some(Value::String(s)) => s,
         Some(_) => return Err(invalid(i, format!("topics[{j}].match"), "not a string")),
     };
-    let match_type = match object.get("matchType") {
+    let (member, raw_type) = match (object.get("match_type"), object.get("matchType")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                i,
+                format!("topics[{j}].matchType"),
+                "given with match_type",
+            ))
+        }
+        (Some(t), None) => ("match_type", Some(t)),
+        (None, t) => ("matchType", t),
+    };
+    let match_type = match raw_type {
         None => MatchType::Exact,
         Some(Value::String(s)) => MatchType::from_name(s).ok_or_else(|| AuthzError::Matcher {
             detail: i,
             topic: j,
             source: MatcherError::UnknownMatchType(s.clone()),
         })?,
-        Some(_) => return Err(invalid(i, format!("topics[{j}].matchType"), "not a string")),
+        Some(_) => return Err(invalid(i, format!("topics[{j}].{member}"), "not a string")),
     };
     Matcher::new(match_type, value, base).map_err(|source| AuthzError::Matcher {
         detail: i,
@@ -387,11 +400,11 @@ mod tests {
         let claims = json!({
           "authorization_details": [
             {
-              "type": "mercure",
+              "type": DETAIL_TYPE,
               "actions": ["subscribe"],
               "topics": [
-                {"match": "https://example.com/books/1", "matchType": "Exact"},
-                {"match": "https://example.com/books/7", "matchType": "Exact"}
+                {"match": "https://example.com/books/1", "match_type": "exact"},
+                {"match": "https://example.com/books/7", "match_type": "exact"}
               ]
             }
           ]
@@ -409,25 +422,38 @@ mod tests {
     }
 
     #[test]
+    fn draft_text_spelling_is_accepted() {
+        let a = parse(json!([
+            {"type": "mercure", "actions": ["subscribe"],
+             "topics": [{"match": "https://example.com/books/:id", "matchType": "URLPattern"}]},
+            {"type": "https://example.com/other", "whatever": 1}
+        ]))
+        .unwrap();
+        assert_eq!(a.details().len(), 1);
+        assert!(a.can_subscribe("https://example.com/books/1"));
+        assert!(!a.can_subscribe("https://example.com/authors/1"));
+    }
+
+    #[test]
     fn spec_payloads_example() {
         // Section "Payloads": the first matching subscribe detail wins, `*`
         // serves as the default, and a subscription's matcher string is
         // matched as if it were a topic.
         let text = r#"[
             {
-                "type": "mercure",
+                "type": "https://mercure.rocks/authorization-detail",
                 "actions": ["subscribe"],
                 "topics": [{"match": "https://example.com/foo"}],
                 "payload": {"custom1": "data only available for this topic"}
             },
             {
-                "type": "mercure",
+                "type": "https://mercure.rocks/authorization-detail",
                 "actions": ["subscribe"],
-                "topics": [{"match": "https://example.com/bar/:id", "matchType": "URLPattern"}],
+                "topics": [{"match": "https://example.com/bar/:id", "match_type": "urlpattern"}],
                 "payload": {"custom2": "data available for matching subscriptions"}
             },
             {
-                "type": "mercure",
+                "type": "https://mercure.rocks/authorization-detail",
                 "actions": ["subscribe"],
                 "topics": [{"match": "*"}],
                 "payload": {"custom3": "default data for all other subscriptions"}
@@ -436,7 +462,7 @@ mod tests {
         let a = Authorization::from_json(text, &hub()).unwrap();
         let key = |m: &str| {
             a.payload_for(m)
-                .and_then(|p| p.keys().next().cloned())
+                .and_then(|p| p.as_object().and_then(|o| o.keys().next().cloned()))
                 .unwrap()
         };
         assert_eq!(key("https://example.com/foo"), "custom1");
@@ -453,17 +479,17 @@ mod tests {
     #[test]
     fn first_matching_detail_decides_the_payload() {
         let a = parse(json!([
-            {"type": "mercure", "actions": ["publish"], "topics": [{"match": "*"}],
+            {"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "*"}],
              "payload": {"publisher": true}},
-            {"type": "mercure", "actions": ["subscribe"], "topics": [{"match": "a"}]},
-            {"type": "mercure", "actions": ["subscribe"], "topics": [{"match": "*"}],
+            {"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": [{"match": "a"}]},
+            {"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": [{"match": "*"}],
              "payload": {"default": true}}
         ]))
         .unwrap();
         // The publish-only detail is skipped; the first subscribe detail
         // matching "a" has no payload, and decides.
         assert_eq!(a.payload_for("a"), None);
-        assert!(a.payload_for("b").unwrap().contains_key("default"));
+        assert!(a.payload_for("b").unwrap().get("default").is_some());
         assert!(a.can_publish("x") && a.can_subscribe("x"));
     }
 
@@ -488,9 +514,9 @@ mod tests {
         // Section "Subscription API": one matcher covers the events and the
         // API resources.
         let a = parse(json!([{
-            "type": "mercure",
+            "type": DETAIL_TYPE,
             "actions": ["subscribe"],
-            "topics": [{"match": "/.well-known/mercure/subscriptions{/*}?", "matchType": "URLPattern"}]
+            "topics": [{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]
         }]))
         .unwrap();
         assert!(a.can_subscribe("/.well-known/mercure/subscriptions"));
@@ -503,7 +529,7 @@ mod tests {
     fn invalid_claims() {
         let detail = |extra: Value| {
             let mut d =
-                json!({"type": "mercure", "actions": ["publish"], "topics": [{"match": "a"}]});
+                json!({"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "a"}]});
             for (k, v) in extra.as_object().unwrap() {
                 if v.is_null() && k != "payload" {
                     d.as_object_mut().unwrap().remove(k);
@@ -563,24 +589,32 @@ mod tests {
             inv("topics[0].match", "not a string")
         );
         assert_eq!(
+            detail(json!({"topics": [{"match": "a", "match_type": null}]})),
+            inv("topics[0].match_type", "not a string")
+        );
+        assert_eq!(
             detail(json!({"topics": [{"match": "a", "matchType": null}]})),
             inv("topics[0].matchType", "not a string")
         );
         assert_eq!(
-            detail(json!({"topics": [{"match": "a", "matchtype": "URLPattern"}]})),
+            detail(json!({"topics": [{"match": "a", "match_type": "exact", "matchType": "Exact"}]})),
+            inv("topics[0].matchType", "given with match_type")
+        );
+        assert_eq!(
+            detail(json!({"topics": [{"match": "a", "matchtype": "urlpattern"}]})),
             inv("topics[0].matchtype", "unsupported member")
         );
         assert_eq!(
-            detail(json!({"topics": [{"match": "a", "matchType": "exact"}]})),
+            detail(json!({"topics": [{"match": "a", "match_type": "Urlpattern"}]})),
             Some(AuthzError::Matcher {
                 detail: 0,
                 topic: 0,
-                source: MatcherError::UnknownMatchType("exact".into())
+                source: MatcherError::UnknownMatchType("Urlpattern".into())
             })
         );
         assert_eq!(
             detail(
-                json!({"topics": [{"match": "a"}, {"match": "https://a/:", "matchType": "URLPattern"}]})
+                json!({"topics": [{"match": "a"}, {"match": "https://a/:", "match_type": "urlpattern"}]})
             ),
             Some(AuthzError::Matcher {
                 detail: 0,
@@ -612,14 +646,9 @@ mod tests {
                 source: MatcherError::ControlCharacter
             })
         );
-        assert_eq!(
-            detail(json!({"payload": null})),
-            inv("payload", "not an object")
-        );
-        assert_eq!(
-            detail(json!({"payload": "x"})),
-            inv("payload", "not an object")
-        );
+        // Any JSON value is a payload; `null` is none.
+        assert_eq!(detail(json!({"payload": null})), None);
+        assert_eq!(detail(json!({"payload": "x"})), None);
         assert_eq!(detail(json!({"payload": {"a": [1, {"b": null}]}})), None);
         assert_eq!(
             detail(json!({"locations": ["https://example.com"]})),
@@ -628,7 +657,7 @@ mod tests {
 
         // Entry and claim shapes.
         assert_eq!(
-            parse(json!({"type": "mercure"})).err(),
+            parse(json!({"type": DETAIL_TYPE})).err(),
             Some(AuthzError::NotArray)
         );
         assert_eq!(
@@ -656,8 +685,8 @@ mod tests {
     #[test]
     fn one_bad_detail_rejects_the_token() {
         let r = parse(json!([
-            {"type": "mercure", "actions": ["publish"], "topics": [{"match": "*"}]},
-            {"type": "mercure", "actions": ["delete"], "topics": [{"match": "a"}]}
+            {"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "*"}]},
+            {"type": DETAIL_TYPE, "actions": ["delete"], "topics": [{"match": "a"}]}
         ]));
         assert_eq!(
             r.err(),
@@ -670,7 +699,7 @@ mod tests {
 
     #[test]
     fn limits() {
-        let d = json!({"type": "mercure", "actions": ["subscribe"], "topics": [{"match": "a"}]});
+        let d = json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": [{"match": "a"}]});
         let other = json!({"type": "other"});
         let mut many = vec![d.clone(); MAX_DETAILS];
         many.push(other.clone());
@@ -684,22 +713,22 @@ mod tests {
         let topics = |n: usize| {
             Value::Array(
                 (0..n)
-                    .map(|i| json!({"match": format!("https://a/{i}/:x"), "matchType": "URLPattern"}))
+                    .map(|i| json!({"match": format!("https://a/{i}/:x"), "match_type": "urlpattern"}))
                     .collect(),
             )
         };
         let half =
-            json!({"type": "mercure", "actions": ["subscribe"], "topics": topics(MAX_TOPICS / 2)});
+            json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": topics(MAX_TOPICS / 2)});
         assert!(parse(json!([half.clone(), half.clone()])).is_ok());
         // Over the limit: refused before any of the patterns is compiled,
         // even when the excess is in a detail that is valid otherwise and
         // an earlier detail is invalid.
-        let bad = json!({"type": "mercure", "actions": ["bogus"], "topics": [{"match": "a"}]});
+        let bad = json!({"type": DETAIL_TYPE, "actions": ["bogus"], "topics": [{"match": "a"}]});
         assert_eq!(
             parse(json!([bad, half.clone(), half, d])).err(),
             Some(AuthzError::TooManyTopics(MAX_TOPICS))
         );
-        let huge = json!({"type": "mercure", "actions": ["subscribe"], "topics": topics(10_000)});
+        let huge = json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": topics(10_000)});
         assert_eq!(
             parse(json!([huge])).err(),
             Some(AuthzError::TooManyTopics(MAX_TOPICS))
@@ -724,6 +753,9 @@ mod tests {
                 "subscribe",
                 "publish",
                 "*",
+                "https://mercure.rocks/authorization-detail",
+                "exact",
+                "urlpattern",
                 "Exact",
                 "URLPattern",
                 "https://example.com/:id",
@@ -745,6 +777,7 @@ mod tests {
                             "payload",
                             "match",
                             "matchType",
+                            "match_type",
                             "x",
                         ]),
                         inner
@@ -790,7 +823,7 @@ mod tests {
         #[test]
         fn exact_grants_exactly(topic in "[a-z0-9:/.]{1,20}", other in "[a-z0-9:/.]{1,20}") {
             prop_assume!(topic != "*");
-            let a = parse(json!([{"type": "mercure", "actions": ["publish"], "topics": [{"match": topic}]}])).unwrap();
+            let a = parse(json!([{"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": topic}]}])).unwrap();
             prop_assert!(a.can_publish(&topic));
             prop_assert_eq!(a.can_publish(&other), other == topic);
             prop_assert!(!a.can_subscribe(&topic));

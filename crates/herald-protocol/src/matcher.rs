@@ -1,11 +1,16 @@
 //! Mercure draft-08 topic matchers.
 //!
-//! Draft-08 replaces draft-07's `topic` selectors with typed *topic
-//! matchers* (spec section "Matcher Types"). The same matchers select topics
-//! in two places: the subscribe query (`match`, `matchExact`,
-//! `matchURLPattern` parameters, section "Subscription") and the `topics`
-//! of `mercure` authorization details (`{"match": ..., "matchType": ...}`,
-//! section "Topic Matcher List", parsed by [`crate::authz`]).
+//! Draft-08 (Mercure 1.0) replaces draft-07's `topic` selectors with typed
+//! *topic matchers*. The same matchers select topics in two places: the
+//! subscribe query (`match`, `match_exact` and `match_urlpattern`
+//! parameters) and the `topics` of Mercure authorization details
+//! (`{"match": ..., "match_type": ...}`, parsed by [`crate::authz`]).
+//!
+//! Names follow Mercure 1.0 as the reference hub and client libraries
+//! speak it (`match_urlpattern`, `match_type: "urlpattern"`). The IETF
+//! draft text spells the same things `matchURLPattern` and `matchType:
+//! "URLPattern"`; those spellings are accepted on input as well, and herald
+//! writes the 1.0 ones. Section names below refer to the draft text.
 //!
 //! - `Exact` (the default): a case-sensitive, byte-for-byte comparison. The
 //!   value is never resolved against a base URL nor normalized (section
@@ -80,7 +85,7 @@
 //! # Subscription event topics
 //!
 //! [`subscription_topic`] builds the topic of a subscription event,
-//! `/.well-known/mercure/subscriptions/{matchType}/{match}/{subscriber}`
+//! `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`
 //! (section "Subscription Events"), percent-encoding each variable once as a
 //! whole, as RFC 6570 simple string expansion does.
 
@@ -146,31 +151,38 @@ pub enum MatchType {
 }
 
 impl MatchType {
-    /// The canonical name, as used in `matchType`, in the query parameter
-    /// suffix and in subscription event topics.
+    /// The canonical name, as Mercure 1.0 spells it: the `match_type` value
+    /// of authorization details and subscription events, the suffix of the
+    /// `match_*` query parameter, and the `{match_type}` segment of
+    /// subscription event topics.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Exact => "Exact",
-            Self::UrlPattern => "URLPattern",
+            Self::Exact => "exact",
+            Self::UrlPattern => "urlpattern",
         }
     }
 
-    /// Parses a `matchType` value. Case-sensitive: `exact` is not a type.
+    /// Parses a `match_type` value. Case-sensitive. The spelling of the
+    /// IETF draft text (`Exact`, `URLPattern`) is accepted too, so tokens
+    /// minted from either text work; `Urlpattern` or `EXACT` are not types.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
-            "Exact" => Some(Self::Exact),
-            "URLPattern" => Some(Self::UrlPattern),
+            "exact" | "Exact" => Some(Self::Exact),
+            "urlpattern" | "URLPattern" => Some(Self::UrlPattern),
             _ => None,
         }
     }
 
     /// Classifies a subscribe query parameter name.
     ///
-    /// Returns `Ok(None)` for names outside the reserved `match` namespace
-    /// (`lastEventID`, `topic`, ...), and an error for names inside it (equal
-    /// to `match` or starting with it, ignoring ASCII case) that name no
-    /// matcher type, such as `matchexact` or `matchRegex`: the spec reserves
-    /// the whole prefix so that a misspelling fails loudly.
+    /// `match` and `match_exact` select exact matching, `match_urlpattern`
+    /// URL patterns (Mercure 1.0); the IETF draft text's `matchExact` and
+    /// `matchURLPattern` are accepted as the same. Returns `Ok(None)` for
+    /// names outside the reserved `match` namespace (`last_event_id`,
+    /// `topic`, ...), and an error for names inside it (equal to `match` or
+    /// starting with it, ignoring ASCII case) that name no matcher type, such
+    /// as `match_regex` or `Match`: the whole prefix is reserved so that a
+    /// misspelling fails loudly instead of silently matching nothing.
     pub fn from_query_param(name: &str) -> Result<Option<Self>, MatcherError> {
         let reserved = name
             .get(..5)
@@ -178,13 +190,19 @@ impl MatchType {
         if !reserved {
             return Ok(None);
         }
-        if name == "match" {
-            return Ok(Some(Self::Exact));
+        match name {
+            "match" | "match_exact" | "matchExact" => Ok(Some(Self::Exact)),
+            "match_urlpattern" | "matchURLPattern" => Ok(Some(Self::UrlPattern)),
+            _ => Err(MatcherError::UnknownMatchType(name.to_owned())),
         }
-        name.strip_prefix("match")
-            .and_then(Self::from_name)
-            .map(Some)
-            .ok_or_else(|| MatcherError::UnknownMatchType(name.to_owned()))
+    }
+
+    /// The subscribe query parameter that selects this type.
+    pub const fn query_param(self) -> &'static str {
+        match self {
+            Self::Exact => "match",
+            Self::UrlPattern => "match_urlpattern",
+        }
     }
 }
 
@@ -228,8 +246,8 @@ struct CompiledPattern {
 }
 
 impl Matcher {
-    /// Parses a matcher given its `matchType` name (`Exact` or
-    /// `URLPattern`, case-sensitive). `base` is the hub's URL.
+    /// Parses a matcher given its `match_type` name (`exact` or
+    /// `urlpattern`, case-sensitive; see [`MatchType::from_name`]). `base` is the hub's URL.
     pub fn parse(kind: &str, value: &str, base: &Url) -> Result<Self, MatcherError> {
         let match_type = MatchType::from_name(kind)
             .ok_or_else(|| MatcherError::UnknownMatchType(kind.to_owned()))?;
@@ -316,7 +334,7 @@ impl Matcher {
         }
     }
 
-    /// The `{matchType}/{match}` part of this matcher's subscription event
+    /// The `{match_type}/{match}` part of this matcher's subscription event
     /// topics; see [`subscription_matcher_path`].
     pub fn subscription_path(&self) -> String {
         subscription_matcher_path(self.match_type, &self.value)
@@ -557,7 +575,7 @@ where
     Ok(matchers)
 }
 
-/// The `{matchType}/{match}` part of a subscription event topic, each
+/// The `{match_type}/{match}` part of a subscription event topic, each
 /// variable percent-encoded once as RFC 6570 simple expansion does
 /// (everything but `ALPHA DIGIT - . _ ~`, UTF-8 octets in upper-case hex;
 /// an existing `%` is encoded too, section "Subscription Events").
@@ -566,7 +584,7 @@ pub fn subscription_matcher_path(match_type: MatchType, value: &str) -> String {
 }
 
 /// The topic of a subscription event:
-/// `/.well-known/mercure/subscriptions/{matchType}/{match}/{subscriber}`.
+/// `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`.
 /// Relative, as in the spec's examples; it is also the path of the
 /// subscription in the subscription API.
 pub fn subscription_topic(match_type: MatchType, value: &str, subscriber: &str) -> String {
@@ -614,24 +632,30 @@ mod tests {
         for t in [MatchType::Exact, MatchType::UrlPattern] {
             assert_eq!(MatchType::from_name(t.name()), Some(t));
         }
-        assert_eq!(MatchType::from_name("exact"), None);
+        assert_eq!(MatchType::from_name("Exact"), Some(MatchType::Exact));
+        assert_eq!(
+            MatchType::from_name("URLPattern"),
+            Some(MatchType::UrlPattern)
+        );
         assert_eq!(MatchType::from_name("UrlPattern"), None);
-        assert_eq!(MatchType::from_name("urlpattern"), None);
+        assert_eq!(MatchType::from_name("EXACT"), None);
+        assert_eq!(MatchType::from_name("url_pattern"), None);
     }
 
     #[test]
     fn query_param_namespace() {
-        // Section "Subscription": bare `match` is Exact; the suffix is the
-        // canonical, case-sensitive type name.
+        // Bare `match` is exact; the 1.0 names and the draft text's names.
         let ok = [
             ("match", MatchType::Exact),
+            ("match_exact", MatchType::Exact),
+            ("match_urlpattern", MatchType::UrlPattern),
             ("matchExact", MatchType::Exact),
             ("matchURLPattern", MatchType::UrlPattern),
         ];
         for (name, t) in ok {
             assert_eq!(MatchType::from_query_param(name), Ok(Some(t)), "{name}");
         }
-        for name in ["topic", "lastEventID", "access_token", "matc", "", "m"] {
+        for name in ["topic", "last_event_id", "lastEventID", "access_token", "matc", "", "m"] {
             assert_eq!(MatchType::from_query_param(name), Ok(None), "{name}");
         }
         // The whole prefix is reserved, ignoring case.
@@ -644,7 +668,10 @@ mod tests {
             "matchRegex",
             "matches",
             "MatchExact",
-            "match_exact",
+            "match_Exact",
+            "match_urlPattern",
+            "match_regex",
+            "match_",
             "matché",
         ] {
             assert_eq!(
@@ -757,7 +784,7 @@ mod tests {
     #[test]
     fn relative_patterns_and_topics_use_the_hub_url() {
         // Section "URL Pattern": the spec's relative example.
-        let m = pattern("/.well-known/mercure/subscriptions/Exact/:topic/:subscriber");
+        let m = pattern("/.well-known/mercure/subscriptions/exact/:topic/:subscriber");
         let topic = subscription_topic(
             MatchType::Exact,
             "https://example.com/a-topic",
@@ -919,23 +946,23 @@ mod tests {
                 "https://example.com/:selector",
                 "urn:uuid:bb3de268-05b0-4c65-b44e-8f9acefc29d6"
             ),
-            "/.well-known/mercure/subscriptions/URLPattern/https%3A%2F%2Fexample.com%2F%3Aselector/urn%3Auuid%3Abb3de268-05b0-4c65-b44e-8f9acefc29d6"
+            "/.well-known/mercure/subscriptions/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector/urn%3Auuid%3Abb3de268-05b0-4c65-b44e-8f9acefc29d6"
         );
         assert_eq!(
             exact("https://example.com/a-topic").subscription_path(),
-            "Exact/https%3A%2F%2Fexample.com%2Fa-topic"
+            "exact/https%3A%2F%2Fexample.com%2Fa-topic"
         );
         // Encoded exactly once: an existing escape is encoded again, as a
         // whole-string expansion requires; non-ASCII as UTF-8 octets.
         assert_eq!(
             subscription_matcher_path(MatchType::Exact, "a%20b/é~*"),
-            "Exact/a%2520b%2F%C3%A9~%2A"
+            "exact/a%2520b%2F%C3%A9~%2A"
         );
         assert_eq!(
             Matcher::new(MatchType::UrlPattern, "*", &hub())
                 .unwrap()
                 .subscription_path(),
-            "URLPattern/%2A"
+            "urlpattern/%2A"
         );
     }
 
@@ -1129,7 +1156,7 @@ mod tests {
         #[test]
         fn subscription_path_round_trips(value in any::<String>()) {
             let path = subscription_matcher_path(MatchType::UrlPattern, &value);
-            let enc = path.strip_prefix("URLPattern/").unwrap();
+            let enc = path.strip_prefix("urlpattern/").unwrap();
             prop_assert!(enc.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
             let dec = percent_encoding::percent_decode_str(enc).decode_utf8().unwrap();
             prop_assert_eq!(dec, value.as_str());
