@@ -26,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod oauth;
 pub mod registry;
 pub mod server;
 pub mod stats;
