@@ -10,6 +10,7 @@ use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
 use herald::engine::Engine;
+use herald::oauth::{self, IssuerConfig};
 use herald::{Hub, HubConfig};
 
 use crate::settings::{parse_duration, FileConfig};
@@ -119,11 +120,73 @@ pub struct Args {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     log_format: Option<String>,
+    /// The hub's public URL, as clients reach it: relative URL patterns and
+    /// topics resolve against it [default: http://ADDR/.well-known/mercure].
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// OAuth resource identifier that draft-08 access tokens must carry in
+    /// `aud` [default: the public URL].
+    #[arg(long, env = "HERALD_RESOURCE")]
+    resource: Option<String>,
+    /// An issuer trusted for draft-08 access tokens: `ISSUER KEY [ALGS]`,
+    /// space-separated; KEY is `secret:TEXT`, `pem:PATH`, `jwks:PATH` or
+    /// `jwks:URL`; ALGS a comma-separated allow-list [default: from the
+    /// key]. Repeat the flag (or separate with `;` in the variable).
+    #[arg(
+        long = "issuer",
+        env = "HERALD_ISSUERS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    issuers: Option<Vec<String>>,
+    /// Name of the draft-08 access token cookie
+    /// [default: __Secure-mercure_access_token].
+    #[arg(long, env = "HERALD_ACCESS_TOKEN_COOKIE")]
+    access_token_cookie: Option<String>,
+    /// Trusted issuers to advertise as OAuth authorization servers in the
+    /// protected resource metadata, comma-separated.
+    #[arg(long, env = "HERALD_AUTHORIZATION_SERVERS", value_delimiter = ',')]
+    authorization_servers: Option<Vec<String>>,
+}
+
+/// Parses `--issuer "ISSUER KEY [ALG,ALG]"`.
+fn parse_issuer(s: &str) -> anyhow::Result<IssuerConfig> {
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    let (issuer, key, algs) = match fields.as_slice() {
+        [i, k] => (*i, *k, ""),
+        [i, k, a] => (*i, *k, *a),
+        _ => bail!("--issuer {s:?}: expected \"ISSUER KEY [ALGORITHMS]\""),
+    };
+    issuer_config(
+        issuer,
+        key,
+        algs.split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn issuer_config(issuer: &str, key: &str, algs: Vec<String>) -> anyhow::Result<IssuerConfig> {
+    let keys =
+        oauth::parse_key_source(key).map_err(|e| anyhow::anyhow!("issuer {issuer:?}: {e}"))?;
+    let algorithms = algs
+        .iter()
+        .map(|a| auth::parse_algorithm(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("issuer {issuer:?}: {e}"))?;
+    Ok(IssuerConfig {
+        issuer: issuer.to_owned(),
+        keys,
+        algorithms,
+    })
 }
 
 /// Everything `serve` needs, checked.
 struct Plan {
     addr: SocketAddr,
+    /// `public_url` was configured (else it follows the bound address).
+    public_url_given: bool,
     hub: HubConfig,
     engine: EngineChoice,
     generated_key: bool,
@@ -236,6 +299,31 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
         ),
         other => bail!("unknown metrics setting {other:?} (expected open, off or token)"),
     };
+    let public_url = a.public_url.or(f.public_url);
+    let public_url_given = public_url.is_some();
+    if let Some(u) = public_url {
+        hub.public_url =
+            url::Url::parse(&u).with_context(|| format!("public_url {u:?} is not a URL"))?;
+    }
+    hub.resource = a.resource.or(f.resource);
+    if let Some(v) = a.access_token_cookie.or(f.access_token_cookie) {
+        hub.access_token_cookie = v;
+    }
+    if let Some(v) = a.authorization_servers.or(f.authorization_servers) {
+        hub.authorization_servers = v.into_iter().filter(|s| !s.is_empty()).collect();
+    }
+    hub.issuers = match (a.issuers, f.issuers) {
+        (Some(flags), _) => flags
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_issuer(s))
+            .collect::<anyhow::Result<_>>()?,
+        (None, Some(file)) => file
+            .into_iter()
+            .map(|i| issuer_config(&i.issuer, &i.key, i.algorithms))
+            .collect::<anyhow::Result<_>>()?,
+        (None, None) => Vec::new(),
+    };
     hub.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let engine = match a.engine.or(f.engine).as_deref().unwrap_or("local") {
@@ -273,6 +361,7 @@ fn plan(a: Args) -> anyhow::Result<Plan> {
         other => bail!("unknown log_format {other:?} (expected text or json)"),
     };
     Ok(Plan {
+        public_url_given,
         addr: a
             .addr
             .or(f.addr)
@@ -300,7 +389,7 @@ fn init_logs(filter: &str, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let plan = plan(args)?;
+    let mut plan = plan(args)?;
     init_logs(&plan.log, plan.log_json)?;
     let engine: Arc<dyn Engine> = match plan.engine {
         EngineChoice::Memory { capacity } => Arc::new(MemoryEngine::new(capacity)),
@@ -316,6 +405,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = herald::server::bind(plan.addr)
         .with_context(|| format!("cannot listen on {}", plan.addr))?;
     let addr = listener.local_addr()?;
+    if !plan.public_url_given {
+        plan.hub.public_url = url::Url::parse(&format!("http://{addr}/.well-known/mercure"))
+            .context("public URL from the bound address")?;
+    }
     if plan.generated_key {
         print_quickstart(&plan.hub, addr)?;
     }

@@ -44,6 +44,24 @@ pub struct FileConfig {
     pub metrics_token: Option<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,
+    pub public_url: Option<String>,
+    pub resource: Option<String>,
+    pub access_token_cookie: Option<String>,
+    pub authorization_servers: Option<Vec<String>>,
+    pub issuers: Option<Vec<FileIssuer>>,
+}
+
+/// One `[[issuers]]` table: an issuer trusted for draft-08 access tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIssuer {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// `secret:TEXT`, `pem:PATH`, `jwks:PATH` or `jwks:URL`.
+    pub key: String,
+    /// Accepted algorithms [default: from the key].
+    #[serde(default)]
+    pub algorithms: Vec<String>,
 }
 
 impl FileConfig {

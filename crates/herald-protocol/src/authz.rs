@@ -597,7 +597,9 @@ mod tests {
             inv("topics[0].matchType", "not a string")
         );
         assert_eq!(
-            detail(json!({"topics": [{"match": "a", "match_type": "exact", "matchType": "Exact"}]})),
+            detail(
+                json!({"topics": [{"match": "a", "match_type": "exact", "matchType": "Exact"}]})
+            ),
             inv("topics[0].matchType", "given with match_type")
         );
         assert_eq!(
@@ -717,8 +719,7 @@ mod tests {
                     .collect(),
             )
         };
-        let half =
-            json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": topics(MAX_TOPICS / 2)});
+        let half = json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": topics(MAX_TOPICS / 2)});
         assert!(parse(json!([half.clone(), half.clone()])).is_ok());
         // Over the limit: refused before any of the patterns is compiled,
         // even when the excess is in a detail that is valid otherwise and

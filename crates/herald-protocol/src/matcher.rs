@@ -655,7 +655,15 @@ mod tests {
         for (name, t) in ok {
             assert_eq!(MatchType::from_query_param(name), Ok(Some(t)), "{name}");
         }
-        for name in ["topic", "last_event_id", "lastEventID", "access_token", "matc", "", "m"] {
+        for name in [
+            "topic",
+            "last_event_id",
+            "lastEventID",
+            "access_token",
+            "matc",
+            "",
+            "m",
+        ] {
             assert_eq!(MatchType::from_query_param(name), Ok(None), "{name}");
         }
         // The whole prefix is reserved, ignoring case.

@@ -1,10 +1,17 @@
-//! Mercure draft-07 topic selectors.
+//! Topic selectors: what a subscription listens to, in either revision.
 //!
-//! A selector is `*` (every topic), or a string that is compared to the
-//! topic exactly and, when it contains RFC 6570 expressions, also matched as
-//! a URI template. A selector with braces that do not form a valid template
-//! is refused, so a typo fails loudly instead of matching nothing.
+//! A draft-07 selector is `*` (every topic), or a string that is compared
+//! to the topic exactly and, when it contains RFC 6570 expressions, also
+//! matched as a URI template. A selector with braces that do not form a
+//! valid template is refused, so a typo fails loudly instead of matching
+//! nothing.
+//!
+//! A draft-08 topic matcher ([`crate::matcher`]) becomes a selector too:
+//! `*` is [`Selector::Any`], an exact matcher [`Selector::Exact`], and a URL
+//! pattern [`Selector::Pattern`]. So one topic index serves subscribers of
+//! both revisions side by side.
 
+use crate::matcher::{MatchType, Matcher};
 use crate::template::{TemplateError, UriTemplate};
 
 /// A parsed topic selector.
@@ -16,6 +23,8 @@ pub enum Selector {
     Exact(String),
     /// A URI template; also matches the template string itself exactly.
     Template(UriTemplate),
+    /// A draft-08 URL pattern (never `*`, which is [`Selector::Any`]).
+    Pattern(Matcher),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,12 +67,25 @@ impl Selector {
         }
     }
 
+    /// The selector for a draft-08 topic matcher.
+    pub fn from_matcher(m: &Matcher) -> Self {
+        if m.is_wildcard() {
+            Self::Any
+        } else {
+            match m.match_type() {
+                MatchType::Exact => Self::Exact(m.as_str().to_owned()),
+                MatchType::UrlPattern => Self::Pattern(m.clone()),
+            }
+        }
+    }
+
     /// The selector as the subscriber wrote it.
     pub fn as_str(&self) -> &str {
         match self {
             Self::Any => "*",
             Self::Exact(s) => s,
             Self::Template(t) => t.as_str(),
+            Self::Pattern(m) => m.as_str(),
         }
     }
 
@@ -72,11 +94,25 @@ impl Selector {
             Self::Any => true,
             Self::Exact(s) => s == topic,
             Self::Template(t) => t.as_str() == topic || t.matches(topic),
+            Self::Pattern(m) => m.matches(topic),
         }
     }
 
-    pub fn is_template(&self) -> bool {
-        matches!(self, Self::Template(_))
+    /// True for the selectors that are evaluated rather than looked up
+    /// (URI templates and URL patterns): the topic index matches them once
+    /// per topic string and caches the result.
+    pub fn is_evaluated(&self) -> bool {
+        matches!(self, Self::Template(_) | Self::Pattern(_))
+    }
+
+    /// A key that tells evaluated selectors apart: a URI template and a URL
+    /// pattern with the same text select different topics. Control
+    /// characters never occur in selectors, so the prefix cannot collide.
+    pub fn index_key(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Pattern(m) => format!("\u{1}{}", m.as_str()).into(),
+            other => other.as_str().into(),
+        }
     }
 }
 

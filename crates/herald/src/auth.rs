@@ -1,15 +1,28 @@
-//! Authorization with Mercure JWTs.
+//! Authorization with Mercure JWTs, in both protocol revisions.
 //!
-//! A token carries a `mercure` claim: `publish` and `subscribe` are lists of
-//! topic selectors, `payload` is free JSON handed to subscription events.
-//! Tokens come from the `Authorization: Bearer` header, the `authorization`
-//! query parameter, or the `mercureAuthorization` cookie, in that order.
-//! The accepted algorithm is fixed by configuration and the key never comes
-//! from the token, so `none` and algorithm-confusion tokens are refused.
+//! - A **draft-07** token carries a `mercure` claim: `publish` and
+//!   `subscribe` are lists of topic selectors, `payload` is free JSON handed
+//!   to subscription events. It is verified with `publisher_jwt` /
+//!   `subscriber_jwt`, whose algorithm is fixed by configuration.
+//! - A **draft-08** (Mercure 1.0) token is an OAuth access token, told apart
+//!   by its `typ: at+jwt` header, and verified by [`crate::oauth`] against
+//!   the trusted issuers; its `authorization_details` say what it grants.
+//!
+//! Either kind of token works with either kind of request: what a token
+//! grants is a [`Grants`], and the rest of the hub asks it questions.
+//!
+//! Tokens come from the `Authorization: Bearer` header, then (draft-07
+//! requests only) the `authorization` query parameter, then the draft-08
+//! cookie (`__Secure-mercure_access_token`), then the draft-07 cookie
+//! (`mercureAuthorization`). A header always wins over a cookie. Keys never
+//! come from the token, so `none` and algorithm-confusion tokens are
+//! refused.
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use herald_protocol::authz::{Action, Authorization};
 use herald_protocol::Selector;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
@@ -37,18 +50,39 @@ pub enum AuthError {
     TopicNotAllowed(String),
     #[error("no key is configured for this action")]
     NoKey,
+    #[error("access tokens are not accepted in the query string: use the Authorization header or the cookie")]
+    TokenInQuery,
 }
 
 impl AuthError {
     /// `401` when the request carries no usable credentials, `403` when the
-    /// credentials are valid but do not grant the action.
+    /// credentials are valid but do not grant the action, `400` when the
+    /// credentials are presented wrongly.
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::NoOrigin
             | Self::OriginNotAllowed(_)
             | Self::NoPublishClaim
             | Self::TopicNotAllowed(_) => http::StatusCode::FORBIDDEN,
+            Self::MalformedHeader | Self::TokenInQuery => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The RFC 6750 error code of the `WWW-Authenticate: Bearer` challenge:
+    /// none when no token was presented, `invalid_token` for a token that
+    /// failed validation (whatever the reason, which is not disclosed),
+    /// `insufficient_scope` when a valid token does not grant the action,
+    /// `invalid_request` when the request is malformed.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing => None,
+            Self::MalformedHeader | Self::TokenInQuery | Self::NoOrigin => Some("invalid_request"),
+            Self::OriginNotAllowed(_) => Some("invalid_request"),
+            Self::NoPublishClaim | Self::TopicNotAllowed(_) => Some("insufficient_scope"),
+            Self::InvalidToken(_) | Self::Expired | Self::NotYetValid | Self::NoKey => {
+                Some("invalid_token")
+            }
         }
     }
 
@@ -65,6 +99,7 @@ impl AuthError {
             Self::NoPublishClaim => "no_publish_claim",
             Self::TopicNotAllowed(_) => "topic_not_allowed",
             Self::NoKey => "no_key",
+            Self::TokenInQuery => "token_in_query",
         }
     }
 }
@@ -227,14 +262,15 @@ pub enum TokenSource {
     Cookie,
 }
 
-/// Finds the token of a request: header, then query, then cookie.
+/// Finds the token of a request: the `Authorization` header, then the
+/// query token (draft-07 requests), then the cookies in the order given.
 ///
 /// # Errors
 /// A present but malformed `Authorization` header.
 pub fn extract_token(
     headers: &http::HeaderMap,
     query_token: Option<&str>,
-    cookie_name: &str,
+    cookie_names: &[&str],
 ) -> Result<Option<(String, TokenSource)>, AuthError> {
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     if let Some(value) = auth.next() {
@@ -242,10 +278,11 @@ pub fn extract_token(
             return Err(AuthError::MalformedHeader);
         }
         let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+        // The scheme name is case-insensitive (RFC 7235).
         let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("bearer "))
+            .map(|_| value[7..].trim())
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MalformedHeader)?;
         return Ok(Some((token.to_owned(), TokenSource::Header)));
@@ -253,17 +290,113 @@ pub fn extract_token(
     if let Some(t) = query_token {
         return Ok(Some((t.to_owned(), TokenSource::Query)));
     }
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            if let Some((name, v)) = pair.trim().split_once('=') {
-                if name == cookie_name && !v.is_empty() {
-                    return Ok(Some((v.to_owned(), TokenSource::Cookie)));
+    for name in cookie_names.iter().filter(|n| !n.is_empty()) {
+        for value in headers.get_all(http::header::COOKIE) {
+            let Ok(value) = value.to_str() else { continue };
+            for pair in value.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=') {
+                    if k == *name && !v.is_empty() {
+                        return Ok(Some((v.to_owned(), TokenSource::Cookie)));
+                    }
                 }
             }
         }
     }
     Ok(None)
+}
+
+/// Which key verifies a draft-07 token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// What a verified token grants, whichever revision it belongs to.
+#[derive(Debug, Clone)]
+pub enum Grants {
+    /// A draft-07 token's `mercure` claim.
+    Claim(Claims),
+    /// A draft-08 access token.
+    Access(crate::oauth::AccessToken),
+}
+
+impl Grants {
+    /// `exp`, seconds since the epoch; a stream closes then.
+    pub fn exp(&self) -> Option<u64> {
+        match self {
+            Self::Claim(c) => c.exp,
+            Self::Access(a) => Some(a.exp),
+        }
+    }
+
+    /// True for a draft-08 access token.
+    pub fn is_access_token(&self) -> bool {
+        matches!(self, Self::Access(_))
+    }
+
+    /// What the holder may receive of private updates.
+    pub fn subscribe_rule(&self) -> Option<Allowed> {
+        match self {
+            Self::Claim(c) => c
+                .mercure
+                .subscribe
+                .as_deref()
+                .map(|s| Allowed::Selectors(compile_selectors(s))),
+            Self::Access(a) => Some(Allowed::Access(a.authorization.clone())),
+        }
+    }
+
+    /// True when the token may publish to `topic`.
+    pub fn can_publish(&self, topic: &str) -> bool {
+        match self {
+            Self::Claim(c) => c
+                .mercure
+                .publish
+                .as_deref()
+                .is_some_and(|p| compile_selectors(p).iter().any(|s| s.matches(topic))),
+            Self::Access(a) => a.authorization.allows(Action::Publish, topic),
+        }
+    }
+
+    /// True when the token may subscribe to `topic` (used for the
+    /// subscriptions API, whose paths are authorized like topics).
+    pub fn can_subscribe(&self, topic: &str) -> bool {
+        self.subscribe_rule()
+            .is_some_and(|a| a.allows(std::slice::from_ref(&topic.to_owned())))
+    }
+
+    /// True when the token carries some publish right at all.
+    pub fn may_publish_somewhere(&self) -> bool {
+        match self {
+            Self::Claim(c) => c.mercure.publish.is_some(),
+            Self::Access(a) => a
+                .authorization
+                .details()
+                .iter()
+                .any(|d| d.allows(Action::Publish)),
+        }
+    }
+}
+
+/// The private updates a subscriber may receive.
+#[derive(Debug, Clone)]
+pub enum Allowed {
+    /// Draft-07: one of the update's topics matches a selector of
+    /// `mercure.subscribe`.
+    Selectors(Vec<Selector>),
+    /// Draft-08: the token grants `subscribe` on one of the update's topics.
+    Access(Arc<Authorization>),
+}
+
+impl Allowed {
+    /// True when an update with these topics may be delivered.
+    pub fn allows(&self, topics: &[String]) -> bool {
+        match self {
+            Self::Selectors(s) => herald_protocol::selector::any_matches(s, topics),
+            Self::Access(a) => topics.iter().any(|t| a.allows(Action::Subscribe, t)),
+        }
+    }
 }
 
 /// Checks the origin of a cookie-authorized publish against the allowed

@@ -8,6 +8,13 @@
 use std::time::Duration;
 
 use crate::auth::KeyConfig;
+use crate::oauth::IssuerConfig;
+
+/// The public URL used when none is configured.
+pub const DEFAULT_PUBLIC_URL: &str = "http://localhost/.well-known/mercure";
+
+/// The default name of the draft-08 access token cookie (Mercure 1.0's).
+pub const DEFAULT_ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
 
 /// Settings of one hub. [`HubConfig::default`] is a safe development setup:
 /// no keys (publishing refused), anonymous subscribers allowed.
@@ -56,6 +63,22 @@ pub struct HubConfig {
     /// subscriptions"): each connect and disconnect is published as a
     /// private update, and `/.well-known/mercure/subscriptions` lists them.
     pub subscriptions: bool,
+    /// The hub's public URL: its `/.well-known/mercure` endpoint as clients
+    /// reach it. Relative URL patterns and topics resolve against it, the
+    /// reserved namespace is checked against it, and the protected resource
+    /// metadata names it.
+    pub public_url: url::Url,
+    /// The OAuth resource identifier that draft-08 access tokens must carry
+    /// in `aud`; the public URL when unset.
+    pub resource: Option<String>,
+    /// Issuers trusted for draft-08 access tokens, each with its own keys.
+    pub issuers: Vec<IssuerConfig>,
+    /// Name of the draft-08 access token cookie.
+    pub access_token_cookie: String,
+    /// Issuer identifiers of OAuth authorization servers to advertise in
+    /// the protected resource metadata (each must also be a trusted
+    /// issuer). Empty when tokens are self-issued.
+    pub authorization_servers: Vec<String>,
 }
 
 /// Access to `/metrics`.
@@ -92,6 +115,11 @@ impl Default for HubConfig {
             metrics: MetricsAccess::Open,
             dev_mode: false,
             subscriptions: false,
+            public_url: url::Url::parse(DEFAULT_PUBLIC_URL).expect("valid default URL"),
+            resource: None,
+            issuers: Vec::new(),
+            access_token_cookie: DEFAULT_ACCESS_TOKEN_COOKIE.to_owned(),
+            authorization_servers: Vec::new(),
         }
     }
 }
@@ -100,6 +128,24 @@ impl HubConfig {
     /// The key that verifies subscribers.
     pub fn subscriber_key(&self) -> Option<&KeyConfig> {
         self.subscriber_jwt.as_ref().or(self.publisher_jwt.as_ref())
+    }
+
+    /// The resource identifier draft-08 tokens must name in `aud`.
+    pub fn resource_identifier(&self) -> String {
+        self.resource
+            .clone()
+            .unwrap_or_else(|| self.public_url.to_string())
+    }
+
+    /// URL of the protected resource metadata (RFC 9728): the well-known
+    /// prefix inserted before the hub's path.
+    pub fn resource_metadata_url(&self) -> String {
+        let mut url = self.public_url.clone();
+        let path = format!("/.well-known/oauth-protected-resource{}", url.path());
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        url.to_string()
     }
 
     /// Checks values that would make the hub misbehave.
@@ -118,6 +164,21 @@ impl HubConfig {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
+        }
+        if !matches!(self.public_url.scheme(), "http" | "https") {
+            return Err("public_url must be an http or https URL".into());
+        }
+        if self.access_token_cookie.is_empty() || self.cookie_name.is_empty() {
+            return Err("cookie names must not be empty".into());
+        }
+        if let Some(s) = self
+            .authorization_servers
+            .iter()
+            .find(|s| !self.issuers.iter().any(|i| &i.issuer == *s))
+        {
+            return Err(format!(
+                "authorization server {s:?} is not a trusted issuer"
+            ));
         }
         for k in [&self.publisher_jwt, &self.subscriber_jwt]
             .into_iter()

@@ -7,9 +7,10 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_protocol::Update;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Verifier;
+use crate::auth::{AuthError, Grants, Role, TokenSource, Verifier};
 use crate::config::HubConfig;
 use crate::engine::{Engine, EngineError, Stored};
+use crate::oauth::OAuthVerifier;
 use crate::registry::Registry;
 use crate::subscriber::Subscriber;
 use crate::subscriptions::{ActiveSubscriptions, Subscription};
@@ -32,6 +33,8 @@ struct Inner {
     registry: Arc<Registry>,
     publisher: Option<Verifier>,
     subscriber: Option<Verifier>,
+    /// Verifies draft-08 access tokens; `None` without trusted issuers.
+    oauth: Option<OAuthVerifier>,
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
@@ -77,6 +80,15 @@ impl Hub {
             .map(Verifier::new)
             .transpose()?;
         let subscriber = config.subscriber_key().map(Verifier::new).transpose()?;
+        let oauth = if config.issuers.is_empty() {
+            None
+        } else {
+            Some(OAuthVerifier::new(
+                config.resource_identifier(),
+                config.public_url.clone(),
+                config.issuers.clone(),
+            )?)
+        };
         let metrics = Arc::new(Metrics::new());
         let overflow_metrics = metrics.clone();
         let registry = Arc::new(Registry::new(
@@ -92,6 +104,7 @@ impl Hub {
                 registry,
                 publisher,
                 subscriber,
+                oauth,
                 next_subscriber: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
                 metrics,
@@ -177,6 +190,57 @@ impl Hub {
 
     pub(crate) fn subscriber_verifier(&self) -> Option<&Verifier> {
         self.inner.subscriber.as_ref()
+    }
+
+    /// The draft-08 access token verifier, when issuers are configured.
+    pub fn oauth(&self) -> Option<&OAuthVerifier> {
+        self.inner.oauth.as_ref()
+    }
+
+    /// Verifies a token of either revision: a `typ: at+jwt` access token
+    /// against the trusted issuers, anything else as a draft-07 token with
+    /// the key of `role`.
+    ///
+    /// # Errors
+    /// An invalid token, or no key for its kind.
+    pub fn verify_token(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
+        if crate::oauth::is_access_token(token) {
+            let verifier = self.oauth().ok_or(AuthError::NoKey)?;
+            return verifier.verify(token).map(Grants::Access).map_err(|e| {
+                tracing::debug!(reason = e.reason(), "access token refused: {e}");
+                AuthError::InvalidToken(e.reason().to_owned())
+            });
+        }
+        let verifier = match role {
+            Role::Publisher => self.publisher_verifier(),
+            Role::Subscriber => self.subscriber_verifier(),
+        }
+        .ok_or(AuthError::NoKey)?;
+        verifier.verify(token).map(Grants::Claim)
+    }
+
+    /// Finds and verifies the token of a request. `query_token` is the
+    /// draft-07 `authorization` query parameter, when the request may use
+    /// one. `Ok(None)` when the request carries no token.
+    ///
+    /// # Errors
+    /// A malformed presentation or an invalid token.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        query_token: Option<&str>,
+        role: Role,
+    ) -> Result<Option<(Grants, TokenSource)>, AuthError> {
+        let cfg = self.config();
+        let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
+        match crate::auth::extract_token(headers, query_token, &cookies)? {
+            // Access tokens never travel in URLs, where logs keep them.
+            Some((token, TokenSource::Query)) if crate::oauth::is_access_token(&token) => {
+                Err(AuthError::TokenInQuery)
+            }
+            Some((token, source)) => Ok(Some((self.verify_token(&token, role)?, source))),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn next_subscriber_id(&self) -> u64 {

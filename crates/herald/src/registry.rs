@@ -1,9 +1,10 @@
 //! The topic index: which subscribers an update reaches.
 //!
-//! Exact selectors are a hash lookup per topic. Template selectors are
-//! grouped by their text, and the set of templates matching a topic string
-//! is computed once and cached, so a template is matched once per topic
-//! string, not once per subscriber. `*` subscribers are a plain list.
+//! Exact selectors are a hash lookup per topic. Evaluated selectors (URI
+//! templates and draft-08 URL patterns) are grouped by their text, and the
+//! set of them matching a topic string is computed once and cached, so a
+//! template or pattern is matched once per topic string, not once per
+//! subscriber. `*` subscribers are a plain list.
 
 // foldhash: a fast, seeded hasher (the one hashbrown defaults to). These
 // maps are hashed once per delivery, where SipHash showed in profiles.
@@ -90,8 +91,8 @@ impl Registry {
                 Selector::Exact(t) => {
                     idx.exact.entry(t.clone()).or_default().insert(id);
                 }
-                Selector::Template(t) => {
-                    let key = t.as_str().to_owned();
+                Selector::Template(_) | Selector::Pattern(_) => {
+                    let key = sel.index_key().into_owned();
                     if !idx.templates.contains_key(&key) {
                         idx.generation += 1;
                     }
@@ -135,12 +136,12 @@ impl Registry {
                         }
                     }
                 }
-                Selector::Template(t) => {
-                    let key = t.as_str();
-                    if let Some(e) = idx.templates.get_mut(key) {
+                Selector::Template(_) | Selector::Pattern(_) => {
+                    let key = sel.index_key();
+                    if let Some(e) = idx.templates.get_mut(key.as_ref()) {
                         e.subscribers.remove(&id);
                         if e.subscribers.is_empty() {
-                            idx.templates.remove(key);
+                            idx.templates.remove(key.as_ref());
                             idx.generation += 1;
                         }
                     }
@@ -213,8 +214,8 @@ impl Registry {
             .map(|(t, s)| (t.clone(), s.len()))
             .chain(
                 idx.templates
-                    .iter()
-                    .map(|(t, e)| (t.clone(), e.subscribers.len())),
+                    .values()
+                    .map(|e| (e.selector.as_str().to_owned(), e.subscribers.len())),
             )
             .collect();
         if !idx.any.is_empty() {

@@ -123,6 +123,10 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(hub.config().max_connections));
     let tracker = TaskTracker::new();
     let stop = hub.shutdown_token().clone();
+    if let Some(oauth) = hub.oauth() {
+        // JWKS documents fetched by URL: now, then every five minutes.
+        oauth.start_refresh(std::time::Duration::from_secs(300), stop.clone());
+    }
     tokio::pin!(shutdown);
 
     loop {

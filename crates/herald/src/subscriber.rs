@@ -20,6 +20,7 @@ use herald_protocol::{selector::any_matches, Selector};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Allowed;
 use crate::engine::{Position, Stored};
 
 /// What the dispatcher did with a frame.
@@ -36,8 +37,8 @@ pub enum Push {
 pub struct Subscriber {
     pub id: u64,
     pub selectors: Vec<Selector>,
-    /// Selectors from the token's `mercure.subscribe`; `None` for anonymous.
-    pub allowed: Option<Vec<Selector>>,
+    /// The private updates the token lets it receive; `None` for anonymous.
+    pub allowed: Option<Allowed>,
     queue: Mutex<Queue>,
     /// The connection task waiting for frames.
     waker: AtomicWaker,
@@ -80,7 +81,7 @@ impl Subscriber {
     pub fn new(
         id: u64,
         selectors: Vec<Selector>,
-        allowed: Option<Vec<Selector>>,
+        allowed: Option<Allowed>,
         replaying: bool,
         max_frames: usize,
         max_bytes: usize,
@@ -115,7 +116,7 @@ impl Subscriber {
             || self
                 .allowed
                 .as_ref()
-                .is_some_and(|a| any_matches(a, &stored.update.topics))
+                .is_some_and(|a| a.allows(&stored.update.topics))
     }
 
     /// Queues a frame the dispatcher already matched against the selectors.

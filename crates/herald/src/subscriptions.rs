@@ -1,16 +1,26 @@
-//! Active subscriptions (Mercure draft-07, "Active Subscriptions").
+//! Active subscriptions, in both protocol revisions.
 //!
-//! When switched on (`HubConfig::subscriptions`), every subscriber gets an
-//! IRI (`urn:uuid:…`), and for each topic selector of its request the hub
-//! publishes a private update on
-//! `/.well-known/mercure/subscriptions/{topic}/{subscriber}` when it
-//! connects (`"active": true`) and when it leaves (`"active": false`), with
-//! the `mercure.payload` of its token. The same documents are served by the
-//! subscriptions API (`http::subscriptions`).
+//! When switched on (`HubConfig::subscriptions`), every subscriber
+//! connection gets an IRI (`urn:uuid:…`, random, shared by all its
+//! selectors and never derived from the token, so it cannot be forged or
+//! leak the token's `sub`), and the hub publishes a private update when it
+//! connects (`"active": true`) and when it leaves (`"active": false`):
 //!
-//! The events go through the engine like any update, so they are in history
-//! and a client can pass the API's `lastEventID` back when it subscribes to
-//! them: the list it read plus the events after it miss nothing.
+//! - **draft-07** subscriptions, one per `topic` selector, on
+//!   `/.well-known/mercure/subscriptions/{topic}/{subscriber}`, a JSON-LD
+//!   document with the token's `mercure.payload`;
+//! - **draft-08** (Mercure 1.0) subscriptions, one per `match*` matcher, on
+//!   `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`,
+//!   as SSE events of type `mercure` whose data is a compact JSON object
+//!   (`id`, `type: "subscription"`, `subscriber`, `match`, `match_type`,
+//!   `active`, and the `payload` of the first `subscribe` authorization
+//!   detail matching the matcher).
+//!
+//! Each revision's subscriptions API (`http::subscriptions`) lists that
+//! revision's subscriptions. The events go through the engine like any
+//! update, so they are in history and a client can pass the API's last
+//! event id back when it subscribes to them: the list it read plus the
+//! events after it miss nothing.
 //!
 //! The table of active subscriptions lives here, apart from the topic
 //! index, so a hub with the feature off spends nothing on it.
@@ -18,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use herald_protocol::matcher::{self, MatchType};
 use herald_protocol::template::expand_simple;
 use herald_protocol::Update;
 use parking_lot::Mutex;
@@ -26,45 +37,98 @@ use serde_json::{json, Value};
 /// Path of the subscriptions collection, and prefix of the event topics.
 pub use herald_protocol::matcher::SUBSCRIPTIONS_PATH;
 
-/// The JSON-LD context every document names.
+/// The JSON-LD context every draft-07 document names.
 pub const CONTEXT: &str = "https://mercure.rocks/";
+
+/// The SSE event type of draft-08 subscription events; publishers may not
+/// use it.
+pub const EVENT_TYPE: &str = "mercure";
+
+/// One subscription of a connection.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A draft-07 topic selector, as written.
+    Topic(String),
+    /// A draft-08 topic matcher.
+    Matcher {
+        match_type: MatchType,
+        value: String,
+    },
+}
 
 /// One subscriber connection, as the subscriptions feature sees it.
 #[derive(Debug)]
 pub struct Subscription {
-    /// The subscriber's IRI, shared by all its topic selectors.
+    /// The subscriber's IRI, shared by all its subscriptions.
     pub subscriber: String,
-    /// The topic selectors of its request, as written.
-    pub topics: Vec<String>,
-    /// `mercure.payload` from its token.
-    pub payload: Option<Value>,
+    /// Its subscriptions, each with the payload the token attaches to it.
+    pub entries: Vec<(Entry, Option<Value>)>,
 }
 
 impl Subscription {
-    pub fn new(topics: Vec<String>, payload: Option<Value>) -> Self {
+    /// A draft-07 connection: its topic selectors and `mercure.payload`.
+    pub fn draft07(topics: Vec<String>, payload: Option<Value>) -> Self {
         Self {
-            subscriber: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            topics,
-            payload,
+            subscriber: new_subscriber_iri(),
+            entries: topics
+                .into_iter()
+                .map(|t| (Entry::Topic(t), payload.clone()))
+                .collect(),
+        }
+    }
+
+    /// A draft-08 connection: its matchers, each with its payload.
+    pub fn draft08(matchers: Vec<(MatchType, String, Option<Value>)>) -> Self {
+        Self {
+            subscriber: new_subscriber_iri(),
+            entries: matchers
+                .into_iter()
+                .map(|(match_type, value, payload)| (Entry::Matcher { match_type, value }, payload))
+                .collect(),
         }
     }
 
     /// The events announcing this subscription (`active: true`) or its end.
     pub fn events(&self, active: bool) -> Vec<Update> {
-        self.topics
+        self.entries
             .iter()
-            .map(|topic| {
-                let id = subscription_topic(topic, &self.subscriber);
-                let mut doc = document(topic, &self.subscriber, active, self.payload.as_ref());
-                doc["@context"] = json!(CONTEXT);
-                Update {
-                    topics: vec![id],
-                    data: doc.to_string(),
-                    private: true,
-                    ..Update::default()
+            .map(|(entry, payload)| {
+                let doc = document(entry, &self.subscriber, active, payload.as_ref());
+                match entry {
+                    Entry::Topic(_) => {
+                        let mut doc = doc;
+                        doc["@context"] = json!(CONTEXT);
+                        Update {
+                            topics: vec![entry_topic(entry, &self.subscriber)],
+                            data: doc.to_string(),
+                            private: true,
+                            ..Update::default()
+                        }
+                    }
+                    Entry::Matcher { .. } => Update {
+                        topics: vec![entry_topic(entry, &self.subscriber)],
+                        data: doc.to_string(),
+                        event_type: Some(EVENT_TYPE.to_owned()),
+                        private: true,
+                        ..Update::default()
+                    },
                 }
             })
             .collect()
+    }
+}
+
+fn new_subscriber_iri() -> String {
+    format!("urn:uuid:{}", uuid::Uuid::new_v4())
+}
+
+/// The topic of a subscription's events, also its path in the API.
+pub fn entry_topic(entry: &Entry, subscriber: &str) -> String {
+    match entry {
+        Entry::Topic(t) => subscription_topic(t, subscriber),
+        Entry::Matcher { match_type, value } => {
+            matcher::subscription_topic(*match_type, value, subscriber)
+        }
     }
 }
 
@@ -82,20 +146,40 @@ pub fn topic_collection(topic: &str) -> String {
     format!("{SUBSCRIPTIONS_PATH}/{}", expand_simple(topic))
 }
 
-/// The subscription document (without `@context`, which a collection gives
-/// once at its root).
-pub fn document(topic: &str, subscriber: &str, active: bool, payload: Option<&Value>) -> Value {
-    let mut doc = json!({
-        "id": subscription_topic(topic, subscriber),
-        "type": "Subscription",
-        "topic": topic,
-        "subscriber": subscriber,
-        "active": active,
-    });
+/// The document describing one subscription (a draft-07 one without
+/// `@context`, which a collection gives once at its root).
+pub fn document(entry: &Entry, subscriber: &str, active: bool, payload: Option<&Value>) -> Value {
+    let id = entry_topic(entry, subscriber);
+    let mut doc = match entry {
+        Entry::Topic(topic) => json!({
+            "id": id,
+            "type": "Subscription",
+            "topic": topic,
+            "subscriber": subscriber,
+            "active": active,
+        }),
+        Entry::Matcher { match_type, value } => json!({
+            "id": id,
+            "type": "subscription",
+            "subscriber": subscriber,
+            "match": value,
+            "match_type": match_type.name(),
+            "active": active,
+        }),
+    };
     if let Some(p) = payload {
         doc["payload"] = p.clone();
     }
     doc
+}
+
+/// Which subscriptions an API request lists.
+#[derive(Debug, Clone, Copy)]
+pub enum Filter<'a> {
+    /// Draft-07 subscriptions, optionally of one selector.
+    Topic(Option<&'a str>),
+    /// Draft-08 subscriptions, optionally of one matcher.
+    Matcher(Option<(MatchType, &'a str)>),
 }
 
 /// The table of active subscriptions, by connection.
@@ -113,25 +197,30 @@ impl ActiveSubscriptions {
         self.by_connection.lock().remove(&connection)
     }
 
-    /// Documents of the active subscriptions, optionally only those of one
-    /// topic selector and one subscriber, sorted by topic then subscriber.
-    pub fn documents(&self, topic: Option<&str>, subscriber: Option<&str>) -> Vec<Value> {
-        let mut found: Vec<(String, String, Option<Value>)> = Vec::new();
+    /// Documents of the active subscriptions that pass `filter` (and, when
+    /// given, belong to `subscriber`), sorted by their ids.
+    pub fn documents(&self, filter: Filter<'_>, subscriber: Option<&str>) -> Vec<Value> {
+        let mut found: Vec<(String, Value)> = Vec::new();
         for sub in self.by_connection.lock().values() {
             if subscriber.is_some_and(|s| s != sub.subscriber) {
                 continue;
             }
-            for t in &sub.topics {
-                if topic.is_none_or(|want| want == t) {
-                    found.push((t.clone(), sub.subscriber.clone(), sub.payload.clone()));
+            for (entry, payload) in &sub.entries {
+                let wanted = match (filter, entry) {
+                    (Filter::Topic(want), Entry::Topic(t)) => want.is_none_or(|w| w == t),
+                    (Filter::Matcher(want), Entry::Matcher { match_type, value }) => {
+                        want.is_none_or(|(wt, wv)| wt == *match_type && wv == value)
+                    }
+                    _ => false,
+                };
+                if wanted {
+                    let doc = document(entry, &sub.subscriber, true, payload.as_ref());
+                    found.push((entry_topic(entry, &sub.subscriber), doc));
                 }
             }
         }
-        found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        found
-            .iter()
-            .map(|(t, s, p)| document(t, s, true, p.as_ref()))
-            .collect()
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.into_iter().map(|(_, d)| d).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -164,7 +253,7 @@ mod tests {
 
     #[test]
     fn events_are_private_json_ld_with_the_payload() {
-        let sub = Subscription::new(
+        let sub = Subscription::draft07(
             vec!["https://example.com/{id}".into(), "*".into()],
             Some(json!({"user": 7})),
         );
@@ -193,19 +282,74 @@ mod tests {
     }
 
     #[test]
+    fn draft08_events_are_plain_json_of_type_mercure() {
+        let sub = Subscription::draft08(vec![(
+            MatchType::UrlPattern,
+            "https://example.com/:selector".into(),
+            Some(json!({"foo": "bar"})),
+        )]);
+        let e = &sub.events(true)[0];
+        assert!(e.private);
+        assert_eq!(e.event_type.as_deref(), Some("mercure"));
+        let want = format!(
+            "/.well-known/mercure/subscriptions/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector/{}",
+            expand_simple(&sub.subscriber)
+        );
+        assert_eq!(e.topics, vec![want.clone()]);
+        let doc: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "id": want,
+                "type": "subscription",
+                "subscriber": sub.subscriber,
+                "match": "https://example.com/:selector",
+                "match_type": "urlpattern",
+                "active": true,
+                "payload": {"foo": "bar"},
+            })
+        );
+        assert!(!e.data.contains('\n'));
+    }
+
+    #[test]
     fn the_table_filters_by_topic_and_subscriber() {
         let table = ActiveSubscriptions::default();
-        let a = Arc::new(Subscription::new(vec!["t1".into(), "t2".into()], None));
-        let b = Arc::new(Subscription::new(vec!["t1".into()], Some(json!(1))));
+        let a = Arc::new(Subscription::draft07(vec!["t1".into(), "t2".into()], None));
+        let b = Arc::new(Subscription::draft07(vec!["t1".into()], Some(json!(1))));
+        let c = Arc::new(Subscription::draft08(vec![
+            (MatchType::Exact, "t1".into(), None),
+            (MatchType::UrlPattern, "/t/:x".into(), Some(json!({"p": 1}))),
+        ]));
         table.insert(1, a.clone());
         table.insert(2, b.clone());
-        assert_eq!(table.documents(None, None).len(), 3);
-        assert_eq!(table.documents(Some("t1"), None).len(), 2);
-        assert_eq!(table.documents(Some("t2"), None).len(), 1);
-        assert_eq!(table.documents(Some("t1"), Some(&b.subscriber)).len(), 1);
-        assert!(table.documents(Some("t2"), Some(&b.subscriber)).is_empty());
+        table.insert(3, c.clone());
+        let topics = |t| Filter::Topic(t);
+        assert_eq!(table.documents(topics(None), None).len(), 3);
+        assert_eq!(table.documents(topics(Some("t1")), None).len(), 2);
+        assert_eq!(table.documents(topics(Some("t2")), None).len(), 1);
+        assert_eq!(
+            table
+                .documents(topics(Some("t1")), Some(&b.subscriber))
+                .len(),
+            1
+        );
+        assert!(table
+            .documents(topics(Some("t2")), Some(&b.subscriber))
+            .is_empty());
+        assert_eq!(table.documents(Filter::Matcher(None), None).len(), 2);
+        let one = table.documents(
+            Filter::Matcher(Some((MatchType::UrlPattern, "/t/:x"))),
+            Some(&c.subscriber),
+        );
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0]["match_type"], "urlpattern");
+        assert_eq!(one[0]["payload"], json!({"p": 1}));
+        assert!(table
+            .documents(Filter::Matcher(Some((MatchType::Exact, "/t/:x"))), None)
+            .is_empty());
         table.remove(1);
-        assert_eq!(table.documents(None, None).len(), 1);
-        assert_eq!(table.len(), 1);
+        assert_eq!(table.documents(topics(None), None).len(), 1);
+        assert_eq!(table.len(), 2);
     }
 }

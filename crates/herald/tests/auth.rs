@@ -218,8 +218,13 @@ async fn bad_subscriber_tokens_get_401() {
         .await;
         assert_eq!(s.status, 401, "{name}");
     }
+    // A malformed presentation is a bad request (RFC 6750 invalid_request).
     let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", "Basic abc")]).await;
-    assert_eq!(s.status, 401, "malformed header");
+    assert_eq!(s.status, 400, "malformed header");
+    assert!(s.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer error=\"invalid_request\""));
 }
 
 fn b64(s: &str) -> String {

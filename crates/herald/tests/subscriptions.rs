@@ -201,7 +201,11 @@ async fn the_api_is_authorized_by_the_requested_path() {
 
     let res = get(&hub, all, None).await;
     assert_eq!(res.status(), 401);
-    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    // An RFC 6750 challenge without an error code, naming the metadata.
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer resource_metadata=\"http://localhost/.well-known/oauth-protected-resource/.well-known/mercure\""
+    );
     assert_eq!(get(&hub, all, Some("not-a-jwt")).await.status(), 401);
     // A token for other topics: 403.
     assert_eq!(

@@ -76,7 +76,7 @@ pub(super) async fn stats(
                 .find(|(k, _)| k == "authorization")
                 .map(|(_, v)| v)
         });
-        let checked = auth::extract_token(&headers, query_token.as_deref(), "")
+        let checked = auth::extract_token(&headers, query_token.as_deref(), &[])
             .and_then(|t| t.ok_or(AuthError::Missing))
             .and_then(|(token, _)| {
                 hub.publisher_verifier()

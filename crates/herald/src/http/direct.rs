@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::subscribe::{prepare, Feed, Prepared};
-use super::{ConnContext, HttpError, MERCURE_PATH};
+use super::{ConnContext, MERCURE_PATH};
 use crate::hub::Hub;
 
 /// Largest subscription request head read before giving up (`431`).
@@ -159,25 +159,32 @@ pub async fn open(
     ctx: ConnContext,
 ) -> Option<Live> {
     let cors = cors_headers(&hub, &headers);
-    let Prepared { feed, header_id } =
-        match prepare(&hub, &headers, query.as_deref(), Some(ctx)).await {
-            Ok(p) => p,
-            Err(HttpError { status, reason }) => {
-                let _ = stream
-                    .write_all(&error_response(status, &reason, &cors))
-                    .await;
-                let _ = stream.shutdown().await;
-                return None;
+    let Prepared {
+        feed,
+        headers: extra,
+    } = match prepare(&hub, &headers, query.as_deref(), None, Some(ctx)).await {
+        Ok(p) => p,
+        Err(e) => {
+            let mut head = cors;
+            if let Some(c) = e.challenge {
+                head.push(("www-authenticate", c));
             }
-        };
+            let _ = stream
+                .write_all(&error_response(e.status, &e.reason, &head))
+                .await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+    };
     let mut head = String::with_capacity(256);
     head.push_str(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
     );
-    if let Some(id) = header_id {
-        head.push_str("last-event-id: ");
-        head.push_str(&id);
+    for (name, value) in &extra {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
         head.push_str("\r\n");
     }
     for (name, value) in &cors {
@@ -339,7 +346,7 @@ fn error_response(status: StatusCode, reason: &str, extra: &[(&str, String)]) ->
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    if status == StatusCode::UNAUTHORIZED {
+    if status == StatusCode::UNAUTHORIZED && !extra.iter().any(|(n, _)| *n == "www-authenticate") {
         out.push_str("www-authenticate: Bearer\r\n");
     }
     for (name, value) in extra {
@@ -352,7 +359,7 @@ fn error_response(status: StatusCode, reason: &str, extra: &[(&str, String)]) ->
 
 /// The CORS headers of a simple `GET`, as the router's CORS layer sends
 /// them: the request's origin mirrored when it is allowed, credentials
-/// allowed, `Last-Event-ID` exposed.
+/// allowed, the resume headers exposed.
 fn cors_headers(hub: &Hub, headers: &HeaderMap) -> Vec<(&'static str, String)> {
     let origins = &hub.config().cors_origins;
     let mut out = Vec::new();
@@ -369,7 +376,10 @@ fn cors_headers(hub: &Hub, headers: &HeaderMap) -> Vec<(&'static str, String)> {
     if origins.iter().any(|o| o == "*" || o == origin) {
         out.push(("access-control-allow-origin", origin.to_owned()));
         out.push(("access-control-allow-credentials", "true".to_owned()));
-        out.push(("access-control-expose-headers", "last-event-id".to_owned()));
+        out.push((
+            "access-control-expose-headers",
+            super::EXPOSED_HEADERS.to_owned(),
+        ));
     }
     out
 }

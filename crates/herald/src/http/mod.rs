@@ -6,6 +6,7 @@
 
 mod admin;
 pub(crate) mod direct;
+mod metadata;
 mod page;
 mod publish;
 mod subscribe;
@@ -23,6 +24,12 @@ use crate::hub::Hub;
 /// The hub's well-known path.
 pub const MERCURE_PATH: &str = "/.well-known/mercure";
 
+/// Response headers cross-origin clients may read: the resume points of
+/// both revisions, the subscriptions API's `Link`, `Accept-Query`, and the
+/// challenge of an authorization failure.
+pub(crate) const EXPOSED_HEADERS: &str =
+    "last-event-id, mercure-last-event-id, link, accept-query, www-authenticate";
+
 /// Per-connection context the server puts into each request's extensions.
 #[derive(Clone, Debug)]
 pub struct ConnContext {
@@ -38,6 +45,8 @@ pub struct ConnContext {
 pub struct HttpError {
     pub status: StatusCode,
     pub reason: String,
+    /// The `WWW-Authenticate` value of an authorization failure.
+    pub challenge: Option<String>,
 }
 
 impl HttpError {
@@ -45,31 +54,47 @@ impl HttpError {
         Self {
             status,
             reason: reason.into(),
+            challenge: None,
         }
     }
 
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, reason)
     }
+
+    /// An authorization failure, answered as RFC 6750 says: the status of
+    /// the error and a `WWW-Authenticate: Bearer` challenge with its error
+    /// code and the URL of the hub's protected resource metadata.
+    pub fn auth(hub: &Hub, e: &crate::auth::AuthError) -> Self {
+        tracing::debug!(reason = e.reason(), "authorization failed: {e}");
+        let metadata = hub.config().resource_metadata_url();
+        let challenge = match e.bearer_error() {
+            Some(code) => format!("Bearer error=\"{code}\", resource_metadata=\"{metadata}\""),
+            None => format!("Bearer resource_metadata=\"{metadata}\""),
+        };
+        Self {
+            status: e.status(),
+            reason: e.to_string(),
+            challenge: Some(challenge),
+        }
+    }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut res = (self.status, format!("{}\n", self.reason)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+        let challenge = match self.challenge {
+            Some(c) => HeaderValue::from_str(&c).ok(),
+            None if self.status == StatusCode::UNAUTHORIZED => {
+                Some(HeaderValue::from_static("Bearer"))
+            }
+            None => None,
+        };
+        if let Some(c) = challenge {
+            res.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, c);
         }
         res
-    }
-}
-
-impl From<crate::auth::AuthError> for HttpError {
-    fn from(e: crate::auth::AuthError) -> Self {
-        tracing::debug!(reason = e.reason(), "authorization failed: {e}");
-        Self::new(e.status(), e.to_string())
     }
 }
 
@@ -84,7 +109,13 @@ pub fn router(hub: Hub) -> Router {
         .route("/.well-known/herald/stats", get(admin::stats))
         .route(
             MERCURE_PATH,
-            get(subscribe::subscribe).post(publish::publish),
+            get(subscribe::subscribe)
+                .post(publish::publish)
+                .fallback(other_method),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            get(metadata::protected_resource),
         )
         .route(
             "/.well-known/mercure/subscriptions",
@@ -95,14 +126,43 @@ pub fn router(hub: Hub) -> Router {
             get(subscriptions::by_topic),
         )
         .route(
-            "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
-            get(subscriptions::one),
+            "/.well-known/mercure/subscriptions/{first}/{second}",
+            get(subscriptions::two_segments),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}",
+            get(subscriptions::one08),
         )
         .with_state(hub);
     match cors {
         Some(layer) => router.layer(layer),
         None => router,
     }
+}
+
+/// `QUERY` subscribes with a form body; other methods are not allowed.
+async fn other_method(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    conn: Option<axum::Extension<ConnContext>>,
+    method: Method,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, HttpError> {
+    if method.as_str() == "QUERY" {
+        let conn = conn.map(|axum::Extension(c)| c);
+        return subscribe::subscribe_query(hub, conn, query, headers, body).await;
+    }
+    let mut res = HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed (GET, QUERY or POST)"),
+    )
+    .into_response();
+    res.headers_mut().insert(
+        axum::http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, QUERY, POST"),
+    );
+    Ok(res)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -125,13 +185,24 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::OPTIONS,
+                Method::from_bytes(b"QUERY").expect("a valid method"),
+            ])
             .allow_headers([
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CACHE_CONTROL,
                 axum::http::header::CONTENT_TYPE,
+                axum::http::header::IF_NONE_MATCH,
                 axum::http::HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([axum::http::HeaderName::from_static("last-event-id")]),
+            .expose_headers(
+                EXPOSED_HEADERS
+                    .split(", ")
+                    .map(axum::http::HeaderName::from_static)
+                    .collect::<Vec<_>>(),
+            ),
     )
 }

@@ -15,7 +15,7 @@ use herald_protocol::{Update, UpdateError};
 use http_body_util::{BodyExt, Limited};
 
 use super::HttpError;
-use crate::auth::{self, AuthError, TokenSource};
+use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::EngineError;
 use crate::hub::{Hub, PublishError};
 
@@ -26,9 +26,9 @@ pub(super) async fn publish(
     body: Body,
 ) -> Result<Response, HttpError> {
     let started = std::time::Instant::now();
-    let claims = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
+    let grants = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
         hub.metrics().auth_failed("publish", &e);
-        HttpError::from(e)
+        HttpError::auth(&hub, &e)
     })?;
 
     let batch = match headers.get(header::CONTENT_TYPE) {
@@ -67,17 +67,22 @@ pub(super) async fn publish(
             .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?;
         vec![update_from_form(fields)?]
     };
-    let allowed = claims
-        .mercure
-        .publish
-        .as_deref()
-        .map(auth::compile_selectors)
-        .ok_or(AuthError::NoPublishClaim);
-    let checked =
-        allowed.and_then(|allowed| updates.iter().try_for_each(|u| check_topics(&allowed, u)));
+    for (i, u) in updates.iter().enumerate() {
+        check_rules(&hub, u).map_err(|mut e| {
+            if batch {
+                e.reason = format!("update {i}: {}", e.reason);
+            }
+            e
+        })?;
+    }
+    let checked = if grants.may_publish_somewhere() {
+        updates.iter().try_for_each(|u| check_topics(&grants, u))
+    } else {
+        Err(AuthError::NoPublishClaim)
+    };
     if let Err(e) = checked {
         hub.metrics().auth_failed("publish", &e);
-        return Err(e.into());
+        return Err(HttpError::auth(&hub, &e));
     }
 
     let result = hub.publish(updates).await;
@@ -116,7 +121,7 @@ fn authorize_publisher(
     hub: &Hub,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<auth::Claims, AuthError> {
+) -> Result<Grants, AuthError> {
     let query_token = query.and_then(|q| {
         herald_protocol::form::parse(q.as_bytes())
             .ok()?
@@ -124,22 +129,79 @@ fn authorize_publisher(
             .find(|(k, _)| k == "authorization")
             .map(|(_, v)| v)
     });
-    let (token, source) =
-        auth::extract_token(headers, query_token.as_deref(), &hub.config().cookie_name)?
-            .ok_or(AuthError::Missing)?;
+    let (grants, source) = hub
+        .authenticate(headers, query_token.as_deref(), Role::Publisher)?
+        .ok_or(AuthError::Missing)?;
     if source == TokenSource::Cookie {
         auth::check_publish_origin(headers, &hub.config().publish_origins)?;
     }
-    let verifier = hub.publisher_verifier().ok_or(AuthError::NoKey)?;
-    verifier.verify(&token)
+    Ok(grants)
 }
 
-/// Every topic of the update must be allowed by `mercure.publish`.
-fn check_topics(allowed: &[herald_protocol::Selector], update: &Update) -> Result<(), AuthError> {
+/// Every topic of the update must be granted to the publisher.
+fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
     for topic in &update.topics {
-        if !allowed.iter().any(|s| s.matches(topic)) {
+        if !grants.can_publish(topic) {
             return Err(AuthError::TopicNotAllowed(topic.clone()));
         }
+    }
+    Ok(())
+}
+
+/// Longest topic a publisher may use, in bytes.
+pub(crate) const MAX_TOPIC_LEN: usize = 4096;
+
+/// Longest update id a publisher may give, in bytes (a resume cursor must
+/// fit in a `Last-Event-ID` header).
+pub(crate) const MAX_ID_LEN: usize = 1024;
+
+/// The publishing rules of Mercure 1.0, applied to publishers of both
+/// revisions because they protect subscribers of both:
+///
+/// - `*` is the wildcard matcher, so a topic named `*` could not be
+///   selected alone (400);
+/// - topics under the hub's own `/.well-known/mercure` path, once resolved
+///   against the hub's URL, are the hub's (subscription events), so a
+///   publisher cannot forge them (403);
+/// - the event type `mercure` marks subscription events (400);
+/// - an id starting with `#` is reserved for ids the hub generates, and ids
+///   and topics have length limits (400).
+fn check_rules(hub: &Hub, update: &Update) -> Result<(), HttpError> {
+    // The event-stream rules first: an empty topic is a bad topic, not the
+    // hub's own URL.
+    update
+        .validate(hub.config().max_topics_per_update)
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    for topic in &update.topics {
+        if topic == herald_protocol::matcher::WILDCARD {
+            return Err(HttpError::bad_request(
+                "topic \"*\" is reserved for the wildcard matcher",
+            ));
+        }
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(HttpError::bad_request(format!(
+                "topic longer than {MAX_TOPIC_LEN} bytes"
+            )));
+        }
+        if herald_protocol::matcher::is_reserved_topic(topic, &hub.config().public_url) {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!("topic {topic:?} is in the hub's reserved /.well-known/mercure namespace"),
+            ));
+        }
+    }
+    if update.event_type.as_deref() == Some(crate::subscriptions::EVENT_TYPE) {
+        return Err(HttpError::bad_request(
+            "type \"mercure\" is reserved for subscription events",
+        ));
+    }
+    if update.id.starts_with('#') {
+        return Err(HttpError::bad_request("id must not start with '#'"));
+    }
+    if update.id.len() > MAX_ID_LEN {
+        return Err(HttpError::bad_request(format!(
+            "id longer than {MAX_ID_LEN} bytes"
+        )));
     }
     Ok(())
 }

@@ -16,13 +16,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
+use herald_protocol::matcher::{parse_subscribe_query, Matcher};
 use herald_protocol::update::EARLIEST;
 use herald_protocol::Selector;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnContext, HttpError};
-use crate::auth::{self, AuthError, Claims};
+use crate::auth::{AuthError, Grants, Role};
 use crate::engine::Position;
 use crate::hub::{Hub, Opened};
 use crate::subscriber::{Drain, Subscriber};
@@ -31,8 +32,23 @@ use crate::subscriptions::Subscription;
 /// Longest accepted `Last-Event-ID`.
 const MAX_LAST_EVENT_ID: usize = 1024;
 
+/// The value of the `Accept-Query` header: subscriptions also come as
+/// `QUERY` requests with a form body.
+pub(crate) const ACCEPT_QUERY: &str = "application/x-www-form-urlencoded";
+
+/// The protocol revision a subscribe request speaks: draft-07 names topics
+/// with `topic`, draft-08 (Mercure 1.0) with `match` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revision {
+    Draft07,
+    Draft08,
+}
+
 struct Request {
+    revision: Revision,
     selectors: Vec<Selector>,
+    /// Draft-08: the matchers as requested, for subscription events.
+    matchers: Vec<Matcher>,
     last_event_id: Option<String>,
     query_token: Option<String>,
 }
@@ -40,42 +56,66 @@ struct Request {
 fn parse_request(
     hub: &Hub,
     headers: &HeaderMap,
-    query: Option<&str>,
+    pairs: Vec<(String, String)>,
 ) -> Result<Request, HttpError> {
-    let pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
-        .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
+    let cfg = hub.config();
+    let max = cfg.max_selectors;
+    let matchers = parse_subscribe_query(pairs.iter().map(|(k, v)| (k, v)), &cfg.public_url, max)
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
     let mut raw_selectors = Vec::new();
-    let mut query_last_id = None;
+    let (mut v8_last_id, mut v7_last_id) = (None, None);
     let mut query_token = None;
+    let mut access_token_param = false;
     for (k, v) in pairs {
         match k.as_str() {
             "topic" => raw_selectors.push(v),
-            "lastEventID" | "Last-Event-ID" => query_last_id = Some(v),
+            "last_event_id" => v8_last_id = Some(v),
+            "lastEventID" | "Last-Event-ID" => v7_last_id = Some(v),
             "authorization" => query_token = Some(v),
+            "access_token" => access_token_param = true,
             _ => {}
         }
     }
-    if raw_selectors.is_empty() {
-        return Err(HttpError::bad_request("missing topic"));
-    }
-    let max = hub.config().max_selectors;
-    if raw_selectors.len() > max {
-        return Err(HttpError::bad_request(format!(
-            "too many topic selectors (at most {max})"
-        )));
-    }
-    let mut selectors = Vec::with_capacity(raw_selectors.len());
-    for s in &raw_selectors {
-        let sel =
-            Selector::parse(s).map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
-        if !selectors
-            .iter()
-            .any(|x: &Selector| x.as_str() == sel.as_str())
-        {
-            selectors.push(sel);
+    let revision = match (raw_selectors.is_empty(), matchers.is_empty()) {
+        (false, true) => Revision::Draft07,
+        (true, false) => Revision::Draft08,
+        (false, false) => {
+            return Err(HttpError::bad_request(
+                "use either topic (draft-07) or match parameters (draft-08), not both",
+            ))
         }
-    }
-    // The header wins over the query parameter, as browsers send the
+        (true, true) => {
+            return Err(HttpError::bad_request(
+                "missing match (or draft-07 topic) parameter",
+            ))
+        }
+    };
+    let selectors = match revision {
+        Revision::Draft07 => {
+            if raw_selectors.len() > max {
+                return Err(HttpError::bad_request(format!(
+                    "too many topic selectors (at most {max})"
+                )));
+            }
+            let mut selectors: Vec<Selector> = Vec::with_capacity(raw_selectors.len());
+            for s in &raw_selectors {
+                let sel = Selector::parse(s)
+                    .map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
+                if !selectors.iter().any(|x| x.as_str() == sel.as_str()) {
+                    selectors.push(sel);
+                }
+            }
+            selectors
+        }
+        Revision::Draft08 => {
+            // Draft-08 keeps tokens out of URLs, where logs keep them.
+            if query_token.is_some() || access_token_param {
+                return Err(HttpError::auth(hub, &AuthError::TokenInQuery));
+            }
+            matchers.iter().map(Selector::from_matcher).collect()
+        }
+    };
+    // The header wins over the query parameters, as browsers send the
     // header on reconnection with the newest id.
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -83,7 +123,7 @@ fn parse_request(
                 .map_err(|_| HttpError::bad_request("malformed Last-Event-ID"))?
                 .to_owned(),
         ),
-        None => query_last_id,
+        None => v8_last_id.or(v7_last_id),
     }
     .filter(|id| !id.is_empty());
     if let Some(id) = &last_event_id {
@@ -92,7 +132,9 @@ fn parse_request(
         }
     }
     Ok(Request {
+        revision,
         selectors,
+        matchers,
         last_event_id,
         query_token,
     })
@@ -102,13 +144,9 @@ fn authorize(
     hub: &Hub,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Option<Claims>, AuthError> {
-    let found = auth::extract_token(headers, query_token, &hub.config().cookie_name)?;
-    match found {
-        Some((token, _)) => {
-            let verifier = hub.subscriber_verifier().ok_or(AuthError::NoKey)?;
-            Ok(Some(verifier.verify(&token)?))
-        }
+) -> Result<Option<Grants>, AuthError> {
+    match hub.authenticate(headers, query_token, Role::Subscriber)? {
+        Some((grants, _)) => Ok(Some(grants)),
         None if hub.config().anonymous => Ok(None),
         None => Err(AuthError::Missing),
     }
@@ -118,28 +156,36 @@ fn authorize(
 /// with its resume point looked up.
 pub(crate) struct Prepared {
     pub feed: Feed,
-    /// Value of the `Last-Event-ID` response header, when one is due.
-    pub header_id: Option<String>,
+    /// Extra response headers: the resume point's `Last-Event-ID`
+    /// (draft-07) or `Mercure-Last-Event-ID` (draft-08), `Accept-Query`.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Validates, authorizes and registers a subscription request. Shared by
 /// the axum route and the direct connection path of [`crate::server`].
+/// `body` holds the form fields of a `QUERY` request.
 pub(crate) async fn prepare(
     hub: &Hub,
     headers: &HeaderMap,
     query: Option<&str>,
+    body: Option<&[u8]>,
     conn: Option<ConnContext>,
 ) -> Result<Prepared, HttpError> {
-    let req = parse_request(hub, headers, query)?;
-    let claims = authorize(hub, headers, req.query_token.as_deref()).map_err(|e| {
+    let mut pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
+        .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
+    if let Some(body) = body {
+        pairs.extend(
+            herald_protocol::form::parse(body)
+                .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?,
+        );
+    }
+    let req = parse_request(hub, headers, pairs)?;
+    let grants = authorize(hub, headers, req.query_token.as_deref()).map_err(|e| {
         hub.metrics().auth_failed("subscribe", &e);
-        HttpError::from(e)
+        HttpError::auth(hub, &e)
     })?;
-    let allowed = claims
-        .as_ref()
-        .and_then(|c| c.mercure.subscribe.as_deref())
-        .map(auth::compile_selectors);
-    let expires = claims.as_ref().and_then(|c| c.exp).map(deadline);
+    let allowed = grants.as_ref().and_then(Grants::subscribe_rule);
+    let expires = grants.as_ref().and_then(Grants::exp).map(deadline);
 
     let (cancel, peer) = match conn {
         Some(c) => (c.cancel, Some(c.peer)),
@@ -192,13 +238,37 @@ pub(crate) async fn prepare(
     };
 
     if hub.subscriptions().is_some() {
-        let topics = sub
-            .selectors
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect();
-        let payload = claims.as_ref().and_then(|c| c.mercure.payload.clone());
-        guard.opened = hub.open_subscription(sub.id, Arc::new(Subscription::new(topics, payload)));
+        let subscription = match req.revision {
+            Revision::Draft07 => {
+                let payload = match &grants {
+                    Some(Grants::Claim(c)) => c.mercure.payload.clone(),
+                    _ => None,
+                };
+                Subscription::draft07(
+                    sub.selectors
+                        .iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect(),
+                    payload,
+                )
+            }
+            Revision::Draft08 => Subscription::draft08(
+                req.matchers
+                    .iter()
+                    .map(|m| {
+                        let payload = match &grants {
+                            Some(Grants::Access(a)) => {
+                                a.authorization.payload_for(m.as_str()).cloned()
+                            }
+                            Some(Grants::Claim(c)) => c.mercure.payload.clone(),
+                            None => None,
+                        };
+                        (m.match_type(), m.as_str().to_owned(), payload)
+                    })
+                    .collect(),
+            ),
+        };
+        guard.opened = hub.open_subscription(sub.id, Arc::new(subscription));
     }
 
     hub.metrics().subscriber_connected(
@@ -208,9 +278,17 @@ pub(crate) async fn prepare(
         req.last_event_id.as_deref(),
     );
     guard.counted = true;
+    let mut extra = vec![("accept-query", ACCEPT_QUERY.to_owned())];
+    if let Some(id) = header_id {
+        let name = match req.revision {
+            Revision::Draft07 => "last-event-id",
+            Revision::Draft08 => "mercure-last-event-id",
+        };
+        extra.push((name, id));
+    }
     Ok(Prepared {
         feed: Feed::new(guard, cursor, expires),
-        header_id,
+        headers: extra,
     })
 }
 
@@ -220,10 +298,69 @@ pub(super) async fn subscribe(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let prepared = prepare(
+        &hub,
+        &headers,
+        query.as_deref(),
+        None,
+        conn.map(|Extension(c)| c),
+    )
+    .await?;
+    Ok(event_stream(prepared))
+}
+
+/// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
+/// form body (for matcher lists too long for a URL), added to those of the
+/// query string.
+pub(super) async fn subscribe_query(
+    hub: Hub,
+    conn: Option<ConnContext>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, HttpError> {
+    use http_body_util::{BodyExt, Limited};
+    let accept_query = |mut e: HttpError| {
+        e.reason
+            .push_str(" (QUERY takes application/x-www-form-urlencoded)");
+        e
+    };
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(accept_query(HttpError::bad_request("missing Content-Type")));
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if !mime.eq_ignore_ascii_case(ACCEPT_QUERY) {
+        return Err(accept_query(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported Content-Type",
+        )));
+    }
+    let limit = hub.config().max_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {limit} bytes"),
+            ))
+        }
+        Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
+    };
+    let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
+    Ok(event_stream(prepared))
+}
+
+fn event_stream(prepared: Prepared) -> Response {
     let Prepared {
         mut feed,
-        header_id,
-    } = prepare(&hub, &headers, query.as_deref(), conn.map(|Extension(c)| c)).await?;
+        headers: extra,
+    } = prepared;
     let stream = async_stream::stream! {
         let mut out = Vec::new();
         while feed.next(&mut out).await {
@@ -240,12 +377,12 @@ pub(super) async fn subscribe(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(id) = header_id {
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            h.insert("last-event-id", v);
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
         }
     }
-    Ok(res)
+    res
 }
 
 /// Unregisters the subscriber when its stream is dropped.

@@ -1,34 +1,50 @@
-//! The subscriptions API (Mercure draft-07):
-//! `GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]`.
+//! The subscriptions API, in both protocol revisions.
 //!
-//! Answers JSON-LD documents listing the active subscriptions, with the id
-//! of the last update the hub dispatched (`lastEventID`, also the `ETag`),
-//! so a client can read the list and then follow the subscription events
-//! from exactly that point. A client needs a token whose `mercure.subscribe`
-//! selectors match the requested path.
+//! - Draft-07: `GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]`
+//!   answers JSON-LD documents with `lastEventID` in the body.
+//! - Draft-08 (Mercure 1.0):
+//!   `GET /.well-known/mercure/subscriptions[/{match_type}/{match}[/{subscriber}]]`
+//!   answers plain JSON, with the last event id in the `Link` header
+//!   (`rel="mercure"; last-event-id="…"`), in the `ETag`, and in the body
+//!   as `last_event_id`.
+//!
+//! Both give the id of the last update the hub dispatched, read before the
+//! list, so a client can read the list and then follow the subscription
+//! events from exactly that point. A path is draft-08 when its first
+//! segment is a match type (`exact`, `urlpattern`); the bare collection
+//! answers in the revision of the token. The client's token must grant
+//! `subscribe` on the requested path (as sent, percent-encoded), like a
+//! topic: a relative URL pattern such as
+//! `/.well-known/mercure/subscriptions/:type/:match/:subscriber` covers the
+//! events and the API alike.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use herald_protocol::matcher::MatchType;
 use herald_protocol::update::EARLIEST;
 use serde_json::{json, Value};
 
 use super::{HttpError, MERCURE_PATH};
-use crate::auth::{self, AuthError};
+use crate::auth::{AuthError, Grants, Role};
 use crate::hub::Hub;
-use crate::subscriptions::{self, ActiveSubscriptions, CONTEXT, SUBSCRIPTIONS_PATH};
+use crate::subscriptions::{self, ActiveSubscriptions, Filter, CONTEXT, SUBSCRIPTIONS_PATH};
 
 pub(super) async fn all(
     State(hub): State<Hub>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let table = authorize(&hub, &uri, &headers)?;
+    let (table, grants) = authorize(&hub, &uri, &headers)?;
     // The id first, then the list: a subscription that starts in between
     // is listed and its event comes after the id, never missed.
     let last = last_event_id(&hub).await?;
-    let docs = table.documents(None, None);
-    Ok(collection(SUBSCRIPTIONS_PATH.to_owned(), docs, &last))
+    if grants.is_access_token() {
+        let docs = table.documents(Filter::Matcher(None), None);
+        return Ok(collection08(SUBSCRIPTIONS_PATH, docs, &last, &headers));
+    }
+    let docs = table.documents(Filter::Topic(None), None);
+    Ok(collection07(SUBSCRIPTIONS_PATH.to_owned(), docs, &last))
 }
 
 pub(super) async fn by_topic(
@@ -37,74 +53,115 @@ pub(super) async fn by_topic(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let table = authorize(&hub, &uri, &headers)?;
+    let (table, _) = authorize(&hub, &uri, &headers)?;
     let last = last_event_id(&hub).await?;
-    let docs = table.documents(Some(&topic), None);
-    Ok(collection(
+    let docs = table.documents(Filter::Topic(Some(&topic)), None);
+    Ok(collection07(
         subscriptions::topic_collection(&topic),
         docs,
         &last,
     ))
 }
 
-pub(super) async fn one(
+/// Two segments: a draft-08 matcher collection when the first names a
+/// match type, else one draft-07 subscription.
+pub(super) async fn two_segments(
     State(hub): State<Hub>,
-    Path((topic, subscriber)): Path<(String, String)>,
+    Path((first, second)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let table = authorize(&hub, &uri, &headers)?;
+    let (table, _) = authorize(&hub, &uri, &headers)?;
     let last = last_event_id(&hub).await?;
+    if let Some(match_type) = path_match_type(&first) {
+        let docs = table.documents(Filter::Matcher(Some((match_type, &second))), None);
+        return Ok(collection08(uri.path(), docs, &last, &headers));
+    }
+    let (topic, subscriber) = (first, second);
     let Some(mut doc) = table
-        .documents(Some(&topic), Some(&subscriber))
+        .documents(Filter::Topic(Some(&topic)), Some(&subscriber))
         .into_iter()
         .next()
     else {
-        return Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            "no such active subscription",
-        ));
+        return Err(not_found());
     };
     doc["@context"] = json!(CONTEXT);
     doc["lastEventID"] = json!(last);
     Ok(json_ld(doc, &last))
 }
 
-/// The table, once the request is allowed to read it.
+/// One draft-08 subscription.
+pub(super) async fn one08(
+    State(hub): State<Hub>,
+    Path((kind, value, subscriber)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let Some(match_type) = path_match_type(&kind) else {
+        return Err(HttpError::bad_request(format!(
+            "unknown match type {kind:?} (exact or urlpattern)"
+        )));
+    };
+    let (table, _) = authorize(&hub, &uri, &headers)?;
+    let last = last_event_id(&hub).await?;
+    let Some(mut doc) = table
+        .documents(
+            Filter::Matcher(Some((match_type, &value))),
+            Some(&subscriber),
+        )
+        .into_iter()
+        .next()
+    else {
+        return Err(not_found());
+    };
+    doc["last_event_id"] = json!(last);
+    Ok(json08(doc, &last, &headers))
+}
+
+fn not_found() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "no such active subscription")
+}
+
+/// The match type a draft-08 API path names, in its canonical spelling.
+fn path_match_type(segment: &str) -> Option<MatchType> {
+    [MatchType::Exact, MatchType::UrlPattern]
+        .into_iter()
+        .find(|t| t.name() == segment)
+}
+
+/// The table and the caller's grants, once the request may read the path.
 fn authorize<'h>(
     hub: &'h Hub,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<&'h ActiveSubscriptions, HttpError> {
+) -> Result<(&'h ActiveSubscriptions, Grants), HttpError> {
     let Some(table) = hub.subscriptions() else {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "the subscriptions API is off (enable subscriptions)",
         ));
     };
-    check_token(hub, uri.path(), headers).map_err(|e| {
+    let grants = check_token(hub, uri.path(), headers).map_err(|e| {
         hub.metrics().auth_failed("subscriptions", &e);
-        HttpError::from(e)
+        HttpError::auth(hub, &e)
     })?;
-    Ok(table)
+    Ok((table, grants))
 }
 
-/// The requested URL (its path, percent-encoded as sent) must match one of
-/// the token's `mercure.subscribe` selectors.
-fn check_token(hub: &Hub, path: &str, headers: &HeaderMap) -> Result<(), AuthError> {
-    let (token, _) =
-        auth::extract_token(headers, None, &hub.config().cookie_name)?.ok_or(AuthError::Missing)?;
-    let verifier = hub.subscriber_verifier().ok_or(AuthError::NoKey)?;
-    let claims = verifier.verify(&token)?;
-    let allowed = auth::compile_selectors(claims.mercure.subscribe.as_deref().unwrap_or(&[]));
-    if allowed.iter().any(|s| s.matches(path)) {
-        Ok(())
+/// The requested path, percent-encoded as sent, must be a topic the token
+/// may subscribe to.
+fn check_token(hub: &Hub, path: &str, headers: &HeaderMap) -> Result<Grants, AuthError> {
+    let (grants, _) = hub
+        .authenticate(headers, None, Role::Subscriber)?
+        .ok_or(AuthError::Missing)?;
+    if grants.can_subscribe(path) {
+        Ok(grants)
     } else {
         Err(AuthError::TopicNotAllowed(path.to_owned()))
     }
 }
 
-fn collection(id: String, docs: Vec<Value>, last: &str) -> Response {
+fn collection07(id: String, docs: Vec<Value>, last: &str) -> Response {
     let body = json!({
         "@context": CONTEXT,
         "id": id,
@@ -113,6 +170,16 @@ fn collection(id: String, docs: Vec<Value>, last: &str) -> Response {
         "subscriptions": docs,
     });
     json_ld(body, last)
+}
+
+fn collection08(id: &str, docs: Vec<Value>, last: &str, headers: &HeaderMap) -> Response {
+    let body = json!({
+        "id": id,
+        "type": "subscriptions",
+        "last_event_id": last,
+        "subscriptions": docs,
+    });
+    json08(body, last, headers)
 }
 
 /// The id of the newest update in history, or `earliest` when there is none.
@@ -134,6 +201,22 @@ async fn last_event_id(hub: &Hub) -> Result<String, HttpError> {
         .map_or_else(|| EARLIEST.to_owned(), |s| s.update.id.clone()))
 }
 
+/// An entity tag holding the last event id: quotes, `%` and bytes outside
+/// the visible ASCII range percent-encoded, as an ETag allows none of them.
+fn etag(last: &str) -> String {
+    let mut out = String::with_capacity(last.len() + 2);
+    out.push('"');
+    for b in last.bytes() {
+        if b <= 0x20 || b >= 0x7f || b == b'"' || b == b'%' {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn json_ld(body: Value, last: &str) -> Response {
     let mut res = body.to_string().into_response();
     let h = res.headers_mut();
@@ -145,11 +228,77 @@ fn json_ld(body: Value, last: &str) -> Response {
         header::CACHE_CONTROL,
         HeaderValue::from_static("must-revalidate"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{last}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&etag(last)) {
         h.insert(header::ETAG, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("<{MERCURE_PATH}>; rel=\"mercure\"")) {
         h.insert(header::LINK, v);
     }
     res
+}
+
+/// A draft-08 answer: plain JSON, the last event id in the `Link` header,
+/// `304` when the client's `If-None-Match` names the current ETag.
+fn json08(body: Value, last: &str, request: &HeaderMap) -> Response {
+    let tag = etag(last);
+    let fresh = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut res = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut res = body.to_string().into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, must-revalidate"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Cookie"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    let quoted = last.replace('\\', "\\\\").replace('"', "\\\"");
+    let link = format!(
+        "<{MERCURE_PATH}>; rel=\"mercure\"; last-event-id=\"{quoted}\"; type=\"{}\"; content-type=\"application/json\"",
+        subscriptions::EVENT_TYPE
+    );
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        h.insert(header::LINK, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_hold_any_id() {
+        assert_eq!(etag("urn:uuid:1"), "\"urn:uuid:1\"");
+        assert_eq!(etag("a\"b %c"), "\"a%22b%20%25c\"");
+        assert!(HeaderValue::from_str(&etag("é\u{1}")).is_ok());
+    }
+
+    #[test]
+    fn only_canonical_match_types_name_draft08_paths() {
+        assert_eq!(path_match_type("exact"), Some(MatchType::Exact));
+        assert_eq!(path_match_type("urlpattern"), Some(MatchType::UrlPattern));
+        assert_eq!(path_match_type("URLPattern"), None);
+        assert_eq!(path_match_type("https://example.com/a"), None);
+        // The API paths are the event topics.
+        assert!(
+            herald_protocol::matcher::subscription_topic(MatchType::Exact, "a", "b")
+                .starts_with(&format!("{SUBSCRIPTIONS_PATH}/exact/"))
+        );
+    }
 }
