@@ -224,6 +224,11 @@ pub(crate) async fn prepare(
         None => (None, None),
         Some(id) if id == EARLIEST => (Some(0), Some(EARLIEST.to_owned())),
         Some(id) => match hub.engine().resolve(id).await {
+            // The id of a private update the token may not read is treated
+            // as unknown: answering with it would confirm that it exists.
+            Ok(Some(pos)) if !visible_at(hub, &sub, pos).await => {
+                (Some(0), Some(EARLIEST.to_owned()))
+            }
             Ok(Some(pos)) => (Some(pos), Some(id.clone())),
             // Unknown or already removed by retention: replay everything
             // retained and say so with `earliest`, never a silent gap.
@@ -383,6 +388,18 @@ fn event_stream(prepared: Prepared) -> Response {
         }
     }
     res
+}
+
+/// True when the subscriber may read the update at `pos` (an update
+/// already removed counts as visible: its id is then just a position).
+async fn visible_at(hub: &Hub, sub: &Subscriber, pos: Position) -> bool {
+    match hub.engine().read_after(pos.saturating_sub(1), 1).await {
+        Ok(found) => found
+            .first()
+            .filter(|s| s.position == pos)
+            .is_none_or(|s| sub.may_see(s)),
+        Err(_) => true,
+    }
 }
 
 /// Unregisters the subscriber when its stream is dropped.
