@@ -1,4 +1,5 @@
-//! `herald token`: mint a JWT carrying a Mercure claim.
+//! `herald token`: mint a JWT carrying a Mercure claim (draft-07), or, with
+//! `--issuer`, a Mercure 1.0 access token (draft-08).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,25 @@ pub struct Args {
         value_parser = parse_alg
     )]
     alg: Algorithm,
+    /// Mint a draft-08 access token (`typ: at+jwt`) from this issuer (`iss`)
+    /// instead of a draft-07 token; `--publish` and `--subscribe` become
+    /// exact matchers of its `authorization_details`.
+    #[arg(long, value_name = "ISSUER")]
+    issuer: Option<String>,
+    /// Audience (`aud`) of an access token: the hub's resource identifier,
+    /// by default its public URL.
+    #[arg(long, value_name = "RESOURCE", requires = "issuer")]
+    audience: Option<String>,
+    /// URL pattern the access token may publish to (repeatable).
+    #[arg(long = "publish-pattern", value_name = "PATTERN", requires = "issuer")]
+    publish_pattern: Vec<String>,
+    /// URL pattern the access token may subscribe to (repeatable).
+    #[arg(
+        long = "subscribe-pattern",
+        value_name = "PATTERN",
+        requires = "issuer"
+    )]
+    subscribe_pattern: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -51,6 +71,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("a signing key is required: pass --key or set HERALD_PUBLISHER_JWT");
     };
     let cfg = key_config(key, args.alg)?;
+    if let Some(issuer) = &args.issuer {
+        let Some(audience) = &args.audience else {
+            bail!("an access token needs --audience: the hub's resource identifier (by default its public URL)");
+        };
+        let token = access_token(&cfg, issuer, audience, &args)?;
+        println!("{token}");
+        return Ok(());
+    }
     let claims = Claims {
         mercure: MercureClaim {
             publish: non_empty(args.publish),
@@ -64,6 +92,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let token = auth::sign(&claims, &cfg).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
     println!("{token}");
     Ok(())
+}
+
+/// A Mercure 1.0 access token: RFC 9068 claims and one authorization
+/// detail per action.
+fn access_token(cfg: &KeyConfig, issuer: &str, audience: &str, a: &Args) -> anyhow::Result<String> {
+    use herald_protocol::authz::DETAIL_TYPE;
+    use serde_json::{json, Value};
+    let matchers = |exact: &[String], patterns: &[String]| -> Vec<Value> {
+        exact
+            .iter()
+            .map(|m| json!({"match": m}))
+            .chain(
+                patterns
+                    .iter()
+                    .map(|m| json!({"match": m, "match_type": "urlpattern"})),
+            )
+            .collect()
+    };
+    let mut details = Vec::new();
+    let publish = matchers(&a.publish, &a.publish_pattern);
+    if !publish.is_empty() {
+        details.push(json!({"type": DETAIL_TYPE, "actions": ["publish"], "topics": publish}));
+    }
+    let subscribe = matchers(&a.subscribe, &a.subscribe_pattern);
+    if !subscribe.is_empty() {
+        let mut d = json!({"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": subscribe});
+        if let Some(p) = &a.payload {
+            d["payload"] = p.clone();
+        }
+        details.push(d);
+    }
+    let now = now_secs();
+    // An access token must expire: an hour unless told otherwise.
+    let ttl = a.ttl.unwrap_or(Duration::from_secs(3600));
+    let mut claims = json!({
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": expiry(now, ttl),
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "client_id": "herald-cli",
+        "authorization_details": details,
+    });
+    if let Some(sub) = &a.sub {
+        claims["sub"] = json!(sub);
+    }
+    let mut header = jsonwebtoken::Header::new(cfg.algorithm);
+    header.typ = Some("at+jwt".to_owned());
+    let key = auth::encoding_key(cfg).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
 }
 
 /// Builds the signing key configuration. For asymmetric algorithms a value

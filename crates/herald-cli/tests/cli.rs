@@ -358,3 +358,79 @@ fn sigterm_ends_streams_and_exits_cleanly() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+#[test]
+fn access_tokens_minted_by_the_cli_work_with_flag_and_file_issuers() {
+    let secret = "issuer-secret-issuer-secret-issuer";
+    let publish_with = |hub: &Hub, token: &str| {
+        herald(&[
+            "publish",
+            "--hub",
+            &hub.hub_url(),
+            "--token",
+            token,
+            "--topic",
+            "https://example.com/books/1",
+            "--data",
+            "x",
+        ])
+    };
+    let mint = |hub: &Hub, pattern: &str| {
+        let t = herald(&[
+            "token",
+            "--key",
+            secret,
+            "--issuer",
+            "https://app.example.com",
+            "--audience",
+            &hub.hub_url(),
+            "--publish-pattern",
+            pattern,
+        ]);
+        assert!(t.status.success(), "{}", stderr(&t));
+        stdout(&t)
+    };
+
+    // Flag: the public URL follows the bound address, and is the audience.
+    let hub = Hub::start(&[
+        "--engine",
+        "memory",
+        "--issuer",
+        &format!("https://app.example.com secret:{secret} HS256"),
+    ]);
+    let ok = publish_with(&hub, &mint(&hub, "https://example.com/books/:id"));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let refused = publish_with(&hub, &mint(&hub, "https://example.com/authors/:id"));
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("403"), "{}", stderr(&refused));
+    drop(hub);
+
+    // File: [[issuers]] tables.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "engine = 'memory'\n[[issuers]]\nissuer = 'https://app.example.com'\nkey = 'secret:{secret}'\n"
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start(&["--config", file.to_str().unwrap()]);
+    let ok = publish_with(&hub, &mint(&hub, "https://example.com/books/:id"));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // Bad issuer settings are one-line errors before binding.
+    for bad in [
+        "https://app.example.com",
+        "https://app.example.com rot13:abc",
+        "https://app.example.com secret:abc NONE",
+        "https://app.example.com pem:/nonexistent.pem",
+    ] {
+        let o = herald(&["serve", "--engine", "memory", "--issuer", bad]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert_eq!(stderr(&o).lines().count(), 1, "{bad}: {}", stderr(&o));
+    }
+    let o = herald(&["token", "--key", secret, "--issuer", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--audience"), "{}", stderr(&o));
+}

@@ -236,22 +236,27 @@ impl Verifier {
 /// # Errors
 /// When the key does not parse for the algorithm.
 pub fn sign(claims: &Claims, cfg: &KeyConfig) -> Result<String, String> {
-    let key = if is_hmac(cfg.algorithm) {
-        EncodingKey::from_secret(cfg.key.as_bytes())
-    } else {
-        let pem = cfg.key.as_bytes();
-        match cfg.algorithm {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
-                EncodingKey::from_rsa_pem(pem)
-            }
-            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
-            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
-            _ => return Err("unsupported algorithm".into()),
-        }
-        .map_err(|e| format!("invalid {:?} private key: {e}", cfg.algorithm))?
-    };
+    let key = encoding_key(cfg)?;
     jsonwebtoken::encode(&jsonwebtoken::Header::new(cfg.algorithm), claims, &key)
         .map_err(|e| e.to_string())
+}
+
+/// The signing key of `cfg`: its HMAC secret, or its PEM private key.
+///
+/// # Errors
+/// When the key does not parse for the algorithm.
+pub fn encoding_key(cfg: &KeyConfig) -> Result<EncodingKey, String> {
+    if is_hmac(cfg.algorithm) {
+        return Ok(EncodingKey::from_secret(cfg.key.as_bytes()));
+    }
+    let pem = cfg.key.as_bytes();
+    match cfg.algorithm {
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => EncodingKey::from_rsa_pem(pem),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => return Err("unsupported algorithm".into()),
+    }
+    .map_err(|e| format!("invalid {:?} private key: {e}", cfg.algorithm))
 }
 
 /// Where a token was found.
