@@ -970,6 +970,39 @@ async fn subscribing_with_query() {
     }
     assert_eq!(data, ["q", "r"]);
 
+    // `last_event_id` in the body resumes like the query parameter.
+    let first = publish08(&hub, &[("topic", "https://example.com/q"), ("data", "1")]).await;
+    publish08(&hub, &[("topic", "https://example.com/q"), ("data", "2")]).await;
+    let res = client()
+        .request(query.clone(), hub.hub_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "match=https%3A%2F%2Fexample.com%2Fq&last_event_id={}",
+            herald_protocol::template::expand_simple(&first)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["mercure-last-event-id"], first.as_str());
+    let mut parser = herald_protocol::sse::Parser::new();
+    let mut stream = res.bytes_stream();
+    let event = loop {
+        let chunk = tokio::time::timeout(LONG, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let found = parser.feed(&chunk).into_iter().find_map(|i| match i {
+            herald_protocol::sse::Item::Event(e) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = found {
+            break e;
+        }
+    };
+    assert_eq!(event.data, "2");
+
     for (ct, status) in [(None, 400), (Some("application/json"), 415)] {
         let mut req = client()
             .request(query.clone(), hub.hub_url())
