@@ -408,6 +408,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !plan.public_url_given {
         plan.hub.public_url = url::Url::parse(&format!("http://{addr}/.well-known/mercure"))
             .context("public URL from the bound address")?;
+        if !plan.hub.issuers.is_empty() && plan.hub.resource.is_none() {
+            tracing::warn!(
+                "issuers are configured but public_url is not: access tokens must carry \
+                 aud = {:?}; set --public-url (or --resource) to the URL clients use",
+                plan.hub.public_url.as_str()
+            );
+        }
     }
     if plan.generated_key {
         print_quickstart(&plan.hub, addr)?;

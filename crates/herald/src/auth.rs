@@ -77,12 +77,23 @@ impl AuthError {
     pub fn bearer_error(&self) -> Option<&'static str> {
         match self {
             Self::Missing => None,
-            Self::MalformedHeader | Self::TokenInQuery | Self::NoOrigin => Some("invalid_request"),
-            Self::OriginNotAllowed(_) => Some("invalid_request"),
+            Self::MalformedHeader | Self::TokenInQuery => Some("invalid_request"),
+            // Not a token problem: a cross-site publish refused.
+            Self::NoOrigin | Self::OriginNotAllowed(_) => None,
             Self::NoPublishClaim | Self::TopicNotAllowed(_) => Some("insufficient_scope"),
             Self::InvalidToken(_) | Self::Expired | Self::NotYetValid | Self::NoKey => {
                 Some("invalid_token")
             }
+        }
+    }
+
+    /// What the client is told. A token that fails validation is just an
+    /// "invalid token", whatever the reason (which goes to logs and
+    /// metrics): telling which issuers or keys exist would help an attacker.
+    pub fn public_message(&self) -> String {
+        match self.bearer_error() {
+            Some("invalid_token") => "invalid token".to_owned(),
+            _ => self.to_string(),
         }
     }
 

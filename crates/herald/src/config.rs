@@ -138,14 +138,26 @@ impl HubConfig {
     }
 
     /// URL of the protected resource metadata (RFC 9728): the well-known
-    /// prefix inserted before the hub's path.
+    /// prefix inserted between the resource identifier's host and path.
     pub fn resource_metadata_url(&self) -> String {
-        let mut url = self.public_url.clone();
-        let path = format!("/.well-known/oauth-protected-resource{}", url.path());
+        let mut url = url::Url::parse(&self.resource_identifier())
+            .unwrap_or_else(|_| self.public_url.clone());
+        let path = self.resource_metadata_path();
         url.set_path(&path);
         url.set_query(None);
         url.set_fragment(None);
         url.to_string()
+    }
+
+    /// The path at which the hub serves its protected resource metadata,
+    /// derived from the resource identifier's path as RFC 9728 says.
+    pub fn resource_metadata_path(&self) -> String {
+        let resource = url::Url::parse(&self.resource_identifier())
+            .unwrap_or_else(|_| self.public_url.clone());
+        match resource.path() {
+            "/" | "" => "/.well-known/oauth-protected-resource".to_owned(),
+            path => format!("/.well-known/oauth-protected-resource{path}"),
+        }
     }
 
     /// Checks values that would make the hub misbehave.
@@ -167,6 +179,17 @@ impl HubConfig {
         }
         if !matches!(self.public_url.scheme(), "http" | "https") {
             return Err("public_url must be an http or https URL".into());
+        }
+        if let Some(r) = &self.resource {
+            // RFC 9728: the resource identifier is a URL, and clients
+            // derive the metadata's location from it.
+            let url =
+                url::Url::parse(r).map_err(|e| format!("resource {r:?} is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.fragment().is_some() {
+                return Err(format!(
+                    "resource {r:?} must be an http(s) URL without a fragment"
+                ));
+            }
         }
         if self.access_token_cookie.is_empty() || self.cookie_name.is_empty() {
             return Err("cookie names must not be empty".into());

@@ -178,6 +178,30 @@ pub fn parse_key_source(s: &str) -> Result<KeySource, String> {
     }
 }
 
+/// Keys fetched over the network decide who may publish, so they travel
+/// over HTTPS; plain HTTP only to a loopback address (a sidecar, tests).
+fn check_jwks_url(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "JWKS URL {url} must use https (plain http only to a loopback address)"
+                ))
+            }
+        }
+        other => Err(format!("JWKS URL scheme {other:?} is not http(s)")),
+    }
+}
+
 /// A verified access token.
 #[derive(Debug, Clone)]
 pub struct AccessToken {
@@ -601,7 +625,9 @@ impl OAuthVerifier {
                     (Source::JwksFile(path), keys)
                 }
                 KeySource::JwksUrl(url) => {
-                    Url::parse(&url).map_err(|e| fail(format!("invalid JWKS URL {url:?}: {e}")))?;
+                    let parsed = Url::parse(&url)
+                        .map_err(|e| fail(format!("invalid JWKS URL {url:?}: {e}")))?;
+                    check_jwks_url(&parsed).map_err(fail)?;
                     let state = UrlState {
                         url,
                         wanted: AtomicBool::new(false),
@@ -625,7 +651,9 @@ impl OAuthVerifier {
             let client = reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
                 .connect_timeout(FETCH_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::limited(3))
+                // A redirect could lead to plain HTTP or another host: keys
+                // come from exactly the configured URL.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
@@ -1820,5 +1848,28 @@ MC4CAQAwBQYDK2VwBCIEII3k9LtWCfa5amE9LdfxaYjD71ehY5aB7iqDPbhWmYyM
         let debug = format!("{:?}", hs_verifier());
         assert!(!debug.contains(SECRET), "{debug}");
         assert!(debug.contains(ISS), "{debug}");
+    }
+
+    #[test]
+    fn jwks_urls_need_https_except_on_loopback() {
+        let check = |u: &str| check_jwks_url(&Url::parse(u).unwrap());
+        assert!(check("https://idp.example.com/jwks.json").is_ok());
+        assert!(check("http://127.0.0.1:8080/jwks.json").is_ok());
+        assert!(check("http://[::1]/jwks.json").is_ok());
+        assert!(check("http://localhost/jwks.json").is_ok());
+        assert!(check("http://idp.example.com/jwks.json").is_err());
+        assert!(check("http://10.0.0.1/jwks.json").is_err());
+        assert!(check("ftp://idp.example.com/jwks.json").is_err());
+        let err = OAuthVerifier::new(
+            "https://hub.example.com/.well-known/mercure".into(),
+            Url::parse("https://hub.example.com/.well-known/mercure").unwrap(),
+            vec![IssuerConfig {
+                issuer: "https://idp.example.com".into(),
+                keys: KeySource::JwksUrl("http://idp.example.com/jwks.json".into()),
+                algorithms: Vec::new(),
+            }],
+        )
+        .unwrap_err();
+        assert!(err.contains("https"), "{err}");
     }
 }

@@ -39,6 +39,10 @@ pub struct Subscriber {
     pub selectors: Vec<Selector>,
     /// The private updates the token lets it receive; `None` for anonymous.
     pub allowed: Option<Allowed>,
+    /// Subscribed with draft-08 `match` parameters: it receives the
+    /// draft-08 subscription events, never the draft-07 ones (and the
+    /// other way round), each revision's clients seeing their own format.
+    pub draft08: bool,
     queue: Mutex<Queue>,
     /// The connection task waiting for frames.
     waker: AtomicWaker,
@@ -91,6 +95,7 @@ impl Subscriber {
             id,
             selectors,
             allowed,
+            draft08: false,
             queue: Mutex::new(Queue {
                 replaying,
                 ..Queue::default()
@@ -110,13 +115,29 @@ impl Subscriber {
         any_matches(&self.selectors, topics) && self.may_see(stored)
     }
 
+    /// Marks a subscriber of draft-08 (see [`Subscriber::draft08`]).
+    #[must_use]
+    pub fn with_draft08(mut self, draft08: bool) -> Self {
+        self.draft08 = draft08;
+        self
+    }
+
     /// Authorization alone: public, or private and allowed by the token.
+    /// Subscription events (always private) also go only to subscribers of
+    /// their own revision.
     pub fn may_see(&self, stored: &Stored) -> bool {
-        !stored.update.private
-            || self
-                .allowed
-                .as_ref()
-                .is_some_and(|a| a.allows(&stored.update.topics))
+        let update = &stored.update;
+        if !update.private {
+            return true;
+        }
+        if let Some(draft08) = crate::subscriptions::event_revision(update) {
+            if draft08 != self.draft08 {
+                return false;
+            }
+        }
+        self.allowed
+            .as_ref()
+            .is_some_and(|a| a.allows(&update.topics))
     }
 
     /// Queues a frame the dispatcher already matched against the selectors.

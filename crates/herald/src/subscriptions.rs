@@ -66,13 +66,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// A draft-07 connection: its topic selectors and `mercure.payload`.
-    pub fn draft07(topics: Vec<String>, payload: Option<Value>) -> Self {
+    /// A draft-07 connection: its topic selectors, each with its payload
+    /// (`mercure.payload` of a draft-07 token).
+    pub fn draft07(topics: Vec<(String, Option<Value>)>) -> Self {
         Self {
             subscriber: new_subscriber_iri(),
             entries: topics
                 .into_iter()
-                .map(|t| (Entry::Topic(t), payload.clone()))
+                .map(|(t, payload)| (Entry::Topic(t), payload))
                 .collect(),
         }
     }
@@ -116,6 +117,17 @@ impl Subscription {
             })
             .collect()
     }
+}
+
+/// For a subscription event of the hub (its topic is under
+/// `/.well-known/mercure/subscriptions/`, where publishers may not publish),
+/// whether it is a draft-08 one (of type `mercure`); `None` for any other
+/// update.
+pub fn event_revision(update: &Update) -> Option<bool> {
+    let topic = update.topics.first()?;
+    let rest = topic.strip_prefix(SUBSCRIPTIONS_PATH)?;
+    rest.starts_with('/')
+        .then(|| update.event_type.as_deref() == Some(EVENT_TYPE))
 }
 
 fn new_subscriber_iri() -> String {
@@ -253,10 +265,11 @@ mod tests {
 
     #[test]
     fn events_are_private_json_ld_with_the_payload() {
-        let sub = Subscription::draft07(
-            vec!["https://example.com/{id}".into(), "*".into()],
-            Some(json!({"user": 7})),
-        );
+        let payload = Some(json!({"user": 7}));
+        let sub = Subscription::draft07(vec![
+            ("https://example.com/{id}".into(), payload.clone()),
+            ("*".into(), payload),
+        ]);
         let events = sub.events(true);
         assert_eq!(events.len(), 2);
         let e = &events[0];
@@ -315,8 +328,11 @@ mod tests {
     #[test]
     fn the_table_filters_by_topic_and_subscriber() {
         let table = ActiveSubscriptions::default();
-        let a = Arc::new(Subscription::draft07(vec!["t1".into(), "t2".into()], None));
-        let b = Arc::new(Subscription::draft07(vec!["t1".into()], Some(json!(1))));
+        let a = Arc::new(Subscription::draft07(vec![
+            ("t1".into(), None),
+            ("t2".into(), None),
+        ]));
+        let b = Arc::new(Subscription::draft07(vec![("t1".into(), Some(json!(1)))]));
         let c = Arc::new(Subscription::draft08(vec![
             (MatchType::Exact, "t1".into(), None),
             (MatchType::UrlPattern, "/t/:x".into(), Some(json!({"p": 1}))),

@@ -19,6 +19,7 @@ const APP_SECRET: &str = "draft08-app-secret-draft08-app-secret";
 const ES: &str = "https://es.example.com";
 const JWKS: &str = "https://jwks.example.com";
 const REMOTE: &str = "https://remote.example.com";
+const ED: &str = "https://ed.example.com";
 const DETAIL: &str = "https://mercure.rocks/authorization-detail";
 
 fn fixture(name: &str) -> String {
@@ -49,6 +50,12 @@ fn config(jwks_url: Option<&str>) -> HubConfig {
             issuer: ES.into(),
             keys: KeySource::Pem(read_fixture("ec_public.pem")),
             algorithms: vec![Algorithm::ES256],
+        },
+        // No allow-list: the algorithm follows from the key (EdDSA).
+        IssuerConfig {
+            issuer: ED.into(),
+            keys: KeySource::Pem(read_fixture("ed_public.pem")),
+            algorithms: Vec::new(),
         },
         IssuerConfig {
             issuer: JWKS.into(),
@@ -334,6 +341,10 @@ async fn access_tokens_from_each_issuer_and_every_refusal() {
             "aud array",
             hmac_token(with(json!({"aud": ["https://other", HUB]}))),
         ),
+        (
+            "eddsa pem, algorithm from the key",
+            sign_with(Algorithm::EdDSA, &ed, None, with(json!({"iss": ED}))),
+        ),
     ];
     let fields = [("topic", "https://example.com/a"), ("data", "d")];
     for (what, t) in &ok_tokens {
@@ -401,6 +412,16 @@ async fn access_tokens_from_each_issuer_and_every_refusal() {
         ("not an access token", id_token),
         ("alg none", none),
         ("alg confusion", confused),
+        (
+            // The issuer has no allow-list: its key alone must refuse HMAC.
+            "alg confusion, default algorithms",
+            sign_with(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(read_fixture("ed_public.pem").as_bytes()),
+                None,
+                with(json!({"iss": ED})),
+            ),
+        ),
         (
             "rs256 by the ES issuer",
             sign_with(Algorithm::RS256, &rsa, None, with(json!({"iss": ES}))),
@@ -585,8 +606,12 @@ async fn presentation_header_cookie_and_no_query_tokens() {
 async fn publishing_rules() {
     let hub = TestHub::start(config(None)).await;
     let token = all(&["publish"]);
-    let cases: [(&[(&str, &str)], u16); 9] = [
+    let cases: [(&[(&str, &str)], u16); 12] = [
         (&[("topic", "*")], 400),
+        // Relative topics resolving into the namespace, as Mercure 1.0 says.
+        (&[("topic", "#general")], 403),
+        (&[("topic", "mercure/subscriptions/exact/a/b")], 403),
+        (&[("topic", "?room=1")], 403),
         (
             &[("topic", "/.well-known/mercure/subscriptions/exact/a/b")],
             403,
@@ -611,6 +636,29 @@ async fn publishing_rules() {
     }
     // Not reserved: another path that merely starts alike.
     publish08(&hub, &[("topic", "/.well-known/mercurey"), ("data", "x")]).await;
+    // A draft-07 publisher keeps the relative topics that only resolve to
+    // the hub's URL itself, but not those below it.
+    let c = client();
+    for (topic, status) in [
+        ("#general", 200),
+        ("?room=1", 200),
+        ("mercure", 200),
+        ("mercure/subscriptions/exact/a/b", 403),
+        ("/.well-known/mercure", 403),
+        ("https://hub.example.com/.well-known/mercure", 403),
+    ] {
+        let (got, body) = common::publish(&c, &hub, &[("topic", topic)]).await;
+        assert_eq!(got, status, "{topic}: {body}");
+    }
+    // Access tokens never travel in the URL, for publishers either.
+    let res = client()
+        .post(format!("{}?authorization={token}", hub.hub_url()))
+        .form(&[("topic", "a")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(challenge(&res).starts_with("Bearer error=\"invalid_request\""));
     // `private` counts by presence, whatever its value.
     let mut anon = Subscription::open(&hub, &[("match", "t")], &[]).await;
     publish08(&hub, &[("topic", "t"), ("data", "p"), ("private", "")]).await;
@@ -884,6 +932,40 @@ async fn subscription_events_and_api() {
     let mut anon = Subscription::open(&hub, &[("match_urlpattern", pattern)], &[]).await;
     let _member_again = Subscription::open(&hub, &[("match", "z")], &[]).await;
     assert!(anon.drain_events(SHORT).await.is_empty());
+    // The draft-08 watcher saw both arrivals, in its format.
+    let seen = watcher.drain_events(SHORT).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|e| e.event == "mercure"));
+    assert!(seen.iter().any(|e| e.data.contains("\"match\":\"z\"")));
+
+    // Each revision's watcher sees its own revision's events only, in its
+    // own format, even with grants and selectors covering both.
+    let v7_token = token(SUB_KEY, None, Some(&["*"]));
+    let mut v7_watcher = Subscription::open(
+        &hub,
+        &[("topic", "*")],
+        &[("authorization", &format!("Bearer {v7_token}"))],
+    )
+    .await;
+    assert_eq!(v7_watcher.status, 200);
+    let own = v7_watcher.next_event(LONG).await.unwrap();
+    assert_eq!(own.event, "message");
+    assert!(own.data.contains("\"@context\""), "{}", own.data);
+    // The draft-07 watcher's own arrival is a draft-07 event: not for the
+    // draft-08 watcher.
+    assert!(watcher.drain_events(SHORT).await.is_empty());
+    let _v7_member = Subscription::open(&hub, &[("topic", "https://example.com/v7")], &[]).await;
+    let _v8_member = Subscription::open(&hub, &[("match", "https://example.com/v8")], &[]).await;
+    let v7_seen = v7_watcher.drain_events(SHORT).await;
+    assert_eq!(v7_seen.len(), 1, "{v7_seen:?}");
+    let doc: Value = serde_json::from_str(&v7_seen[0].data).unwrap();
+    assert_eq!(doc["topic"], "https://example.com/v7");
+    assert_eq!(doc["type"], "Subscription");
+    let v8_seen = watcher.drain_events(SHORT).await;
+    assert_eq!(v8_seen.len(), 1, "{v8_seen:?}");
+    assert_eq!(v8_seen[0].event, "mercure");
+    let doc: Value = serde_json::from_str(&v8_seen[0].data).unwrap();
+    assert_eq!(doc["match"], "https://example.com/v8");
 }
 
 async fn res_ok_link(c: &reqwest::Client, hub: &TestHub, path: &str, bearer: &str) -> bool {
@@ -903,20 +985,21 @@ async fn res_ok_link(c: &reqwest::Client, hub: &TestHub, path: &str, bearer: &st
 #[tokio::test]
 async fn protected_resource_metadata() {
     let hub = TestHub::start(HubConfig {
-        resource: Some("urn:hub:1".into()),
+        resource: Some("https://api.example.com/mercure-hub".into()),
         authorization_servers: vec![ES.into()],
         ..config(None)
     })
     .await;
+    // RFC 9728: the metadata lives at the resource identifier's path.
     let res = client()
-        .get(hub.url("/.well-known/oauth-protected-resource/.well-known/mercure"))
+        .get(hub.url("/.well-known/oauth-protected-resource/mercure-hub"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/json");
     let doc: Value = res.json().await.unwrap();
-    assert_eq!(doc["resource"], "urn:hub:1");
+    assert_eq!(doc["resource"], "https://api.example.com/mercure-hub");
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     assert_eq!(
         doc["authorization_details_types_supported"],
@@ -926,15 +1009,27 @@ async fn protected_resource_metadata() {
     assert_eq!(doc["mercure_cookie"], "__Secure-mercure_access_token");
     // `aud` is checked against the configured resource identifier.
     let t = hmac_token(
-        json!({"aud": "urn:hub:1", "authorization_details": [{"type": DETAIL, "actions": ["publish"], "topics": [{"match": "*"}]}]}),
+        json!({"aud": "https://api.example.com/mercure-hub", "authorization_details": [{"type": DETAIL, "actions": ["publish"], "topics": [{"match": "*"}]}]}),
     );
     assert_eq!(post(&hub, Some(&t), &[("topic", "a")]).await.status(), 200);
+    let res = post(&hub, Some(&all(&["publish"])), &[("topic", "a")]).await;
+    assert_eq!(res.status(), 401);
+    // The challenge points at the metadata, with a fixed message.
     assert_eq!(
-        post(&hub, Some(&all(&["publish"])), &[("topic", "a")])
-            .await
-            .status(),
-        401
+        challenge(&res),
+        "Bearer error=\"invalid_token\", resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/mercure-hub\""
     );
+    assert_eq!(res.text().await.unwrap(), "invalid token\n");
+    // A resource identifier that is not a URL is refused at start.
+    let bad = HubConfig {
+        resource: Some("urn:hub:1".into()),
+        ..config(None)
+    };
+    assert!(herald::Hub::new(
+        bad,
+        std::sync::Arc::new(herald::engine::memory::MemoryEngine::new(10))
+    )
+    .is_err());
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ impl HttpError {
         };
         Self {
             status: e.status(),
-            reason: e.to_string(),
+            reason: e.public_message(),
             challenge: Some(challenge),
         }
     }
@@ -101,6 +101,7 @@ impl IntoResponse for HttpError {
 /// All routes of the hub, with CORS when origins are configured.
 pub fn router(hub: Hub) -> Router {
     let cors = cors_layer(&hub.config().cors_origins);
+    let metadata_path = hub.config().resource_metadata_path();
     let router = Router::new()
         .route("/", get(page::index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -113,10 +114,7 @@ pub fn router(hub: Hub) -> Router {
                 .post(publish::publish)
                 .fallback(other_method),
         )
-        .route(
-            "/.well-known/oauth-protected-resource/.well-known/mercure",
-            get(metadata::protected_resource),
-        )
+        .route(&metadata_path, get(metadata::protected_resource))
         .route(
             "/.well-known/mercure/subscriptions",
             get(subscriptions::all),

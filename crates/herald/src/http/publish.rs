@@ -68,7 +68,7 @@ pub(super) async fn publish(
         vec![update_from_form(fields)?]
     };
     for (i, u) in updates.iter().enumerate() {
-        check_rules(&hub, u).map_err(|mut e| {
+        check_rules(&hub, u, grants.is_access_token()).map_err(|mut e| {
             if batch {
                 e.reason = format!("update {i}: {}", e.reason);
             }
@@ -148,6 +148,20 @@ fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
     Ok(())
 }
 
+/// True when a publisher may not use `topic`; see [`check_rules`].
+fn in_hub_namespace(topic: &str, base: &url::Url, draft08: bool) -> bool {
+    use herald_protocol::matcher::{is_reserved_topic, HUB_PATH};
+    if !is_reserved_topic(topic, base) {
+        return false;
+    }
+    if draft08 {
+        return true;
+    }
+    let below = base.join(topic).is_ok_and(|u| u.path() != HUB_PATH);
+    let names_the_hub = topic.starts_with('/') || url::Url::parse(topic).is_ok();
+    below || names_the_hub
+}
+
 /// Longest topic a publisher may use, in bytes.
 pub(crate) const MAX_TOPIC_LEN: usize = 4096;
 
@@ -160,13 +174,17 @@ pub(crate) const MAX_ID_LEN: usize = 1024;
 ///
 /// - `*` is the wildcard matcher, so a topic named `*` could not be
 ///   selected alone (400);
-/// - topics under the hub's own `/.well-known/mercure` path, once resolved
-///   against the hub's URL, are the hub's (subscription events), so a
-///   publisher cannot forge them (403);
+/// - topics in the hub's own `/.well-known/mercure` namespace, once
+///   resolved against the hub's URL, are the hub's (subscription events),
+///   so a publisher cannot forge them (403). For a draft-08 publisher that
+///   is the whole namespace, as Mercure 1.0 says; a draft-07 publisher
+///   keeps the relative topics that merely resolve to the hub's URL itself
+///   (`#general`, `?room=1`, `mercure`), which draft-07 allowed and which
+///   no subscription event uses;
 /// - the event type `mercure` marks subscription events (400);
 /// - an id starting with `#` is reserved for ids the hub generates, and ids
 ///   and topics have length limits (400).
-fn check_rules(hub: &Hub, update: &Update) -> Result<(), HttpError> {
+fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpError> {
     // The event-stream rules first: an empty topic is a bad topic, not the
     // hub's own URL.
     update
@@ -183,7 +201,7 @@ fn check_rules(hub: &Hub, update: &Update) -> Result<(), HttpError> {
                 "topic longer than {MAX_TOPIC_LEN} bytes"
             )));
         }
-        if herald_protocol::matcher::is_reserved_topic(topic, &hub.config().public_url) {
+        if in_hub_namespace(topic, &hub.config().public_url, draft08) {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
                 format!("topic {topic:?} is in the hub's reserved /.well-known/mercure namespace"),

@@ -192,15 +192,18 @@ pub(crate) async fn prepare(
         None => (None, None),
     };
     let cfg = hub.config();
-    let sub = Arc::new(Subscriber::new(
-        hub.next_subscriber_id(),
-        req.selectors,
-        allowed,
-        req.last_event_id.is_some(),
-        cfg.queue_frames,
-        cfg.queue_bytes,
-        cancel,
-    ));
+    let sub = Arc::new(
+        Subscriber::new(
+            hub.next_subscriber_id(),
+            req.selectors,
+            allowed,
+            req.last_event_id.is_some(),
+            cfg.queue_frames,
+            cfg.queue_bytes,
+            cancel,
+        )
+        .with_draft08(req.revision == Revision::Draft08),
+    );
     // Register first, then look up the resume point: see the module docs.
     hub.start_ticker();
     hub.registry().insert(sub.clone());
@@ -245,16 +248,16 @@ pub(crate) async fn prepare(
     if hub.subscriptions().is_some() {
         let subscription = match req.revision {
             Revision::Draft07 => {
-                let payload = match &grants {
+                let payload = |selector: &str| match &grants {
                     Some(Grants::Claim(c)) => c.mercure.payload.clone(),
-                    _ => None,
+                    Some(Grants::Access(a)) => a.authorization.payload_for(selector).cloned(),
+                    None => None,
                 };
                 Subscription::draft07(
                     sub.selectors
                         .iter()
-                        .map(|s| s.as_str().to_owned())
+                        .map(|s| (s.as_str().to_owned(), payload(s.as_str())))
                         .collect(),
-                    payload,
                 )
             }
             Revision::Draft08 => Subscription::draft08(

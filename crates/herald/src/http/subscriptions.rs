@@ -13,15 +13,15 @@
 //! events from exactly that point. A path is draft-08 when its first
 //! segment is a match type (`exact`, `urlpattern`); the bare collection
 //! answers in the revision of the token. The client's token must grant
-//! `subscribe` on the requested path (as sent, percent-encoded), like a
-//! topic: a relative URL pattern such as
+//! `subscribe` on the requested path (in the canonical encoding of the
+//! event topics), like a topic: a relative URL pattern such as
 //! `/.well-known/mercure/subscriptions/:type/:match/:subscriber` covers the
 //! events and the API alike.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_protocol::matcher::MatchType;
+use herald_protocol::matcher::{self, MatchType};
 use herald_protocol::update::EARLIEST;
 use serde_json::{json, Value};
 
@@ -30,12 +30,8 @@ use crate::auth::{AuthError, Grants, Role};
 use crate::hub::Hub;
 use crate::subscriptions::{self, ActiveSubscriptions, Filter, CONTEXT, SUBSCRIPTIONS_PATH};
 
-pub(super) async fn all(
-    State(hub): State<Hub>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, HttpError> {
-    let (table, grants) = authorize(&hub, &uri, &headers)?;
+pub(super) async fn all(State(hub): State<Hub>, headers: HeaderMap) -> Result<Response, HttpError> {
+    let (table, grants) = authorize(&hub, SUBSCRIPTIONS_PATH, &headers)?;
     // The id first, then the list: a subscription that starts in between
     // is listed and its event comes after the id, never missed.
     let last = last_event_id(&hub).await?;
@@ -50,10 +46,9 @@ pub(super) async fn all(
 pub(super) async fn by_topic(
     State(hub): State<Hub>,
     Path(topic): Path<String>,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let (table, _) = authorize(&hub, &uri, &headers)?;
+    let (table, _) = authorize(&hub, &subscriptions::topic_collection(&topic), &headers)?;
     let last = last_event_id(&hub).await?;
     let docs = table.documents(Filter::Topic(Some(&topic)), None);
     Ok(collection07(
@@ -68,16 +63,22 @@ pub(super) async fn by_topic(
 pub(super) async fn two_segments(
     State(hub): State<Hub>,
     Path((first, second)): Path<(String, String)>,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let (table, _) = authorize(&hub, &uri, &headers)?;
-    let last = last_event_id(&hub).await?;
     if let Some(match_type) = path_match_type(&first) {
+        let path = format!(
+            "{SUBSCRIPTIONS_PATH}/{}",
+            matcher::subscription_matcher_path(match_type, &second)
+        );
+        let (table, _) = authorize(&hub, &path, &headers)?;
+        let last = last_event_id(&hub).await?;
         let docs = table.documents(Filter::Matcher(Some((match_type, &second))), None);
-        return Ok(collection08(uri.path(), docs, &last, &headers));
+        return Ok(collection08(&path, docs, &last, &headers));
     }
     let (topic, subscriber) = (first, second);
+    let path = subscriptions::subscription_topic(&topic, &subscriber);
+    let (table, _) = authorize(&hub, &path, &headers)?;
+    let last = last_event_id(&hub).await?;
     let Some(mut doc) = table
         .documents(Filter::Topic(Some(&topic)), Some(&subscriber))
         .into_iter()
@@ -94,7 +95,6 @@ pub(super) async fn two_segments(
 pub(super) async fn one08(
     State(hub): State<Hub>,
     Path((kind, value, subscriber)): Path<(String, String, String)>,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let Some(match_type) = path_match_type(&kind) else {
@@ -102,7 +102,8 @@ pub(super) async fn one08(
             "unknown match type {kind:?} (exact or urlpattern)"
         )));
     };
-    let (table, _) = authorize(&hub, &uri, &headers)?;
+    let path = matcher::subscription_topic(match_type, &value, &subscriber);
+    let (table, _) = authorize(&hub, &path, &headers)?;
     let last = last_event_id(&hub).await?;
     let Some(mut doc) = table
         .documents(
@@ -129,10 +130,14 @@ fn path_match_type(segment: &str) -> Option<MatchType> {
         .find(|t| t.name() == segment)
 }
 
-/// The table and the caller's grants, once the request may read the path.
+/// The table and the caller's grants, once the request may read `path`:
+/// the canonical path of what it asks for, rebuilt from the decoded
+/// segments exactly as the matching subscription event topics are, so a
+/// grant covers the API and the events alike however the client encoded
+/// its request.
 fn authorize<'h>(
     hub: &'h Hub,
-    uri: &Uri,
+    path: &str,
     headers: &HeaderMap,
 ) -> Result<(&'h ActiveSubscriptions, Grants), HttpError> {
     let Some(table) = hub.subscriptions() else {
@@ -141,7 +146,7 @@ fn authorize<'h>(
             "the subscriptions API is off (enable subscriptions)",
         ));
     };
-    let grants = check_token(hub, uri.path(), headers).map_err(|e| {
+    let grants = check_token(hub, path, headers).map_err(|e| {
         hub.metrics().auth_failed("subscriptions", &e);
         HttpError::auth(hub, &e)
     })?;
@@ -296,9 +301,7 @@ mod tests {
         assert_eq!(path_match_type("URLPattern"), None);
         assert_eq!(path_match_type("https://example.com/a"), None);
         // The API paths are the event topics.
-        assert!(
-            herald_protocol::matcher::subscription_topic(MatchType::Exact, "a", "b")
-                .starts_with(&format!("{SUBSCRIPTIONS_PATH}/exact/"))
-        );
+        assert!(matcher::subscription_topic(MatchType::Exact, "a", "b")
+            .starts_with(&format!("{SUBSCRIPTIONS_PATH}/exact/")));
     }
 }
