@@ -224,7 +224,7 @@ impl Verifier {
     /// A malformed, wrongly signed, wrong-algorithm, expired or premature token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -238,7 +238,16 @@ impl Verifier {
                 }
                 ErrorKind::Json(e) => AuthError::InvalidToken(format!("malformed claims: {e}")),
                 _ => AuthError::InvalidToken(e.to_string()),
-            })
+            })?;
+        // jsonwebtoken still accepts a token in the second of its `exp`; a
+        // stream is closed at that instant, so the token ends there too.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if claims.exp.is_some_and(|exp| exp <= now) {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
     }
 }
 
@@ -322,27 +331,61 @@ pub fn extract_token(
 }
 
 /// Which key verifies a draft-07 token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Publisher,
     Subscriber,
 }
 
-/// What a verified token grants, whichever revision it belongs to.
+/// What a verified token grants, whichever revision it belongs to. Cheap to
+/// clone: the compiled selectors and authorization details are shared.
 #[derive(Debug, Clone)]
 pub enum Grants {
-    /// A draft-07 token's `mercure` claim.
-    Claim(Claims),
+    /// A draft-07 token's `mercure` claim, its selectors compiled once.
+    Claim(Arc<ClaimGrants>),
     /// A draft-08 access token.
     Access(crate::oauth::AccessToken),
+}
+
+/// A draft-07 token's claims with `mercure.publish` and `mercure.subscribe`
+/// compiled (invalid selectors in a token match nothing).
+#[derive(Debug)]
+pub struct ClaimGrants {
+    pub claims: Claims,
+    publish: Option<Vec<Selector>>,
+    subscribe: Option<Arc<[Selector]>>,
+}
+
+impl ClaimGrants {
+    pub fn new(claims: Claims) -> Self {
+        let publish = claims.mercure.publish.as_deref().map(compile_selectors);
+        let subscribe = claims
+            .mercure
+            .subscribe
+            .as_deref()
+            .map(|s| compile_selectors(s).into());
+        Self {
+            claims,
+            publish,
+            subscribe,
+        }
+    }
 }
 
 impl Grants {
     /// `exp`, seconds since the epoch; a stream closes then.
     pub fn exp(&self) -> Option<u64> {
         match self {
-            Self::Claim(c) => c.exp,
+            Self::Claim(c) => c.claims.exp,
             Self::Access(a) => Some(a.exp),
+        }
+    }
+
+    /// `nbf`, seconds since the epoch, when the token has one.
+    fn nbf(&self) -> Option<u64> {
+        match self {
+            Self::Claim(c) => c.claims.nbf,
+            Self::Access(_) => None,
         }
     }
 
@@ -354,11 +397,7 @@ impl Grants {
     /// What the holder may receive of private updates.
     pub fn subscribe_rule(&self) -> Option<Allowed> {
         match self {
-            Self::Claim(c) => c
-                .mercure
-                .subscribe
-                .as_deref()
-                .map(|s| Allowed::Selectors(compile_selectors(s))),
+            Self::Claim(c) => c.subscribe.clone().map(Allowed::Selectors),
             Self::Access(a) => Some(Allowed::Access(a.authorization.clone())),
         }
     }
@@ -367,10 +406,9 @@ impl Grants {
     pub fn can_publish(&self, topic: &str) -> bool {
         match self {
             Self::Claim(c) => c
-                .mercure
                 .publish
                 .as_deref()
-                .is_some_and(|p| compile_selectors(p).iter().any(|s| s.matches(topic))),
+                .is_some_and(|p| p.iter().any(|s| s.matches(topic))),
             Self::Access(a) => a.authorization.allows(Action::Publish, topic),
         }
     }
@@ -385,13 +423,19 @@ impl Grants {
     /// True when the token carries some publish right at all.
     pub fn may_publish_somewhere(&self) -> bool {
         match self {
-            Self::Claim(c) => c.mercure.publish.is_some(),
+            Self::Claim(c) => c.publish.is_some(),
             Self::Access(a) => a
                 .authorization
                 .details()
                 .iter()
                 .any(|d| d.allows(Action::Publish)),
         }
+    }
+
+    /// True while the token is within its validity period at `now`
+    /// (seconds since the epoch): for reusing an earlier verification.
+    pub fn valid_at(&self, now: u64) -> bool {
+        self.exp().is_none_or(|exp| now < exp) && self.nbf().is_none_or(|nbf| nbf <= now)
     }
 }
 
@@ -400,7 +444,7 @@ impl Grants {
 pub enum Allowed {
     /// Draft-07: one of the update's topics matches a selector of
     /// `mercure.subscribe`.
-    Selectors(Vec<Selector>),
+    Selectors(Arc<[Selector]>),
     /// Draft-08: the token grants `subscribe` on one of the update's topics.
     Access(Arc<Authorization>),
 }
@@ -409,7 +453,7 @@ impl Allowed {
     /// True when an update with these topics may be delivered.
     pub fn allows(&self, topics: &[String]) -> bool {
         match self {
-            Self::Selectors(s) => herald_protocol::selector::any_matches(s, topics),
+            Self::Selectors(s) => herald_protocol::selector::any_matches(s.iter(), topics),
             Self::Access(a) => topics.iter().any(|t| a.allows(Action::Subscribe, t)),
         }
     }

@@ -20,6 +20,38 @@ use crate::telemetry::Metrics;
 /// failed to be).
 pub(crate) type Opened = Shared<BoxFuture<'static, ()>>;
 
+/// Tokens already verified, by role and text: keep-alive publishers and
+/// reconnecting subscribers present the same token again and again, and
+/// checking a signature and compiling selectors each time showed in
+/// publish profiles. Only the exact same bytes hit, and a hit is still
+/// checked against `exp` and `nbf`. Bounded: it starts over when full.
+#[derive(Debug, Default)]
+struct TokenCache {
+    /// Token text -> what it grants with the publisher and subscriber keys.
+    map: std::collections::HashMap<Box<str>, [Option<Grants>; 2], foldhash::fast::RandomState>,
+}
+
+impl TokenCache {
+    /// Most tokens kept.
+    const LIMIT: usize = 1024;
+    /// Longer tokens are verified every time.
+    const MAX_TOKEN: usize = 4096;
+
+    fn get(&self, role: Role, token: &str) -> Option<Grants> {
+        self.map.get(token)?[role as usize].clone()
+    }
+
+    fn insert(&mut self, role: Role, token: &str, grants: Grants) {
+        if token.len() > Self::MAX_TOKEN {
+            return;
+        }
+        if self.map.len() >= Self::LIMIT && !self.map.contains_key(token) {
+            self.map.clear();
+        }
+        self.map.entry(Box::from(token)).or_default()[role as usize] = Some(grants);
+    }
+}
+
 /// A cheaply cloneable handle to one hub.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -35,6 +67,8 @@ struct Inner {
     subscriber: Option<Verifier>,
     /// Verifies draft-08 access tokens; `None` without trusted issuers.
     oauth: Option<OAuthVerifier>,
+    /// Tokens verified recently, by role and text.
+    tokens: parking_lot::Mutex<TokenCache>,
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
@@ -105,6 +139,7 @@ impl Hub {
                 publisher,
                 subscriber,
                 oauth,
+                tokens: parking_lot::Mutex::new(TokenCache::default()),
                 next_subscriber: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
                 metrics,
@@ -204,6 +239,20 @@ impl Hub {
     /// # Errors
     /// An invalid token, or no key for its kind.
     pub fn verify_token(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(g) = self.inner.tokens.lock().get(role, token) {
+            if g.valid_at(now) {
+                return Ok(g);
+            }
+        }
+        let grants = self.verify_uncached(token, role)?;
+        self.inner.tokens.lock().insert(role, token, grants.clone());
+        Ok(grants)
+    }
+
+    fn verify_uncached(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
         if crate::oauth::is_access_token(token) {
             let verifier = self.oauth().ok_or(AuthError::NoKey)?;
             return verifier.verify(token).map(Grants::Access).map_err(|e| {
@@ -216,7 +265,9 @@ impl Hub {
             Role::Subscriber => self.subscriber_verifier(),
         }
         .ok_or(AuthError::NoKey)?;
-        verifier.verify(token).map(Grants::Claim)
+        verifier
+            .verify(token)
+            .map(|c| Grants::Claim(Arc::new(crate::auth::ClaimGrants::new(c))))
     }
 
     /// Finds and verifies the token of a request. `query_token` is the

@@ -254,6 +254,27 @@ async fn stream_closes_when_the_token_expires() {
         s.wait_end(Duration::from_secs(6)).await,
         "stream still open after expiry"
     );
+    // The hub remembers verified tokens, but not past their expiry: the
+    // same token is refused now.
+    let again = Subscription::open(
+        &hub,
+        &[("topic", "t")],
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await;
+    assert_eq!(again.status, 401);
+    // A token the subscriber key verified (and the hub remembers) still
+    // does not verify with the publisher key.
+    let t = sign(
+        &claims(Some(&["*"]), Some(&["*"])),
+        &KeyConfig::hmac(SUB_KEY),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {t}");
+    let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", &bearer)]).await;
+    assert_eq!(s.status, 200);
+    let (status, _) = publish_with(&hub, &[("Authorization", &bearer)], &[("topic", "t")]).await;
+    assert_eq!(status, 401);
 }
 
 async fn publish_with(

@@ -249,7 +249,7 @@ pub(crate) async fn prepare(
         let subscription = match req.revision {
             Revision::Draft07 => {
                 let payload = |selector: &str| match &grants {
-                    Some(Grants::Claim(c)) => c.mercure.payload.clone(),
+                    Some(Grants::Claim(c)) => c.claims.mercure.payload.clone(),
                     Some(Grants::Access(a)) => a.authorization.payload_for(selector).cloned(),
                     None => None,
                 };
@@ -268,7 +268,7 @@ pub(crate) async fn prepare(
                             Some(Grants::Access(a)) => {
                                 a.authorization.payload_for(m.as_str()).cloned()
                             }
-                            Some(Grants::Claim(c)) => c.mercure.payload.clone(),
+                            Some(Grants::Claim(c)) => c.claims.mercure.payload.clone(),
                             None => None,
                         };
                         (m.match_type(), m.as_str().to_owned(), payload)
