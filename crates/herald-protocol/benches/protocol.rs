@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot path's pure parts: encoding an update into
-//! its SSE frame, and matching topics against selectors.
+//! its SSE frame, and matching topics against selectors (draft-07 URI
+//! templates) and topic matchers (draft-08 URL patterns).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use herald_protocol::sse::{self, EventFields};
@@ -51,5 +52,60 @@ fn matching(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode, matching);
+fn url_patterns(c: &mut Criterion) {
+    use herald_protocol::matcher::{MatchType, Matcher};
+    let hub = url::Url::parse("https://hub.example.com/.well-known/mercure").unwrap();
+    let pattern =
+        Matcher::new(MatchType::UrlPattern, "https://example.com/books/:id", &hub).unwrap();
+    let relative = Matcher::new(
+        MatchType::UrlPattern,
+        "/.well-known/mercure/subscriptions/:type/:match/:subscriber",
+        &hub,
+    )
+    .unwrap();
+    // A hostile pattern on the input that makes it expensive: the bound
+    // the linear-time engine keeps (see `herald_protocol::matcher`).
+    let hostile = Matcher::new(
+        MatchType::UrlPattern,
+        "https://example.com/(.*a.{400}c)",
+        &hub,
+    )
+    .unwrap();
+    let mut x: u64 = 7;
+    let long: String = std::iter::once("https://example.com/".to_owned())
+        .chain((0..4000).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ["a", "b", "c"][(x >> 33) as usize % 3].to_owned()
+        }))
+        .collect();
+    c.bench_function("match/urlpattern/hit", |b| {
+        b.iter(|| pattern.matches(black_box("https://example.com/books/12345")))
+    });
+    c.bench_function("match/urlpattern/miss", |b| {
+        b.iter(|| pattern.matches(black_box("https://example.com/authors/12345")))
+    });
+    c.bench_function("match/urlpattern/relative", |b| {
+        b.iter(|| {
+            relative.matches(black_box(
+                "/.well-known/mercure/subscriptions/exact/https%3A%2F%2Fexample.com%2Fa/urn%3Auuid%3A1",
+            ))
+        })
+    });
+    c.bench_function("match/urlpattern/hostile-4KiB", |b| {
+        b.iter(|| hostile.matches(black_box(&long)))
+    });
+    c.bench_function("parse/urlpattern", |b| {
+        b.iter(|| {
+            Matcher::new(
+                MatchType::UrlPattern,
+                black_box("https://example.com/users/:user/books/:id"),
+                &hub,
+            )
+        })
+    });
+}
+
+criterion_group!(benches, encode, matching, url_patterns);
 criterion_main!(benches);
