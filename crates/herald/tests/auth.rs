@@ -475,4 +475,45 @@ async fn cors_preflight_and_headers() {
         .await
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    // QUERY subscriptions may be sent cross-origin, and both revisions'
+    // resume headers and the subscriptions API's Link can be read, on the
+    // direct event-stream path and on hyper's alike.
+    let r = c
+        .request(reqwest::Method::OPTIONS, hub.hub_url())
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "QUERY")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let methods = r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("QUERY"), "{methods}");
+    let s = Subscription::open(
+        &hub,
+        &[("match", "t")],
+        &[("Origin", "https://app.example")],
+    )
+    .await;
+    let exposed = s.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for h in ["mercure-last-event-id", "last-event-id", "link"] {
+        assert!(exposed.contains(h), "{exposed}");
+    }
+    let r = c
+        .get(hub.url("/.well-known/mercure/subscriptions"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(exposed.contains("link"), "{exposed}");
 }
