@@ -764,6 +764,15 @@ async fn resume_with_last_event_id_and_the_current_token() {
     assert_eq!(h.headers["mercure-last-event-id"], first.as_str());
     assert_eq!(h.drain_events(SHORT).await.len(), 1);
 
+    // An empty header says nothing: the query parameter applies.
+    let e = Subscription::open(
+        &hub,
+        &[("match", "r"), ("last_event_id", &first)],
+        &[("last-event-id", "")],
+    )
+    .await;
+    assert_eq!(e.headers["mercure-last-event-id"], first.as_str());
+
     // Unknown id: everything retained (that it may read), and `earliest`
     // says so.
     let mut u = Subscription::open(&hub, &[("match", "r"), ("last_event_id", "nope")], &[]).await;

@@ -116,16 +116,20 @@ fn parse_request(
         }
     };
     // The header wins over the query parameters, as browsers send the
-    // header on reconnection with the newest id.
-    let last_event_id = match headers.get("last-event-id") {
+    // header on reconnection with the newest id; an empty one says nothing.
+    let header_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| HttpError::bad_request("malformed Last-Event-ID"))?
                 .to_owned(),
         ),
-        None => v8_last_id.or(v7_last_id),
+        None => None,
     }
     .filter(|id| !id.is_empty());
+    let last_event_id = header_id
+        .or(v8_last_id)
+        .or(v7_last_id)
+        .filter(|id| !id.is_empty());
     if let Some(id) = &last_event_id {
         if id.len() > MAX_LAST_EVENT_ID || id.chars().any(char::is_control) {
             return Err(HttpError::bad_request("malformed Last-Event-ID"));
