@@ -96,6 +96,12 @@ pub struct Args {
     /// delivery and latency figures; the hub's memory shows what they cost.
     #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     slow: u8,
+    /// New subscriptions per second opened (each closed once the hub
+    /// answers) while the load runs, with the subscribers' token: the
+    /// latency figures then show what connection churn costs existing
+    /// subscribers.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0.0, value_parser = parse_rate)]
+    churn: f64,
     /// Updates per publication request: above 1, herald's batch extension
     /// (a JSON array POSTed to the hub; mercure flavor only).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -277,7 +283,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let rss_before = hub_proc.as_ref().and_then(Proc::rss_kib);
     let (stop_tx, stop_rx) = watch::channel(false);
     let cpu_connect_start = CpuSample::take(hub_proc.as_ref());
-    let (handles, connect) = connect_all(&args, sub_cfg, stop_rx, &progress).await?;
+    let (handles, connect) = connect_all(&args, sub_cfg.clone(), stop_rx, &progress).await?;
     let cpu_connect_end = CpuSample::take(hub_proc.as_ref());
     if connect.ok == 0 && args.subscribers > 0 {
         let why: Vec<String> = connect
@@ -296,6 +302,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Hold (idle) or load.
     let mut load = None;
+    let mut churn_out = None;
     let (cpu_from, cpu_to) = if args.idle {
         let from = CpuSample::take(hub_proc.as_ref());
         progress
@@ -303,6 +310,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await;
         (from, CpuSample::take(hub_proc.as_ref()))
     } else {
+        let (churn_stop, churn_rx) = watch::channel(false);
+        let churn_task = (args.churn > 0.0).then(|| {
+            tokio::spawn(churn(
+                sub_cfg.clone(),
+                args.churn,
+                args.connect_timeout,
+                args.subscribers,
+                churn_rx,
+            ))
+        });
         let (l, from, to) = publish(
             &args,
             &publish_target,
@@ -314,6 +331,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         load = Some(l);
+        let _ = churn_stop.send(true);
+        if let Some(t) = churn_task {
+            churn_out = Some(t.await.context("the churn task failed")?);
+        }
         (from, to)
     };
 
@@ -400,6 +421,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }),
         deliveries,
         latency_ms: latency,
+        churn: churn_out,
         hub_process: args.pid.first().map(|&pid| HubOut {
             pid,
             rss_before_kib: rss_before,
@@ -522,6 +544,75 @@ struct ConnectStats {
 
 /// Opens every subscriber connection (paced, with a bound on connections in
 /// progress) and waits until each has connected or failed.
+/// Opens `rate` subscriptions per second until `stop`, each closed once
+/// the hub answers; at most 1,000 opening at once.
+async fn churn(
+    cfg: Arc<subscriber::Config>,
+    rate: f64,
+    timeout: Duration,
+    first_index: usize,
+    mut stop: watch::Receiver<bool>,
+) -> report::ChurnOut {
+    const MAX_OPENING: usize = 1000;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut times = new_histogram();
+    let (mut attempted, mut ok, mut failed, mut skipped) = (0u64, 0u64, 0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut note = |r: Result<Result<Duration, String>, tokio::task::JoinError>| match r {
+        Ok(Ok(took)) => {
+            ok += 1;
+            record(
+                &mut times,
+                u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            );
+        }
+        Ok(Err(e)) => {
+            failed += 1;
+            *errors.entry(e).or_default() += 1;
+        }
+        Err(_) => failed += 1,
+    };
+    let mut due = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let want = (started.elapsed().as_secs_f64() * rate) as u64;
+        while due < want {
+            due += 1;
+            if tasks.len() >= MAX_OPENING {
+                skipped += 1;
+                continue;
+            }
+            attempted += 1;
+            let cfg = cfg.clone();
+            let index = first_index + due as usize;
+            tasks.spawn(async move { subscriber::churn_once(&cfg, index, timeout).await });
+        }
+        while let Some(r) = tasks.try_join_next() {
+            note(r);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    while let Some(r) = tasks.join_next().await {
+        note(r);
+    }
+    report::ChurnOut {
+        target_rate: rate,
+        attempted,
+        ok,
+        failed,
+        skipped,
+        errors,
+        per_second: stats::round1(ok as f64 / elapsed.max(1e-9)),
+        connect_ms: Percentiles::of(&times),
+    }
+}
+
 async fn connect_all(
     args: &Args,
     cfg: Arc<subscriber::Config>,

@@ -185,3 +185,29 @@ fn bench_leaves_never_reading_subscribers_out_of_the_deliveries() {
     assert_eq!(d["expected"].as_u64().unwrap(), acked * 18, "{v:#}");
     assert_eq!(d["total"].as_u64().unwrap(), acked * 18, "{v:#}");
 }
+
+#[test]
+fn bench_churn_opens_and_closes_subscriptions_while_measuring() {
+    let hub = Hub::start();
+    let (stdout, v) = hub.bench(&[
+        "--subscribers",
+        "10",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--churn",
+        "100",
+    ]);
+    assert!(stdout.contains("churn (--churn)"), "{stdout}");
+    let c = &v["churn"];
+    let ok = c["ok"].as_u64().unwrap();
+    // About 100/s over the warm-up and the measured window (3 s), all
+    // answered by the hub.
+    assert!((200..=400).contains(&ok), "{v:#}");
+    assert_eq!(c["failed"], 0, "{v:#}");
+    assert_eq!(c["attempted"].as_u64().unwrap(), ok, "{v:#}");
+    // The churn does not disturb the measured subscribers' deliveries.
+    assert_eq!(v["deliveries"]["losses"], 0, "{v:#}");
+    assert_eq!(v["connections"]["ok"], 10, "{v:#}");
+}

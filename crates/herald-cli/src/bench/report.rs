@@ -16,10 +16,25 @@ pub(super) struct Summary {
     pub(super) publish: Option<PublishOut>,
     pub(super) deliveries: Option<Deliveries>,
     pub(super) latency_ms: Percentiles,
+    /// Subscriptions opened and closed during the load (`--churn`).
+    pub(super) churn: Option<ChurnOut>,
     pub(super) hub_process: Option<HubOut>,
     pub(super) generator: GeneratorOut,
     pub(super) machine: MachineOut,
     pub(super) warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ChurnOut {
+    pub(super) target_rate: f64,
+    pub(super) attempted: u64,
+    pub(super) ok: u64,
+    pub(super) failed: u64,
+    /// Not attempted because too many were still opening.
+    pub(super) skipped: u64,
+    pub(super) errors: BTreeMap<String, u64>,
+    pub(super) per_second: f64,
+    pub(super) connect_ms: Percentiles,
 }
 
 #[derive(Debug, Serialize)]
@@ -349,6 +364,30 @@ pub(super) fn render(s: &Summary) -> String {
             "\n{title}\n  {}",
             fmt_percentiles(&s.latency_ms, true)
         );
+    }
+
+    if let Some(c) = &s.churn {
+        let mut rows = vec![
+            (
+                "opened and closed",
+                format!(
+                    "{} of {} ({}/s, target {}/s)",
+                    fmt_count(c.ok),
+                    fmt_count(c.attempted),
+                    c.per_second,
+                    c.target_rate
+                ),
+            ),
+            ("failed", fmt_count(c.failed)),
+            ("to the response head", fmt_percentiles(&c.connect_ms, true)),
+        ];
+        if c.skipped > 0 {
+            rows.push(("skipped (too many opening)", fmt_count(c.skipped)));
+        }
+        for (e, n) in &c.errors {
+            rows.push(("  failed", format!("{}x {e}", fmt_count(*n))));
+        }
+        section(&mut text, "churn (--churn)", &rows);
     }
 
     let window = if idle {

@@ -178,6 +178,22 @@ pub(super) async fn run(
     state.report
 }
 
+/// One connection of `--churn`: opens subscription `index`, waits for its
+/// response head, and closes it. Returns the time to the head.
+pub(super) async fn churn_once(
+    cfg: &Config,
+    index: usize,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(timeout, connect(cfg, index, &mut buf)).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// Opens the connection, sends the request and reads the response head.
 /// Returns the stream, the body framing and the body bytes already read.
 async fn connect(
