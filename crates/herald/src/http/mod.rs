@@ -98,6 +98,22 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// Reads a request body of at most `limit` bytes (`413` beyond).
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, HttpError> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes"),
+        )),
+        Err(e) => Err(HttpError::bad_request(format!("cannot read body: {e}"))),
+    }
+}
+
 /// All routes of the hub, with CORS when origins are configured.
 pub fn router(hub: Hub) -> Router {
     let cors = cors_layer(&hub.config().cors_origins);

@@ -12,7 +12,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::{Update, UpdateError};
-use http_body_util::{BodyExt, Limited};
 
 use super::HttpError;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
@@ -49,17 +48,7 @@ pub(super) async fn publish(
             }
         }
     };
-    let limit = hub.config().max_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {limit} bytes"),
-            ))
-        }
-        Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
-    };
+    let bytes = super::read_body(body, hub.config().max_body_bytes).await?;
     let updates = if batch {
         updates_from_json(&bytes, max_batch(&hub))?
     } else {

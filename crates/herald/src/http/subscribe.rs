@@ -331,7 +331,6 @@ pub(super) async fn subscribe_query(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, HttpError> {
-    use http_body_util::{BodyExt, Limited};
     let accept_query = |mut e: HttpError| {
         e.reason
             .push_str(" (QUERY takes application/x-www-form-urlencoded)");
@@ -353,17 +352,7 @@ pub(super) async fn subscribe_query(
             "unsupported Content-Type",
         )));
     }
-    let limit = hub.config().max_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {limit} bytes"),
-            ))
-        }
-        Err(e) => return Err(HttpError::bad_request(format!("cannot read body: {e}"))),
-    };
+    let bytes = super::read_body(body, hub.config().max_body_bytes).await?;
     let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
     Ok(event_stream(prepared))
 }
