@@ -1,4 +1,5 @@
-//! `herald tail`: follow topic selectors on a hub and print their events.
+//! `herald tail`: follow topic selectors (draft-07) or topic matchers
+//! (draft-08) on a hub and print their events.
 
 use std::io::Write;
 use std::time::Duration;
@@ -33,9 +34,16 @@ pub struct Args {
     /// Hub URL; a bare host (or path `/`) gets `/.well-known/mercure`.
     #[arg(long, value_name = "URL", env = "HERALD_HUB_URL", default_value = DEFAULT_HUB, value_parser = parse_hub_url)]
     hub: Url,
-    /// Topic selector to follow (repeatable).
-    #[arg(long = "topic", value_name = "SELECTOR", default_value = "*")]
+    /// Draft-07 topic selector to follow (repeatable) [default: `*` when
+    /// no matcher is given].
+    #[arg(long = "topic", value_name = "SELECTOR", conflicts_with_all = ["matches", "patterns"])]
     topics: Vec<String>,
+    /// Draft-08 exact topic matcher to follow (repeatable).
+    #[arg(long = "match", value_name = "TOPIC")]
+    matches: Vec<String>,
+    /// Draft-08 URL pattern to follow (repeatable).
+    #[arg(long = "match-urlpattern", value_name = "PATTERN")]
+    patterns: Vec<String>,
     /// JWT allowing the subscription (sent as `Authorization: Bearer`).
     #[arg(long, value_name = "JWT", env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -129,12 +137,29 @@ impl Tail {
         let mut url = self.args.hub.clone();
         {
             let mut q = url.query_pairs_mut();
+            let draft08 = !self.args.matches.is_empty() || !self.args.patterns.is_empty();
+            for m in &self.args.matches {
+                q.append_pair("match", m);
+            }
+            for m in &self.args.patterns {
+                q.append_pair("match_urlpattern", m);
+            }
             for t in &self.args.topics {
                 q.append_pair("topic", t);
             }
+            if !draft08 && self.args.topics.is_empty() {
+                q.append_pair("topic", "*");
+            }
             // A header can only carry visible ASCII; other ids go in the query.
             if let Some(id) = self.last_id.as_deref().filter(|id| !is_header_safe(id)) {
-                q.append_pair("lastEventID", id);
+                q.append_pair(
+                    if draft08 {
+                        "last_event_id"
+                    } else {
+                        "lastEventID"
+                    },
+                    id,
+                );
             }
         }
         let mut req = client
@@ -343,5 +368,24 @@ mod tests {
             .url()
             .as_str()
             .ends_with("&lastEventID=%C3%A9v%C3%A9nement"));
+
+        // Draft-08 matchers, and the draft-08 resume parameter.
+        let cli = Cli::parse_from([
+            "t",
+            "--hub",
+            "http://h:1",
+            "--match",
+            "https://a/1",
+            "--match-urlpattern",
+            "https://a/:id",
+        ]);
+        let mut tail = Tail::new(cli.args);
+        tail.last_id = Some("événement".into());
+        let req = tail.request(&client).build().unwrap();
+        assert_eq!(
+            req.url().as_str(),
+            "http://h:1/.well-known/mercure?match=https%3A%2F%2Fa%2F1&match_urlpattern=https%3A%2F%2Fa%2F%3Aid&last_event_id=%C3%A9v%C3%A9nement"
+        );
+        assert!(Cli::try_parse_from(["t", "--topic", "a", "--match", "b"]).is_err());
     }
 }
