@@ -174,12 +174,7 @@ async fn matchers_select_topics_exactly_or_by_url_pattern() {
     for (t, _) in topics {
         publish08(&hub, &[("topic", t), ("data", t)]).await;
     }
-    let got: Vec<String> = s
-        .drain_events(SHORT)
-        .await
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let got = s.drain_data(SHORT).await;
     let want: Vec<&str> = topics.iter().filter(|(_, m)| *m).map(|(t, _)| *t).collect();
     assert_eq!(got, want);
 
@@ -546,14 +541,9 @@ async fn presentation_header_cookie_and_no_query_tokens() {
         &[("topic", "https://example.com/p"), ("data", "public")],
     )
     .await;
-    let data =
-        |v: Vec<herald_protocol::sse::Event>| v.into_iter().map(|e| e.data).collect::<Vec<_>>();
-    assert_eq!(
-        data(by_cookie.drain_events(SHORT).await),
-        ["secret", "public"]
-    );
-    assert_eq!(data(header_wins.drain_events(SHORT).await), ["public"]);
-    assert_eq!(data(anonymous.drain_events(SHORT).await), ["public"]);
+    assert_eq!(by_cookie.drain_data(SHORT).await, ["secret", "public"]);
+    assert_eq!(header_wins.drain_data(SHORT).await, ["public"]);
+    assert_eq!(anonymous.drain_data(SHORT).await, ["public"]);
 
     // An invalid header is not rescued by a valid cookie.
     let s = Subscription::open(
@@ -698,12 +688,7 @@ async fn resume_with_last_event_id_and_the_current_token() {
     assert_eq!(s.status, 200);
     assert_eq!(s.headers["mercure-last-event-id"], first.as_str());
     assert!(s.headers.get("last-event-id").is_none());
-    let data: Vec<String> = s
-        .drain_events(SHORT)
-        .await
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let data = s.drain_data(SHORT).await;
     assert_eq!(data, ["2 private", "3"]);
 
     let mut narrow = Subscription::open(
@@ -712,12 +697,7 @@ async fn resume_with_last_event_id_and_the_current_token() {
         &[("authorization", &format!("Bearer {other}"))],
     )
     .await;
-    let data: Vec<String> = narrow
-        .drain_events(SHORT)
-        .await
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let data = narrow.drain_data(SHORT).await;
     assert_eq!(
         data,
         ["3"],
@@ -738,12 +718,7 @@ async fn resume_with_last_event_id_and_the_current_token() {
     )
     .await;
     assert_eq!(probe.headers["mercure-last-event-id"], "earliest");
-    let data: Vec<String> = probe
-        .drain_events(SHORT)
-        .await
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let data = probe.drain_data(SHORT).await;
     assert_eq!(data, ["1", "3"]);
     let mut allowed = Subscription::open(
         &hub,
@@ -1052,27 +1027,12 @@ async fn subscribing_with_query() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut s = Subscription::from_response(res);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
     publish08(&hub, &[("topic", "https://example.com/q"), ("data", "q")]).await;
     publish08(&hub, &[("topic", "https://example.com/r/1"), ("data", "r")]).await;
-    let mut parser = herald_protocol::sse::Parser::new();
-    let mut stream = res.bytes_stream();
-    let mut data = Vec::new();
-    use futures_util::StreamExt as _;
-    while data.len() < 2 {
-        let chunk = tokio::time::timeout(LONG, stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        for item in parser.feed(&chunk) {
-            if let herald_protocol::sse::Item::Event(e) = item {
-                data.push(e.data);
-            }
-        }
-    }
-    assert_eq!(data, ["q", "r"]);
+    assert_eq!(s.drain_data(SHORT).await, ["q", "r"]);
 
     // `last_event_id` in the body resumes like the query parameter.
     let first = publish08(&hub, &[("topic", "https://example.com/q"), ("data", "1")]).await;
@@ -1087,25 +1047,10 @@ async fn subscribing_with_query() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["mercure-last-event-id"], first.as_str());
-    let mut parser = herald_protocol::sse::Parser::new();
-    let mut stream = res.bytes_stream();
-    let event = loop {
-        let chunk = tokio::time::timeout(LONG, stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let found = parser.feed(&chunk).into_iter().find_map(|i| match i {
-            herald_protocol::sse::Item::Event(e) => Some(e),
-            _ => None,
-        });
-        if let Some(e) = found {
-            break e;
-        }
-    };
-    assert_eq!(event.data, "2");
+    let mut s = Subscription::from_response(res);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers["mercure-last-event-id"], first.as_str());
+    assert_eq!(s.next_event(LONG).await.unwrap().data, "2");
 
     for (ct, status) in [(None, 400), (Some("application/json"), 415)] {
         let mut req = client()

@@ -158,7 +158,11 @@ impl Subscription {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let res = req.send().await.unwrap();
+        Self::from_response(req.send().await.unwrap())
+    }
+
+    /// Reads an event stream already requested (for instance with `QUERY`).
+    pub fn from_response(res: reqwest::Response) -> Subscription {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         Subscription {
@@ -225,6 +229,15 @@ impl Subscription {
             out.push(e);
         }
         out
+    }
+
+    /// The data of the events until none arrives for `quiet`.
+    pub async fn drain_data(&mut self, quiet: Duration) -> Vec<String> {
+        self.drain_events(quiet)
+            .await
+            .into_iter()
+            .map(|e| e.data)
+            .collect()
     }
 
     /// Waits for the stream to end; true if it ended within `within`.
