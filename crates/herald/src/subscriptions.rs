@@ -212,7 +212,7 @@ impl ActiveSubscriptions {
     /// Documents of the active subscriptions that pass `filter` (and, when
     /// given, belong to `subscriber`), sorted by their ids.
     pub fn documents(&self, filter: Filter<'_>, subscriber: Option<&str>) -> Vec<Value> {
-        let mut found: Vec<(String, Value)> = Vec::new();
+        let mut found: Vec<Value> = Vec::new();
         for sub in self.by_connection.lock().values() {
             if subscriber.is_some_and(|s| s != sub.subscriber) {
                 continue;
@@ -226,13 +226,13 @@ impl ActiveSubscriptions {
                     _ => false,
                 };
                 if wanted {
-                    let doc = document(entry, &sub.subscriber, true, payload.as_ref());
-                    found.push((entry_topic(entry, &sub.subscriber), doc));
+                    found.push(document(entry, &sub.subscriber, true, payload.as_ref()));
                 }
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.into_iter().map(|(_, d)| d).collect()
+        // Every document's `id` is its topic.
+        found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        found
     }
 
     pub fn len(&self) -> usize {
