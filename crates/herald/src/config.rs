@@ -81,6 +81,14 @@ pub struct HubConfig {
     pub authorization_servers: Vec<String>,
 }
 
+/// The well-known metadata path for a resource URL (RFC 9728, section 3).
+fn metadata_path(resource: &url::Url) -> String {
+    match resource.path() {
+        "/" | "" => "/.well-known/oauth-protected-resource".to_owned(),
+        path => format!("/.well-known/oauth-protected-resource{path}"),
+    }
+}
+
 /// Access to `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MetricsAccess {
@@ -140,10 +148,8 @@ impl HubConfig {
     /// URL of the protected resource metadata (RFC 9728): the well-known
     /// prefix inserted between the resource identifier's host and path.
     pub fn resource_metadata_url(&self) -> String {
-        let mut url = url::Url::parse(&self.resource_identifier())
-            .unwrap_or_else(|_| self.public_url.clone());
-        let path = self.resource_metadata_path();
-        url.set_path(&path);
+        let mut url = self.resource_url();
+        url.set_path(&metadata_path(&url));
         url.set_query(None);
         url.set_fragment(None);
         url.to_string()
@@ -152,12 +158,16 @@ impl HubConfig {
     /// The path at which the hub serves its protected resource metadata,
     /// derived from the resource identifier's path as RFC 9728 says.
     pub fn resource_metadata_path(&self) -> String {
-        let resource = url::Url::parse(&self.resource_identifier())
-            .unwrap_or_else(|_| self.public_url.clone());
-        match resource.path() {
-            "/" | "" => "/.well-known/oauth-protected-resource".to_owned(),
-            path => format!("/.well-known/oauth-protected-resource{path}"),
-        }
+        metadata_path(&self.resource_url())
+    }
+
+    /// The resource identifier as a URL ([`HubConfig::validate`] checks
+    /// that it is one).
+    fn resource_url(&self) -> url::Url {
+        self.resource
+            .as_deref()
+            .and_then(|r| url::Url::parse(r).ok())
+            .unwrap_or_else(|| self.public_url.clone())
     }
 
     /// Checks values that would make the hub misbehave.
