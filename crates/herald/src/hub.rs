@@ -189,6 +189,7 @@ impl Hub {
     /// between 3/4 of `heartbeat` and `heartbeat` of silence, and no
     /// connection needs a timer of its own.
     pub(crate) fn start_ticker(&self) {
+        self.inner.registry.flusher().start(&self.inner.registry);
         self.inner.ticker.get_or_init(|| {
             let registry = self.inner.registry.clone();
             let stop = self.inner.shutdown.clone();
@@ -206,11 +207,11 @@ impl Hub {
                     tokio::select! {
                         _ = ticks.tick() => {
                             if !heartbeat.is_zero() {
-                                registry.for_each(|s| s.tick());
+                                registry.tick_all();
                             }
                         }
                         () = stop.cancelled() => {
-                            registry.for_each(|s| s.close());
+                            registry.close_all();
                             return;
                         }
                     }

@@ -16,6 +16,7 @@ use herald_protocol::Selector;
 use parking_lot::{Mutex, RwLock};
 
 use crate::engine::{Sink, Stored};
+use crate::http::parked::Flusher;
 use crate::subscriber::{Push, Subscriber};
 
 /// Most cached topic strings before the template cache starts over.
@@ -30,6 +31,8 @@ pub struct Registry {
     template_cache: Mutex<TemplateCache>,
     on_overflow: Option<OverflowHook>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
+    /// Writes the frames of parked event streams.
+    flusher: Arc<Flusher>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -110,10 +113,31 @@ impl Registry {
         idx.subscribers.insert(id, sub);
     }
 
-    /// Calls `f` on every registered subscriber.
-    pub fn for_each(&self, mut f: impl FnMut(&Arc<Subscriber>)) {
+    /// The flusher of parked event streams.
+    pub(crate) fn flusher(&self) -> &Arc<Flusher> {
+        &self.flusher
+    }
+
+    /// The registered subscriber with this id.
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<Subscriber>> {
+        self.index.read().subscribers.get(&id).cloned()
+    }
+
+    /// A heartbeat tick for every subscriber (see [`Subscriber::tick`]).
+    pub fn tick_all(&self) {
         for sub in self.index.read().subscribers.values() {
-            f(sub);
+            if sub.tick() {
+                self.flusher.schedule(sub);
+            }
+        }
+    }
+
+    /// Closes every subscriber, so each stream ends (shutdown).
+    pub fn close_all(&self) {
+        for sub in self.index.read().subscribers.values() {
+            if sub.close() {
+                self.flusher.schedule(sub);
+            }
         }
     }
 
@@ -175,14 +199,21 @@ impl Registry {
         let mut queued = 0u64;
         let mut push = |id: &u64| {
             if let Some(sub) = idx.subscribers.get(id) {
-                let r = sub.push(stored);
-                if r == Push::Queued {
-                    queued += 1;
-                }
-                if r == Push::Overflowed {
-                    if let Some(cb) = &self.on_overflow {
-                        cb(sub);
+                match sub.push(stored) {
+                    Push::Queued => queued += 1,
+                    Push::QueuedParked => {
+                        queued += 1;
+                        self.flusher.schedule(sub);
                     }
+                    Push::Overflowed => {
+                        if let Some(cb) = &self.on_overflow {
+                            cb(sub);
+                        }
+                        if sub.is_parked() {
+                            self.flusher.schedule(sub);
+                        }
+                    }
+                    Push::Skipped => {}
                 }
             }
         };

@@ -161,7 +161,15 @@ pub async fn serve(
     tracing::info!("shutting down: ending streams");
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(hub.config().shutdown_grace, tracker.wait())
+    // Parked streams have no task: the flusher ends them.
+    let flusher = hub.registry().flusher().clone();
+    let drained = async {
+        tracker.wait().await;
+        while flusher.parked() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(hub.config().shutdown_grace, drained)
         .await
         .is_err()
     {

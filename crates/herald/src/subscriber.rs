@@ -11,7 +11,7 @@
 //! the replay reads the missed updates from history again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +27,8 @@ use crate::engine::{Position, Stored};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     Queued,
+    /// Queued for a parked connection: its flusher must be scheduled.
+    QueuedParked,
     /// Not for this subscriber (or already delivered).
     Skipped,
     /// The queue overflowed and the subscriber was closed.
@@ -52,8 +54,13 @@ pub struct Subscriber {
     /// Highest position pushed, so an update with several matching topics
     /// is delivered once.
     last_pushed: AtomicU64,
-    max_frames: usize,
-    max_bytes: usize,
+    max_frames: u32,
+    max_bytes: u32,
+    /// In the flusher's ready list (see [`crate::http::parked`]).
+    pub(crate) scheduled: AtomicBool,
+    /// The event stream's socket and feed once the connection is parked:
+    /// it then has no task, and the hub's flusher writes its frames.
+    pub(crate) parked: Mutex<Option<crate::http::parked::Parked>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +76,8 @@ struct Queue {
     idle_ticks: u8,
     /// A heartbeat is due (set by the hub's ticker on idle subscribers).
     heartbeat: bool,
+    /// The connection is parked: wakeups go to the flusher, not a task.
+    parked: bool,
 }
 
 /// What the stream found in the queue.
@@ -103,8 +112,10 @@ impl Subscriber {
             waker: AtomicWaker::new(),
             cancel,
             last_pushed: AtomicU64::new(0),
-            max_frames,
-            max_bytes,
+            max_frames: u32::try_from(max_frames).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            scheduled: AtomicBool::new(false),
+            parked: Mutex::new(None),
         }
     }
 
@@ -155,7 +166,7 @@ impl Subscriber {
         if q.closed {
             return Push::Skipped;
         }
-        if q.items.len() >= self.max_frames || q.bytes + len > self.max_bytes {
+        if q.items.len() >= self.max_frames as usize || q.bytes + len > self.max_bytes as usize {
             q.items.clear();
             q.bytes = 0;
             if q.replaying {
@@ -174,9 +185,30 @@ impl Subscriber {
             .push_back((stored.position, stored.frame.clone(), stored.at));
         q.bytes += len;
         q.active = true;
+        if q.parked {
+            return Push::QueuedParked;
+        }
         drop(q);
         self.waker.wake();
         Push::Queued
+    }
+
+    /// From now on wakeups are for the flusher: the connection's task is
+    /// gone, and the waker it left (which keeps its memory alive) is
+    /// dropped.
+    pub(crate) fn set_parked(&self) {
+        self.queue.lock().parked = true;
+        drop(self.waker.take());
+    }
+
+    /// Closed: disconnected, overflowed, expired or shut down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
+    /// Whether the connection is parked (its flusher writes its frames).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.queue.lock().parked
     }
 
     /// Takes everything queued.
@@ -237,25 +269,41 @@ impl Subscriber {
     /// A quarter of the heartbeat period passed: a subscriber that was sent
     /// nothing during the last four gets a heartbeat. One hub-wide ticker
     /// calls this, so an idle connection holds no timer of its own.
-    pub fn tick(&self) {
+    /// Returns `true` when the subscriber is parked and its flusher must
+    /// run (see [`crate::registry::Registry::tick_all`]).
+    pub fn tick(&self) -> bool {
         let mut q = self.queue.lock();
         if std::mem::take(&mut q.active) || q.closed || !q.items.is_empty() {
             q.idle_ticks = 0;
-            return;
+            // A parked connection with frames waiting may have a write
+            // pending: its flusher checks how long it has waited.
+            return q.parked && !q.items.is_empty();
         }
         q.idle_ticks += 1;
         if q.idle_ticks < 4 {
-            return;
+            return false;
         }
         q.idle_ticks = 0;
         q.heartbeat = true;
+        if q.parked {
+            return true;
+        }
         drop(q);
         self.waker.wake();
+        false
     }
 
-    /// Marks the subscriber closed (disconnect).
-    pub fn close(&self) {
-        self.queue.lock().closed = true;
+    /// Marks the subscriber closed (disconnect, shutdown, token expiry).
+    /// Returns `true` when it is parked and its flusher must run to end
+    /// the connection.
+    pub fn close(&self) -> bool {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        if q.parked {
+            return true;
+        }
+        drop(q);
         self.waker.wake();
+        false
     }
 }

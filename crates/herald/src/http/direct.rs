@@ -215,10 +215,20 @@ impl Live {
         let Live {
             mut stream,
             mut feed,
-            permit: _permit,
+            permit,
         } = self;
         let mut out: Vec<Bytes> = Vec::new();
+        feed.set_parking(true);
         loop {
+            // Live with nothing left to write: the connection waits parked,
+            // without this task (see `super::parked`).
+            if feed.is_live() && feed.parking() {
+                if super::parked::available(feed.hub()) {
+                    super::parked::park(feed, stream, permit);
+                    return;
+                }
+                feed.set_parking(false);
+            }
             // The write happens outside the select, so the task's size is
             // the larger of the two states, not their sum.
             let more = {
@@ -256,6 +266,9 @@ impl Live {
             };
             if !more {
                 break;
+            }
+            if out.is_empty() {
+                continue;
             }
             // Boxed: one small allocation per write keeps the writing state
             // out of every idle connection's task.

@@ -8,6 +8,7 @@ mod admin;
 pub(crate) mod direct;
 mod metadata;
 mod page;
+pub(crate) mod parked;
 mod publish;
 mod subscribe;
 mod subscriptions;

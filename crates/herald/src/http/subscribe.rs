@@ -411,7 +411,8 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.sub.close();
+        // Its connection is ending here: no flusher to wake.
+        let _ = self.sub.close();
         self.hub.registry().remove(&self.sub);
         if self.hub.subscriptions().is_some() {
             self.hub.close_subscription(self.sub.id, self.opened.take());
@@ -462,6 +463,9 @@ pub(crate) struct Feed {
     last: Position,
     /// Token expiry, when the token has one.
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// [`Feed::next`] returns when it reaches the live phase with nothing
+    /// queued, so the caller can park the connection.
+    parking: bool,
 }
 
 impl Feed {
@@ -472,7 +476,49 @@ impl Feed {
             resume: cursor.is_some(),
             last: cursor.unwrap_or(0),
             expiry: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            parking: false,
         }
+    }
+
+    /// Makes [`Feed::next`] return instead of waiting in the live phase
+    /// (see [`super::parked`]).
+    pub fn set_parking(&mut self, parking: bool) {
+        self.parking = parking;
+    }
+
+    /// Whether [`Feed::set_parking`] is on.
+    pub fn parking(&self) -> bool {
+        self.parking
+    }
+
+    /// Forwarding live updates: the history is sent.
+    pub fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// The feed has ended.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.reg.hub
+    }
+
+    pub fn subscriber(&self) -> &Arc<Subscriber> {
+        &self.reg.sub
+    }
+
+    /// Removes the token's expiry timer and returns its deadline, for a
+    /// parked connection whose expiry the hub-wide timer watches.
+    pub fn take_deadline(&mut self) -> Option<std::time::Instant> {
+        self.expiry.take().map(|sleep| sleep.deadline().into_std())
+    }
+
+    /// The live frames queued now, without waiting; `false` when there
+    /// are none or the feed ended ([`Feed::is_done`]).
+    pub fn take_live(&mut self, out: &mut Vec<Bytes>) -> bool {
+        self.phase == Phase::Live && self.take_queued(out)
     }
 
     /// Resolves once the subscriber is closed (queue overflow, shutdown):
@@ -562,6 +608,9 @@ impl Feed {
                     }
                     if self.phase == Phase::Done {
                         return false;
+                    }
+                    if self.parking {
+                        return true;
                     }
                     let sub = &self.reg.sub;
                     let expiry = &mut self.expiry;
