@@ -52,7 +52,6 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     hub: Hub,
     app: axum::Router,
-    tracker: TaskTracker,
 ) {
     let stop = hub.shutdown_token().clone();
     let mut buf = Vec::new();
@@ -72,9 +71,9 @@ async fn connection(
         let Some(live) = direct::open(stream, hub, headers, query, ctx).await else {
             return;
         };
-        // The stream gets a task of its own, sized for streaming alone:
-        // this one, which read and checked the request, ends here.
-        tracker.spawn(live.with_permit(permit).run());
+        // Sends the first flush and any history here, then parks the
+        // stream: a waiting subscriber keeps no task.
+        live.with_permit(permit).run().await;
         return;
     }
     let _permit = permit;
@@ -147,14 +146,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(connection(
-            stream,
-            peer,
-            permit,
-            hub.clone(),
-            app.clone(),
-            tracker.clone(),
-        ));
+        tracker.spawn(connection(stream, peer, permit, hub.clone(), app.clone()));
     }
 
     drop(listener);

@@ -2,7 +2,8 @@
 //! bounded queue of encoded frames.
 //!
 //! The dispatcher pushes shared frames (`Bytes`, reference-counted, encoded
-//! once per update) into the queue; the connection's stream drains it. The
+//! once per update) into the queue; the connection's stream drains it (its
+//! task, or the hub's flusher once the stream is parked). The
 //! queue is bounded in frames and bytes. When a live subscriber's queue is
 //! full it is closed and its connection cancelled: the client reconnects
 //! with `Last-Event-ID` and catches up from history, so memory stays flat

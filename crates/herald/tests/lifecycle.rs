@@ -101,3 +101,65 @@ async fn shutdown_ends_streams_and_returns() {
         "shutdown waited for the grace period"
     );
 }
+
+/// A waiting event stream is parked, with no task of its own: bytes its
+/// client sends are dropped and the stream goes on, and a client that
+/// closes is noticed at once (not at the next heartbeat or update).
+#[tokio::test]
+async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
+    use tokio::io::AsyncReadExt;
+    let hub = TestHub::start(HubConfig {
+        heartbeat: Duration::from_secs(3600),
+        ..config()
+    })
+    .await;
+    let c = client();
+    async fn open(hub: &TestHub) -> (tokio::net::TcpStream, String) {
+        let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+        tcp.write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut tcp, ":\n\n").await;
+        (tcp, got)
+    }
+    async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + LONG;
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
+                .unwrap();
+            assert!(n > 0, "the hub closed the stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let (mut a, head) = open(&hub).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let (b, _) = open(&hub).await;
+    assert_eq!(hub.hub.registry().len(), 2);
+    // Give both time to park after their first flush.
+    tokio::time::sleep(SHORT).await;
+
+    a.write_all(b"stray bytes\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(SHORT).await;
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "one")]).await;
+    read_until(&mut a, "data:one\n\n").await;
+
+    drop(b);
+    let deadline = Instant::now() + LONG;
+    while hub.hub.registry().len() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        hub.hub.registry().len(),
+        1,
+        "the closed client is still registered"
+    );
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "two")]).await;
+    read_until(&mut a, "data:two\n\n").await;
+}

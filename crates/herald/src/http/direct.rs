@@ -6,9 +6,11 @@
 //! event streams pay for that on each of them. So [`crate::server`] reads
 //! the first request head itself. A subscription (`GET
 //! /.well-known/mercure` over HTTP/1.1) is answered here: once the head is
-//! parsed no buffer is kept, an idle stream is its socket, its subscriber
-//! and one small task, and every wakeup writes all queued frames as one
-//! chunk with one vectored write. Anything else (publishing, the APIs, the
+//! parsed no buffer is kept. A task sends the first flush and the history;
+//! then the stream is parked ([`super::parked`]): a waiting subscriber is
+//! its socket and its subscriber record, with no task, and the hub's
+//! flusher writes all frames queued for it as one chunk with one vectored
+//! write. Anything else (publishing, the APIs, the
 //! dashboard, HTTP/1.0, upgrades) goes to hyper with the bytes already
 //! read, through [`Rewind`].
 
@@ -139,8 +141,7 @@ fn is_subscription_line(line: &[u8]) -> bool {
     matches!(rest.first(), Some(b' ' | b'?'))
 }
 
-/// An event stream whose response head is sent: what an idle subscriber
-/// costs is this, its subscriber and its task.
+/// An event stream whose response head is sent, until it is parked.
 pub struct Live {
     stream: TcpStream,
     feed: Feed,
@@ -209,8 +210,9 @@ impl Live {
         self
     }
 
-    /// Streams until the feed ends (shutdown, token expiry, queue
-    /// overflow) or the client goes away.
+    /// Streams the first flush and any history, then parks the stream;
+    /// streams on if it cannot be parked, until the feed ends (shutdown,
+    /// token expiry, queue overflow) or the client goes away.
     pub async fn run(self) {
         let Live {
             mut stream,
