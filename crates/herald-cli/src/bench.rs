@@ -748,14 +748,39 @@ async fn publish(
         end_ns: to_ns,
         shared: shared.clone(),
     });
-    let mut threads = Vec::new();
-    for k in 0..usize::from(args.publishers) {
+    // Paced: a thread each (precise sleeps). Flat out: one thread and its
+    // event loop for all (see `bench/publisher.rs`).
+    let event_loop = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a publisher event loop")
+    };
+    let mut threads: Vec<std::thread::JoinHandle<Vec<publisher::Report>>> = Vec::new();
+    if args.rate > 0.0 {
+        for k in 0..usize::from(args.publishers) {
+            let cfg = cfg.clone();
+            let rt = event_loop()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("bench-publisher-{k}"))
+                    .spawn(move || vec![rt.block_on(publisher::run(&cfg, k))])
+                    .context("cannot start a publisher thread")?,
+            );
+        }
+    } else {
         let cfg = cfg.clone();
+        let rt = event_loop()?;
+        let n = usize::from(args.publishers);
         threads.push(
             std::thread::Builder::new()
-                .name(format!("bench-publisher-{k}"))
-                .spawn(move || publisher::run(&cfg, k))
-                .context("cannot start a publisher thread")?,
+                .name("bench-publishers".into())
+                .spawn(move || {
+                    rt.block_on(futures_util::future::join_all(
+                        (0..n).map(|k| publisher::run(&cfg, k)),
+                    ))
+                })
+                .context("cannot start the publishers' thread")?,
         );
     }
     let at = |ns: u64| epoch + Duration::from_nanos(ns);
@@ -770,7 +795,7 @@ async fn publish(
     let reports = tokio::task::spawn_blocking(move || {
         threads
             .into_iter()
-            .map(|t| t.join().expect("a publisher thread panicked"))
+            .flat_map(|t| t.join().expect("a publisher thread panicked"))
             .collect::<Vec<_>>()
     })
     .await

@@ -1,16 +1,21 @@
-//! One publisher: an OS thread with one keep-alive HTTP/1.1 connection,
-//! sending `POST`s one after another on a fixed schedule (or flat out).
+//! One publisher: one keep-alive HTTP/1.1 connection, sending `POST`s one
+//! after another on a fixed schedule (or flat out).
 //!
-//! A thread rather than a task: `std::thread::sleep` wakes within tens of
-//! microseconds of the scheduled time, where the async timer's millisecond
-//! granularity would add up to a millisecond to every measured latency.
+//! Paced publishers each run on an OS thread of their own:
+//! `std::thread::sleep` wakes within tens of microseconds of the scheduled
+//! time, where the async timer's millisecond granularity would add up to
+//! a millisecond to every measured latency. Flat-out publishers never wait
+//! for a time, so all of them share one thread and its event loop: one
+//! wakeup then serves every answer that arrived together, where a thread
+//! per publisher costs a wakeup per answer, paid on the hub's core too on
+//! loopback (the hub's write wakes the reader).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use hdrhistogram::Histogram;
 
@@ -63,7 +68,7 @@ pub(super) struct Report {
     pub lag_ns: u64,
 }
 
-pub(super) fn run(cfg: &Config, k: usize) -> Report {
+pub(super) async fn run(cfg: &Config, k: usize) -> Report {
     let mut report = Report {
         sent: 0,
         acked: 0,
@@ -129,7 +134,7 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
 
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Conn::open(&cfg.target) {
+            None => match Conn::open(&cfg.target).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     *report.errors.entry(format!("connect: {e}")).or_default() += 1;
@@ -142,7 +147,10 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
         report.sent += batch;
         cfg.shared.sent.fetch_add(batch, Ordering::Relaxed);
         let written = Instant::now();
-        match c.exchange(&request) {
+        let exchanged = tokio::time::timeout(IO_TIMEOUT, c.exchange(&request))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        match exchanged {
             Ok((status, keep)) => {
                 if !keep {
                     conn = None;
@@ -171,6 +179,10 @@ pub(super) fn run(cfg: &Config, k: usize) -> Report {
     report
 }
 
+/// Longest wait for one exchange with the hub.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Blocks the thread until `at_ns` (paced publishers have a thread each).
 fn sleep_until(now_ns: u64, at_ns: u64) {
     if at_ns > now_ns {
         std::thread::sleep(Duration::from_nanos(at_ns - now_ns));
@@ -186,12 +198,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(target: &Target) -> Result<Self, String> {
-        let stream = TcpStream::connect_timeout(&target.addr, Duration::from_secs(10))
+    async fn open(target: &Target) -> Result<Self, String> {
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target.addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| io_error(&e))?;
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
         Ok(Self {
             stream,
             buf: vec![0; 8192],
@@ -201,7 +213,7 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer; `false` at end of stream.
-    fn fill(&mut self) -> Result<bool, String> {
+    async fn fill(&mut self) -> Result<bool, String> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -216,6 +228,7 @@ impl Conn {
         let n = self
             .stream
             .read(&mut self.buf[self.end..])
+            .await
             .map_err(|e| io_error(&e))?;
         self.end += n;
         Ok(n > 0)
@@ -223,8 +236,11 @@ impl Conn {
 
     /// Sends one request and reads its whole response: the status and
     /// whether the connection may be reused.
-    fn exchange(&mut self, request: &[u8]) -> Result<(u16, bool), String> {
-        self.stream.write_all(request).map_err(|e| io_error(&e))?;
+    async fn exchange(&mut self, request: &[u8]) -> Result<(u16, bool), String> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|e| io_error(&e))?;
         let head = loop {
             match parse_head(&self.buf[self.start..self.end]).map_err(|e| e.to_string())? {
                 Some((head, n)) => {
@@ -232,7 +248,7 @@ impl Conn {
                     break head;
                 }
                 None => {
-                    if !self.fill()? {
+                    if !self.fill().await? {
                         return Err("closed by the hub".into());
                     }
                 }
@@ -251,7 +267,7 @@ impl Conn {
             if done {
                 break;
             }
-            if !self.fill()? {
+            if !self.fill().await? {
                 if matches!(framing, Framing::UntilClose) {
                     break;
                 }
