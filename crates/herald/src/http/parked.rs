@@ -14,9 +14,10 @@
 //!   from the dispatching core's run queue without waking a task per
 //!   connection. A write the socket does not take in full leaves its rest
 //!   pending, and the connection is written again once the socket drains;
-//! - the **watcher** (one thread on `epoll` through mio): it reports
-//!   clients that close or fail, discards bytes a client sends, and
-//!   reschedules a connection whose full socket drained;
+//! - the **watcher** (one task, with an `epoll` instance of its own
+//!   through mio, whose descriptor tokio watches): it reports clients that
+//!   close or fail, discards bytes a client sends, and reschedules a
+//!   connection whose full socket drained;
 //! - the **expiry timer** (one task): ends streams whose token expires.
 
 use std::collections::BTreeMap;
@@ -85,8 +86,8 @@ struct Shard {
 pub(crate) struct Flusher {
     shards: Box<[Shard]>,
     started: OnceLock<()>,
-    /// Registers sockets with the watcher thread; `None` if it could not
-    /// start (connections then keep their tasks).
+    /// Registers sockets with the watcher; `None` if it could not start
+    /// (connections then keep their tasks).
     watcher: OnceLock<Option<mio::Registry>>,
     /// Token deadlines of parked connections, by (deadline, subscriber).
     expiries: Mutex<BTreeMap<(Instant, u64), ()>>,
@@ -148,7 +149,8 @@ impl Flusher {
         });
     }
 
-    /// The watcher's registry, starting its thread on first use.
+    /// The watcher's registry, starting it on first use (on the current
+    /// runtime).
     fn watcher(&self, registry: &Arc<Registry>) -> Option<&mio::Registry> {
         self.watcher
             .get_or_init(|| match start_watcher(Arc::downgrade(registry)) {
@@ -172,7 +174,7 @@ impl Flusher {
     }
 }
 
-/// Whether connections can be parked here (the watcher thread runs).
+/// Whether connections can be parked here (the watcher runs).
 pub(crate) fn available(hub: &crate::hub::Hub) -> bool {
     hub.registry().flusher().watcher(hub.registry()).is_some()
 }
@@ -401,41 +403,66 @@ fn write_pending(stream: &std::net::TcpStream, rest: &mut Bytes) -> io::Result<b
     Ok(true)
 }
 
-/// Starts the watcher thread; it stops once the registry is gone.
+/// Starts the watcher: a task on the current runtime waiting on the
+/// readiness of its epoll instance (which tokio's own epoll reports like
+/// any descriptor), so closes are handled on the runtime's threads with
+/// no thread switch. It stops once the registry is gone.
 fn start_watcher(registry: Weak<Registry>) -> io::Result<mio::Registry> {
-    let mut poll = mio::Poll::new()?;
+    let poll = mio::Poll::new()?;
     let handle = poll.registry().try_clone()?;
-    std::thread::Builder::new()
-        .name("herald-watch".into())
-        .spawn(move || {
-            let mut events = mio::Events::with_capacity(256);
-            loop {
-                if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
+    // tokio deprecates its safe constructors because an arbitrary
+    // `AsRawFd` may close or change its descriptor while registered (and
+    // this workspace forbids `unsafe`). A `mio::Poll` owns its epoll
+    // descriptor from creation to drop and always returns that same one,
+    // and the `AsyncFd` owns the `Poll`: the registration is sound.
+    #[allow(deprecated)]
+    let mut poll = tokio::io::unix::AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
+    tokio::spawn(async move {
+        let mut events = mio::Events::with_capacity(256);
+        loop {
+            let mut guard = match poll.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
                     tracing::error!("parked connection watcher failed: {e}");
                     return;
                 }
-                let Some(registry) = registry.upgrade() else {
+            };
+            // Readiness is cleared only once a poll finds nothing.
+            let polled = guard.try_io(|poll| {
+                poll.get_mut().poll(&mut events, Some(Duration::ZERO))?;
+                if events.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match polled {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
+                    tracing::error!("parked connection watcher failed: {e}");
                     return;
+                }
+                Err(_would_block) => continue,
+            }
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            for ev in &events {
+                let Some(sub) = registry.get(ev.token().0 as u64) else {
+                    continue;
                 };
-                for ev in &events {
-                    let Some(sub) = registry.get(ev.token().0 as u64) else {
-                        continue;
-                    };
-                    let closed =
-                        ev.is_error() || ev.is_read_closed() || (ev.is_readable() && discard(&sub));
-                    if closed {
-                        if sub.close() {
-                            registry.flusher().schedule(&sub);
-                        }
-                    } else if ev.is_writable() {
+                let closed =
+                    ev.is_error() || ev.is_read_closed() || (ev.is_readable() && discard(&sub));
+                if closed {
+                    if sub.close() {
                         registry.flusher().schedule(&sub);
                     }
+                } else if ev.is_writable() {
+                    registry.flusher().schedule(&sub);
                 }
             }
-        })?;
+        }
+    });
     Ok(handle)
 }
 
