@@ -161,7 +161,7 @@ pub async fn open(
 ) -> Option<Live> {
     let cors = cors_headers(&hub, &headers);
     let Prepared {
-        feed,
+        mut feed,
         headers: extra,
     } = match prepare(&hub, &headers, query.as_deref(), None, Some(ctx)).await {
         Ok(p) => p,
@@ -195,7 +195,21 @@ pub async fn open(
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.ok()?;
+    // The first flush (a comment, or the `retry` field) goes out with the
+    // head, one write for both: the feed's start never waits.
+    let mut first = Vec::new();
+    let mut out = head.into_bytes();
+    if feed.next(&mut first).await {
+        let len: usize = first.iter().map(Bytes::len).sum();
+        if len > 0 {
+            out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+            for frame in &first {
+                out.extend_from_slice(frame);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    stream.write_all(&out).await.ok()?;
     Some(Live {
         stream,
         feed,
