@@ -79,6 +79,9 @@ struct Queue {
     heartbeat: bool,
     /// The connection is parked: wakeups go to the flusher, not a task.
     parked: bool,
+    /// Parked, and its socket is full: new frames wait in the queue
+    /// without waking the flusher, until the socket drains.
+    blocked: bool,
 }
 
 /// What the stream found in the queue.
@@ -187,6 +190,9 @@ impl Subscriber {
         q.bytes += len;
         q.active = true;
         if q.parked {
+            if q.blocked {
+                return Push::Queued;
+            }
             return Push::QueuedParked;
         }
         drop(q);
@@ -205,6 +211,11 @@ impl Subscriber {
     /// Closed: disconnected, overflowed, expired or shut down.
     pub(crate) fn is_closed(&self) -> bool {
         self.queue.lock().closed
+    }
+
+    /// A parked connection's socket is full (`true`) or drained again.
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        self.queue.lock().blocked = blocked;
     }
 
     /// Whether the connection is parked (its flusher writes its frames).

@@ -261,6 +261,7 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
             Ok(true) => {
                 p.pending = None;
                 p.blocked_since = None;
+                sub.set_blocked(false);
             }
             Ok(false) => {
                 // Closed meanwhile (its queue overflowed, shutdown, expiry):
@@ -296,6 +297,9 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
         Ok(Some(rest)) => {
             p.pending = Some(rest);
             p.blocked_since = Some(Instant::now());
+            // New frames no longer wake the flusher: the watcher does once
+            // the socket drains (and the ticker, to check for a stall).
+            sub.set_blocked(true);
             if !p.watch_writable {
                 if let Some(Some(w)) = flusher.watcher.get() {
                     let watched = w.reregister(
@@ -309,10 +313,10 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                     }
                 }
                 p.watch_writable = true;
+                // The socket may have drained between the write and the
+                // registration, with no event to tell: try again once.
+                flusher.schedule(sub);
             }
-            // The socket may have drained between the write and the
-            // registration, with no event to tell: try again once.
-            flusher.schedule(sub);
         }
         Err(_) => end(flusher, guard),
     }
