@@ -195,8 +195,10 @@ impl Hub {
             let stop = self.inner.shutdown.clone();
             let heartbeat = self.inner.config.heartbeat;
             tokio::spawn(async move {
+                // Without heartbeats it still ticks, for parked streams
+                // whose client stopped reading (see `http::parked`).
                 let period = if heartbeat.is_zero() {
-                    std::time::Duration::from_secs(86400)
+                    std::time::Duration::from_secs(15)
                 } else {
                     heartbeat / 4
                 };
@@ -206,9 +208,7 @@ impl Hub {
                 loop {
                     tokio::select! {
                         _ = ticks.tick() => {
-                            if !heartbeat.is_zero() {
-                                registry.tick_all();
-                            }
+                            registry.tick_all(!heartbeat.is_zero());
                         }
                         () = stop.cancelled() => {
                             registry.close_all();

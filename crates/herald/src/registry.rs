@@ -124,9 +124,10 @@ impl Registry {
     }
 
     /// A heartbeat tick for every subscriber (see [`Subscriber::tick`]).
-    pub fn tick_all(&self) {
+    /// With `heartbeats` off it only looks for stalled writes.
+    pub fn tick_all(&self, heartbeats: bool) {
         for sub in self.index.read().subscribers.values() {
-            if sub.tick() {
+            if sub.tick(heartbeats) {
                 self.flusher.schedule(sub);
             }
         }

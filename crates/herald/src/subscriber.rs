@@ -283,17 +283,21 @@ impl Subscriber {
     /// calls this, so an idle connection holds no timer of its own.
     /// Returns `true` when the subscriber is parked and its flusher must
     /// run (see [`crate::registry::Registry::tick_all`]).
-    pub fn tick(&self) -> bool {
+    pub fn tick(&self, heartbeats: bool) -> bool {
         let mut q = self.queue.lock();
+        // A parked connection whose socket is full: its flusher checks how
+        // long the write has waited (heartbeats on or not).
+        let stalled = q.parked && q.blocked;
+        if !heartbeats {
+            return stalled;
+        }
         if std::mem::take(&mut q.active) || q.closed || !q.items.is_empty() {
             q.idle_ticks = 0;
-            // A parked connection with frames waiting may have a write
-            // pending: its flusher checks how long it has waited.
-            return q.parked && !q.items.is_empty();
+            return stalled;
         }
         q.idle_ticks += 1;
         if q.idle_ticks < 4 {
-            return false;
+            return stalled;
         }
         q.idle_ticks = 0;
         q.heartbeat = true;

@@ -201,16 +201,12 @@ pub(crate) fn park(
             return;
         }
     };
-    if let Err(e) = watcher.register(
-        &mut SourceFd(&stream.as_raw_fd()),
-        Token(sub.id as usize),
-        Interest::READABLE,
-    ) {
-        tracing::warn!(subscriber = sub.id, "cannot watch stream, closing it: {e}");
-        return;
-    }
+    // Stored before the watcher sees the socket, so its first event finds
+    // it (stray bytes are drained at once).
+    let fd = stream.as_raw_fd();
     let expires = feed.take_deadline();
-    *sub.parked.lock() = Some(Parked {
+    let mut slot = sub.parked.lock();
+    *slot = Some(Parked {
         stream,
         feed,
         _permit: permit,
@@ -219,6 +215,18 @@ pub(crate) fn park(
         expires,
         watch_writable: false,
     });
+    if let Err(e) = watcher.register(
+        &mut SourceFd(&fd),
+        Token(sub.id as usize),
+        Interest::READABLE,
+    ) {
+        let parked = slot.take();
+        drop(slot);
+        tracing::warn!(subscriber = sub.id, "cannot watch stream, closing it: {e}");
+        drop(parked);
+        return;
+    }
+    drop(slot);
     flusher.parked.fetch_add(1, Ordering::AcqRel);
     if let Some(at) = expires {
         flusher.expire_at(at, sub.id);
@@ -240,7 +248,14 @@ async fn run_shard(flusher: Arc<Flusher>, i: usize) {
             }
             for (n, sub) in batch.iter().enumerate() {
                 sub.scheduled.store(false, Ordering::Release);
-                flush(&flusher, sub);
+                // A panic here (in a metric, a log, a drop) must not stop
+                // the flusher of every connection of this shard.
+                let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    flush(&flusher, sub);
+                }));
+                if flushed.is_err() {
+                    tracing::error!(subscriber = sub.id, "flushing a parked stream panicked");
+                }
                 if n % FLUSH_SLICE == FLUSH_SLICE - 1 {
                     tokio::task::yield_now().await;
                 }
@@ -318,7 +333,11 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                 flusher.schedule(sub);
             }
         }
-        Err(_) => end(flusher, guard),
+        Err(_) => {
+            // The write may have sent part of a chunk: no terminator.
+            p.pending = Some(Bytes::new());
+            end(flusher, guard);
+        }
     }
 }
 
@@ -342,8 +361,10 @@ fn end(flusher: &Flusher, mut guard: parking_lot::MutexGuard<'_, Option<Parked>>
             .lock()
             .remove(&(at, p.feed.subscriber().id));
     }
-    flusher.parked.fetch_sub(1, Ordering::AcqRel);
+    // Counted down once the connection is gone: the server waits for
+    // this count at shutdown, and dropping `p` still sends events.
     drop(p);
+    flusher.parked.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Writes `frames` as HTTP/1.1 chunks of at most `MAX_IOV` frames without
@@ -443,8 +464,10 @@ fn start_watcher(registry: Weak<Registry>) -> io::Result<mio::Registry> {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => {
-                    tracing::error!("parked connection watcher failed: {e}");
-                    return;
+                    // Parked streams depend on it: retry, never give up.
+                    tracing::error!("parked connection watcher: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
                 Err(_would_block) => continue,
             }
