@@ -198,13 +198,17 @@ impl Registry {
     fn dispatch(&self, stored: &Arc<Stored>) {
         let idx = self.index.read();
         let mut queued = 0u64;
+        // Parked subscribers to flush, handed over together at the end.
+        let mut wake = Vec::new();
         let mut push = |id: &u64| {
             if let Some(sub) = idx.subscribers.get(id) {
                 match sub.push(stored) {
                     Push::Queued => queued += 1,
                     Push::QueuedParked => {
                         queued += 1;
-                        self.flusher.schedule(sub);
+                        if Flusher::claim(sub) {
+                            wake.push(sub.clone());
+                        }
                     }
                     Push::Overflowed => {
                         if let Some(cb) = &self.on_overflow {
@@ -232,6 +236,7 @@ impl Registry {
                 }
             }
         }
+        self.flusher.schedule_claimed(&mut wake);
         if let Some(m) = &self.metrics {
             m.delivered(queued);
         }

@@ -15,14 +15,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use herald_protocol::{selector::any_matches, Selector};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Allowed;
-use crate::engine::{Position, Stored};
+use crate::engine::Stored;
 
 /// What the dispatcher did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +65,9 @@ pub struct Subscriber {
 
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<(Position, Bytes, std::time::Instant)>,
+    /// The updates themselves, shared by every queue holding them: an entry
+    /// is one pointer, so queues stay small and cheap to grow.
+    items: VecDeque<Arc<Stored>>,
     bytes: usize,
     replaying: bool,
     lagged: bool,
@@ -87,7 +88,7 @@ struct Queue {
 /// What the stream found in the queue.
 #[derive(Debug)]
 pub enum Drain {
-    Frames(Vec<(Position, Bytes, std::time::Instant)>),
+    Frames(Vec<Arc<Stored>>),
     /// Nothing queued, and the connection has been idle: send a heartbeat.
     Heartbeat,
     Empty,
@@ -185,8 +186,7 @@ impl Subscriber {
             self.waker.wake();
             return Push::Overflowed;
         }
-        q.items
-            .push_back((stored.position, stored.frame.clone(), stored.at));
+        q.items.push_back(stored.clone());
         q.bytes += len;
         q.active = true;
         if q.parked {

@@ -125,12 +125,43 @@ impl Flusher {
     /// Puts a parked subscriber in its flusher's ready list (once until
     /// it is flushed).
     pub(crate) fn schedule(&self, sub: &Arc<Subscriber>) {
-        if sub.scheduled.swap(true, Ordering::AcqRel) {
+        if !Self::claim(sub) {
             return;
         }
         let shard = &self.shards[(sub.id % self.shards.len() as u64) as usize];
         shard.ready.lock().push(sub.clone());
         shard.notify.notify_one();
+    }
+
+    /// Marks a parked subscriber as about to be scheduled; `false` if it
+    /// already is. Pass the claimed ones to [`Flusher::schedule_claimed`].
+    pub(crate) fn claim(sub: &Subscriber) -> bool {
+        !sub.scheduled.swap(true, Ordering::AcqRel)
+    }
+
+    /// Puts claimed subscribers in their flushers' ready lists: one lock
+    /// and one wakeup per shard for a whole dispatch.
+    pub(crate) fn schedule_claimed(&self, subs: &mut Vec<Arc<Subscriber>>) {
+        if subs.is_empty() {
+            return;
+        }
+        let n = self.shards.len() as u64;
+        if n == 1 {
+            self.shards[0].ready.lock().append(subs);
+            self.shards[0].notify.notify_one();
+            return;
+        }
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut ready = shard.ready.lock();
+            let before = ready.len();
+            ready.extend(subs.iter().filter(|s| s.id % n == i as u64).cloned());
+            let added = ready.len() > before;
+            drop(ready);
+            if added {
+                shard.notify.notify_one();
+            }
+        }
+        subs.clear();
     }
 
     /// Connections parked now.

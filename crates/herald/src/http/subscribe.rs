@@ -649,14 +649,17 @@ impl Feed {
             Drain::Frames(frames) => {
                 let metrics = self.reg.hub.metrics();
                 let before = out.len();
-                for (pos, frame, at) in frames {
+                for stored in frames {
+                    let pos = stored.position;
                     if pos > self.last {
                         self.last = pos;
                         // Sampled: one update in 16 per subscriber.
                         if pos % 16 == 0 {
-                            metrics.delivery_seconds.observe(at.elapsed().as_secs_f64());
+                            metrics
+                                .delivery_seconds
+                                .observe(stored.at.elapsed().as_secs_f64());
                         }
-                        out.push(frame);
+                        out.push(stored.frame.clone());
                     }
                 }
                 self.reg.sent += (out.len() - before) as u64;
