@@ -163,3 +163,67 @@ async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
     publish_ok(&c, &hub, &[("topic", "t"), ("data", "two")]).await;
     read_until(&mut a, "data:two\n\n").await;
 }
+
+/// A parked stream whose client reads slowly fills its socket: the rest
+/// waits, and every update arrives in order once the client reads again
+/// (the socket draining must wake the stream).
+#[tokio::test]
+async fn a_parked_stream_resumes_after_its_socket_fills() {
+    use tokio::io::AsyncReadExt;
+    // No heartbeat ticks to rescue a stream that missed its wakeup, and a
+    // queue that holds more than the kernel's socket buffers can.
+    let hub = TestHub::start(HubConfig {
+        heartbeat: Duration::from_secs(3600),
+        queue_bytes: 64 * 1024 * 1024,
+        ..config()
+    })
+    .await;
+    let c = client();
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tcp.write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !String::from_utf8_lossy(&got).contains(":\n\n") {
+        let n = tokio::time::timeout(LONG, tcp.read(&mut buf))
+            .await
+            .expect("no response head")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(SHORT).await;
+
+    // 16 MB for a client that does not read meanwhile: more than the
+    // sockets on both sides hold, less than the queue's bounds.
+    let payload = "y".repeat(8 * 1024);
+    for i in 0..2000 {
+        publish_ok(
+            &c,
+            &hub,
+            &[("topic", "t"), ("id", &format!("u{i}")), ("data", &payload)],
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + LONG;
+    let last = b"id:u1999\n";
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("the stream stalled after its socket filled")
+            .unwrap();
+        assert!(n > 0, "the hub closed the stream");
+        got.extend_from_slice(&buf[..n]);
+        // Only the newly read bytes (and a needle's length before them).
+        let tail = &got[got.len().saturating_sub(n + last.len())..];
+        if tail.windows(last.len()).any(|w| w == last) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id:")).collect();
+    let want: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(hub.hub.metrics().slow_disconnects.get(), 0);
+}
