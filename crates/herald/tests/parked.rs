@@ -1,0 +1,137 @@
+//! Parked event streams: a waiting subscriber has no task of its own.
+//! (A file of its own: these tests push megabytes through the hub, and
+//! `lifecycle.rs` measures the RSS of its process.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use herald::HubConfig;
+use tokio::io::AsyncWriteExt;
+
+/// A waiting event stream is parked, with no task of its own: bytes its
+/// client sends are dropped and the stream goes on, and a client that
+/// closes is noticed at once (not at the next heartbeat or update).
+#[tokio::test]
+async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
+    use tokio::io::AsyncReadExt;
+    let hub = TestHub::start(HubConfig {
+        heartbeat: Duration::from_secs(3600),
+        ..config()
+    })
+    .await;
+    let c = client();
+    async fn open(hub: &TestHub) -> (tokio::net::TcpStream, String) {
+        let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+        tcp.write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut tcp, ":\n\n").await;
+        (tcp, got)
+    }
+    async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + LONG;
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
+                .unwrap();
+            assert!(n > 0, "the hub closed the stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let (mut a, head) = open(&hub).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let (b, _) = open(&hub).await;
+    assert_eq!(hub.hub.registry().len(), 2);
+    // Give both time to park after their first flush.
+    tokio::time::sleep(SHORT).await;
+
+    a.write_all(b"stray bytes\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(SHORT).await;
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "one")]).await;
+    read_until(&mut a, "data:one\n\n").await;
+
+    drop(b);
+    let deadline = Instant::now() + LONG;
+    while hub.hub.registry().len() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        hub.hub.registry().len(),
+        1,
+        "the closed client is still registered"
+    );
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "two")]).await;
+    read_until(&mut a, "data:two\n\n").await;
+}
+
+/// A parked stream whose client reads slowly fills its socket: the rest
+/// waits, and every update arrives in order once the client reads again
+/// (the socket draining must wake the stream).
+#[tokio::test]
+async fn a_parked_stream_resumes_after_its_socket_fills() {
+    use tokio::io::AsyncReadExt;
+    // No heartbeat ticks to rescue a stream that missed its wakeup, and a
+    // queue that holds more than the kernel's socket buffers can.
+    let hub = TestHub::start(HubConfig {
+        heartbeat: Duration::from_secs(3600),
+        queue_bytes: 64 * 1024 * 1024,
+        ..config()
+    })
+    .await;
+    let c = client();
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tcp.write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !String::from_utf8_lossy(&got).contains(":\n\n") {
+        let n = tokio::time::timeout(LONG, tcp.read(&mut buf))
+            .await
+            .expect("no response head")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(SHORT).await;
+
+    // 16 MB for a client that does not read meanwhile: more than the
+    // sockets on both sides hold, less than the queue's bounds.
+    let payload = "y".repeat(8 * 1024);
+    for i in 0..2000 {
+        publish_ok(
+            &c,
+            &hub,
+            &[("topic", "t"), ("id", &format!("u{i}")), ("data", &payload)],
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + LONG;
+    let last = b"id:u1999\n";
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("the stream stalled after its socket filled")
+            .unwrap();
+        assert!(n > 0, "the hub closed the stream");
+        got.extend_from_slice(&buf[..n]);
+        // Only the newly read bytes (and a needle's length before them).
+        let tail = &got[got.len().saturating_sub(n + last.len())..];
+        if tail.windows(last.len()).any(|w| w == last) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id:")).collect();
+    let want: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(hub.hub.metrics().slow_disconnects.get(), 0);
+}
