@@ -35,7 +35,8 @@ use crate::hub::Hub;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in a subscription request answered here; more go to hyper.
 const MAX_HEADERS: usize = 64;
-/// Buffers in one `writev`, below every platform's `IOV_MAX`.
+/// Frames in one chunk (so a chunk's buffers stay below every platform's
+/// `IOV_MAX`).
 const MAX_IOV: usize = 512;
 /// Longest wait for a client to take one write: one that stopped reading
 /// gives its connection back after this.
@@ -200,13 +201,9 @@ pub async fn open(
     let mut first = Vec::new();
     let mut out = head.into_bytes();
     if feed.next(&mut first).await {
-        let len: usize = first.iter().map(Bytes::len).sum();
-        if len > 0 {
-            out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
-            for frame in &first {
-                out.extend_from_slice(frame);
-            }
-            out.extend_from_slice(b"\r\n");
+        let heads = chunk_heads(&first);
+        for slice in chunk_slices(&first, &heads) {
+            out.extend_from_slice(&slice);
         }
     }
     stream.write_all(&out).await.ok()?;
@@ -336,32 +333,73 @@ fn discard_input(stream: &TcpStream) -> Input {
     }
 }
 
-/// Writes frames as one HTTP/1.1 chunk per `MAX_IOV` frames, with vectored
-/// writes.
+/// The head (`<size in hex>\r\n`) of one HTTP/1.1 chunk, on the stack.
+pub(super) struct ChunkHead {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl ChunkHead {
+    fn new(size: usize) -> Self {
+        use std::io::Write as _;
+        let mut buf = [0u8; 18];
+        let mut cursor = io::Cursor::new(&mut buf[..]);
+        // 16 hex digits and CRLF always fit.
+        let _ = write!(cursor, "{size:x}\r\n");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        Self { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Frames as HTTP/1.1 chunks of at most `MAX_IOV` frames each: the chunk
+/// heads, which [`chunk_slices`] then lays out with the frames. A chunk
+/// of no bytes is left out, since an empty chunk ends the body.
+pub(super) fn chunk_heads(frames: &[Bytes]) -> Vec<Option<ChunkHead>> {
+    frames
+        .chunks(MAX_IOV)
+        .map(|group| {
+            let size: usize = group.iter().map(Bytes::len).sum();
+            (size > 0).then(|| ChunkHead::new(size))
+        })
+        .collect()
+}
+
+/// The buffers of one vectored write of `frames` as chunks.
+pub(super) fn chunk_slices<'a>(
+    frames: &'a [Bytes],
+    heads: &'a [Option<ChunkHead>],
+) -> Vec<IoSlice<'a>> {
+    let mut slices = Vec::with_capacity(frames.len() + 2 * heads.len());
+    for (group, head) in frames.chunks(MAX_IOV).zip(heads) {
+        if let Some(head) = head {
+            slices.push(IoSlice::new(head.as_bytes()));
+            slices.extend(group.iter().map(|f| IoSlice::new(f)));
+            slices.push(IoSlice::new(b"\r\n"));
+        }
+    }
+    slices
+}
+
+/// Writes frames as HTTP/1.1 chunks, with vectored writes.
 async fn write_chunk(stream: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    for group in frames.chunks(MAX_IOV) {
-        let len: usize = group.iter().map(Bytes::len).sum();
-        if len == 0 {
-            continue;
-        }
-        let size = format!("{len:x}\r\n");
-        let mut slices = Vec::with_capacity(group.len() + 2);
-        slices.push(IoSlice::new(size.as_bytes()));
-        slices.extend(group.iter().map(|f| IoSlice::new(f)));
-        slices.push(IoSlice::new(b"\r\n"));
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = match stream.try_write_vectored(rest) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stream.writable().await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            IoSlice::advance_slices(&mut rest, n);
-        }
+    let heads = chunk_heads(frames);
+    let mut slices = chunk_slices(frames, &heads);
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = match stream.try_write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }

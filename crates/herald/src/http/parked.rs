@@ -37,8 +37,6 @@ use super::subscribe::Feed;
 use crate::registry::Registry;
 use crate::subscriber::Subscriber;
 
-/// Buffers in one `writev`, below every platform's `IOV_MAX`.
-const MAX_IOV: usize = 512;
 /// Longest a parked client may leave a write unfinished before its
 /// connection is given back.
 const WRITE_STALL: Duration = Duration::from_secs(60);
@@ -398,32 +396,13 @@ fn end(flusher: &Flusher, mut guard: parking_lot::MutexGuard<'_, Option<Parked>>
     flusher.parked.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Writes `frames` as HTTP/1.1 chunks of at most `MAX_IOV` frames without
-/// blocking. Returns the bytes the socket did not take.
+/// Writes `frames` as HTTP/1.1 chunks without blocking. Returns the bytes the socket did not take.
 fn write_frames(
     stream: &std::net::TcpStream,
     frames: &[bytes::Bytes],
 ) -> io::Result<Option<Bytes>> {
-    let groups = frames.chunks(MAX_IOV);
-    let mut heads: Vec<[u8; 18]> = Vec::with_capacity(groups.len());
-    let mut head_lens = Vec::with_capacity(groups.len());
-    for group in frames.chunks(MAX_IOV) {
-        let len: usize = group.iter().map(Bytes::len).sum();
-        let mut head = [0u8; 18];
-        let mut cursor = io::Cursor::new(&mut head[..]);
-        write!(cursor, "{len:x}\r\n")?;
-        head_lens.push(cursor.position() as usize);
-        heads.push(head);
-    }
-    let mut slices = Vec::with_capacity(frames.len() + 2 * heads.len());
-    for ((group, head), len) in frames.chunks(MAX_IOV).zip(&heads).zip(&head_lens) {
-        if group.iter().all(Bytes::is_empty) {
-            continue;
-        }
-        slices.push(IoSlice::new(&head[..*len]));
-        slices.extend(group.iter().map(|f| IoSlice::new(f)));
-        slices.push(IoSlice::new(b"\r\n"));
-    }
+    let heads = super::direct::chunk_heads(frames);
+    let mut slices = super::direct::chunk_slices(frames, &heads);
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match (&*stream).write_vectored(rest) {
