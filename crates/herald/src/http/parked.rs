@@ -20,7 +20,7 @@
 //!   connection whose full socket drained;
 //! - the **expiry timer** (one task): ends streams whose token expires.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,10 +55,8 @@ pub(crate) struct Parked {
     feed: Feed,
     /// The connection's place under the connection limit.
     _permit: Option<OwnedSemaphorePermit>,
-    /// Bytes of a chunk the socket did not take yet.
-    pending: Option<Bytes>,
-    /// When the pending bytes were left.
-    blocked_since: Option<Instant>,
+    /// Bytes of a chunk the socket did not take yet, and since when.
+    pending: Option<(Bytes, Instant)>,
     /// The token's expiry, as registered with the expiry timer.
     expires: Option<Instant>,
     /// Registered for writability (after a first full socket).
@@ -68,7 +66,10 @@ pub(crate) struct Parked {
 impl std::fmt::Debug for Parked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parked")
-            .field("pending", &self.pending.as_ref().map(Bytes::len))
+            .field(
+                "pending",
+                &self.pending.as_ref().map(|(rest, _)| rest.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -88,7 +89,7 @@ pub(crate) struct Flusher {
     /// (connections then keep their tasks).
     watcher: OnceLock<Option<mio::Registry>>,
     /// Token deadlines of parked connections, by (deadline, subscriber).
-    expiries: Mutex<BTreeMap<(Instant, u64), ()>>,
+    expiries: Mutex<BTreeSet<(Instant, u64)>>,
     expiry_changed: Notify,
     /// Connections parked now.
     parked: AtomicUsize,
@@ -112,7 +113,7 @@ impl Default for Flusher {
             shards: (0..n).map(|_| Shard::default()).collect(),
             started: OnceLock::new(),
             watcher: OnceLock::new(),
-            expiries: Mutex::new(BTreeMap::new()),
+            expiries: Mutex::new(BTreeSet::new()),
             expiry_changed: Notify::new(),
             parked: AtomicUsize::new(0),
         }
@@ -126,9 +127,14 @@ impl Flusher {
         if !Self::claim(sub) {
             return;
         }
-        let shard = &self.shards[(sub.id % self.shards.len() as u64) as usize];
+        let shard = &self.shards[self.shard_of(sub)];
         shard.ready.lock().push(sub.clone());
         shard.notify.notify_one();
+    }
+
+    /// The shard whose flusher writes this subscriber's frames.
+    fn shard_of(&self, sub: &Subscriber) -> usize {
+        (sub.id % self.shards.len() as u64) as usize
     }
 
     /// Marks a parked subscriber as about to be scheduled; `false` if it
@@ -143,8 +149,7 @@ impl Flusher {
         if subs.is_empty() {
             return;
         }
-        let n = self.shards.len() as u64;
-        if n == 1 {
+        if self.shards.len() == 1 {
             self.shards[0].ready.lock().append(subs);
             self.shards[0].notify.notify_one();
             return;
@@ -152,7 +157,7 @@ impl Flusher {
         for (i, shard) in self.shards.iter().enumerate() {
             let mut ready = shard.ready.lock();
             let before = ready.len();
-            ready.extend(subs.iter().filter(|s| s.id % n == i as u64).cloned());
+            ready.extend(subs.iter().filter(|s| self.shard_of(s) == i).cloned());
             let added = ready.len() > before;
             drop(ready);
             if added {
@@ -194,8 +199,8 @@ impl Flusher {
 
     fn expire_at(&self, at: Instant, id: u64) {
         let mut map = self.expiries.lock();
-        let earliest = map.first_key_value().is_none_or(|(&(t, _), _)| at < t);
-        map.insert((at, id), ());
+        let earliest = map.first().is_none_or(|&(t, _)| at < t);
+        map.insert((at, id));
         drop(map);
         if earliest {
             self.expiry_changed.notify_one();
@@ -240,7 +245,6 @@ pub(crate) fn park(
         feed,
         _permit: permit,
         pending: None,
-        blocked_since: None,
         expires,
         watch_writable: false,
     });
@@ -300,23 +304,22 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
     let Some(p) = guard.as_mut() else {
         return;
     };
-    if let Some(rest) = &mut p.pending {
+    if let Some((rest, since)) = &mut p.pending {
         match write_pending(&p.stream, rest) {
             Ok(true) => {
                 p.pending = None;
-                p.blocked_since = None;
                 sub.set_blocked(false);
             }
             Ok(false) => {
                 // Closed meanwhile (its queue overflowed, shutdown, expiry):
                 // a client that is not reading gets no more waiting.
                 if sub.is_closed() {
-                    end(flusher, guard);
+                    end(flusher, guard, false);
                     return;
                 }
-                if p.blocked_since.is_some_and(|t| t.elapsed() >= WRITE_STALL) {
+                if since.elapsed() >= WRITE_STALL {
                     tracing::debug!(subscriber = sub.id, "client stopped reading: closing");
-                    end(flusher, guard);
+                    end(flusher, guard, false);
                     return;
                 }
                 // Still full: the watcher reschedules it once it drains.
@@ -324,7 +327,7 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                 return;
             }
             Err(_) => {
-                end(flusher, guard);
+                end(flusher, guard, false);
                 return;
             }
         }
@@ -332,15 +335,14 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
     let mut out = Vec::new();
     if !p.feed.take_live(&mut out) {
         if p.feed.is_done() {
-            end(flusher, guard);
+            end(flusher, guard, true);
         }
         return;
     }
     match write_frames(&p.stream, &out) {
         Ok(None) => {}
         Ok(Some(rest)) => {
-            p.pending = Some(rest);
-            p.blocked_since = Some(Instant::now());
+            p.pending = Some((rest, Instant::now()));
             // New frames no longer wake the flusher: the watcher does once
             // the socket drains (and the ticker, to check for a stall).
             sub.set_blocked(true);
@@ -352,7 +354,7 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                         Interest::READABLE | Interest::WRITABLE,
                     );
                     if watched.is_err() {
-                        end(flusher, guard);
+                        end(flusher, guard, false);
                         return;
                     }
                 }
@@ -362,18 +364,20 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                 flusher.schedule(sub);
             }
         }
-        Err(_) => {
-            // The write may have sent part of a chunk: no terminator.
-            p.pending = Some(Bytes::new());
-            end(flusher, guard);
-        }
+        // The write may have sent part of a chunk: no terminator.
+        Err(_) => end(flusher, guard, false),
     }
 }
 
-/// Ends a parked stream: leaves the watcher, sends the last chunk if the
-/// socket takes it, and drops the connection (which unregisters the
-/// subscriber and gives back its connection permit).
-fn end(flusher: &Flusher, mut guard: parking_lot::MutexGuard<'_, Option<Parked>>) {
+/// Ends a parked stream: leaves the watcher, sends the last chunk if
+/// `last_chunk` (the body is between chunks) and the socket takes it, and
+/// drops the connection (which unregisters the subscriber and gives back
+/// its connection permit).
+fn end(
+    flusher: &Flusher,
+    mut guard: parking_lot::MutexGuard<'_, Option<Parked>>,
+    last_chunk: bool,
+) {
     let Some(p) = guard.take() else {
         return;
     };
@@ -381,7 +385,7 @@ fn end(flusher: &Flusher, mut guard: parking_lot::MutexGuard<'_, Option<Parked>>
     if let Some(Some(w)) = flusher.watcher.get() {
         let _ = w.deregister(&mut SourceFd(&p.stream.as_raw_fd()));
     }
-    if p.pending.is_none() {
+    if last_chunk {
         let _ = (&p.stream).write(b"0\r\n\r\n");
     }
     if let Some(at) = p.expires {
@@ -531,11 +535,7 @@ fn discard(sub: &Subscriber) -> bool {
 /// Ends parked streams whose token expired.
 async fn run_expiries(flusher: Arc<Flusher>, registry: Weak<Registry>) {
     loop {
-        let next = flusher
-            .expiries
-            .lock()
-            .first_key_value()
-            .map(|(&(t, _), _)| t);
+        let next = flusher.expiries.lock().first().map(|&(t, _)| t);
         let sleep = async {
             match next {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -551,7 +551,7 @@ async fn run_expiries(flusher: Arc<Flusher>, registry: Weak<Registry>) {
             let mut map = flusher.expiries.lock();
             let later = map.split_off(&(now, u64::MAX));
             let due = std::mem::replace(&mut *map, later);
-            due.into_keys().map(|(_, id)| id).collect()
+            due.into_iter().map(|(_, id)| id).collect()
         };
         let Some(registry) = registry.upgrade() else {
             return;
