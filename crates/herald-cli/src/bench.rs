@@ -14,6 +14,7 @@
 //! mistaken for a slow hub.
 
 mod http;
+mod layout;
 mod payload;
 mod publisher;
 mod report;
@@ -39,6 +40,7 @@ use crate::publish::{parse_hub_url, DEFAULT_HUB};
 use crate::settings::parse_duration;
 use crate::token;
 use http::{Flavor, Target};
+use layout::Layout;
 use report::{
     fmt_count, fmt_pct, render, ConfigOut, Connections, Deliveries, GeneratorOut, HubOut,
     MachineOut, PublishOut, Summary,
@@ -65,7 +67,8 @@ Example:
 pub struct Args {
     /// Hub URL; a bare host (or path `/`) gets `/.well-known/mercure`.
     /// Subscribers `GET` it with `?topic=<form-encoded topic>` appended,
-    /// whatever the --flavor.
+    /// whatever the --flavor (one `topic=` per topic when each carries
+    /// several: see --topics).
     #[arg(long, value_name = "URL", env = "HERALD_HUB_URL", default_value = DEFAULT_HUB, value_parser = parse_hub_url)]
     hub: Url,
     /// How updates are published: to a Mercure hub, to nginx + Nchan or to
@@ -82,7 +85,10 @@ pub struct Args {
     /// Number of subscribers (one connection each).
     #[arg(long, value_name = "N", default_value_t = 100)]
     subscribers: usize,
-    /// Number of topics; subscribers and updates are spread over them round-robin.
+    /// Number of topics; subscribers and updates are spread over them
+    /// round-robin. With more topics than subscribers, each subscriber
+    /// subscribes to several (one request with a `topic=` parameter each,
+    /// mercure flavor only), so every topic has exactly one subscriber.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     topics: u64,
     /// Topics are this prefix followed by their number.
@@ -259,17 +265,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    let layout = Layout::new(args.topics, args.subscribers);
+    let requests = subscribe_requests(&args, &target, layout, &topics, subscribe_token.as_deref())?;
+
     let epoch = Instant::now();
     let shared = Arc::new(Shared::new());
     let sub_cfg = Arc::new(subscriber::Config {
-        requests: topics
-            .iter()
-            .map(|t| target.subscribe_request(t, subscribe_token.as_deref()))
-            .collect(),
+        requests,
         target: target.clone(),
         sources: sources.clone(),
         connect_timeout: args.connect_timeout,
-        topics: args.topics,
+        layout,
         epoch,
         shared: shared.clone(),
         slow: args.slow,
@@ -291,8 +297,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|(e, n)| format!("{n}x {e}"))
             .collect();
+        let hint = subscription_hint(layout, &sub_cfg.requests);
         bail!(
-            "no subscriber could connect to {}: {}",
+            "no subscriber could connect to {}: {}{hint}",
             args.hub,
             why.join(", ")
         );
@@ -340,10 +347,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Wait for the stragglers, then read the hub's memory before letting go.
     if let Some(l) = &load {
+        // Each slot's acknowledged updates (all its topics) times the
+        // subscribers reading it.
         let expected: u64 = l
-            .acked_per_topic
+            .acked_per_slot
             .iter()
-            .zip(&connect.per_topic)
+            .zip(&connect.per_slot)
             .map(|(acked, subs)| acked.len() * subs)
             .sum();
         let deadline = Instant::now() + args.grace;
@@ -384,6 +393,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config: ConfigOut {
             subscribers: args.subscribers,
             topics: args.topics,
+            topics_per_subscriber: layout.max_topics_per_slot(),
             publishers,
             rate: args.rate,
             duration_s: args.duration.as_secs_f64(),
@@ -524,6 +534,85 @@ fn subscriber_token(args: &Args) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Largest request head herald reads for a subscription (its
+/// `http::direct::MAX_HEAD`; it answers 431 beyond).
+const HERALD_MAX_HEAD: usize = 64 * 1024;
+/// Request heads many servers refuse beyond (nginx's default
+/// `large_client_header_buffers` holds request lines of up to 8 KiB).
+const COMMON_MAX_HEAD: usize = 8 * 1024;
+/// Topic selectors herald takes in one subscription unless started with a
+/// larger `--max-selectors`.
+const HERALD_MAX_SELECTORS: u64 = 64;
+
+/// The subscription request of each slot of `layout` (`topics` by number).
+/// Several topics per request need the mercure flavor, and every request
+/// must fit in the request head herald accepts.
+fn subscribe_requests(
+    args: &Args,
+    target: &Target,
+    layout: Layout,
+    topics: &[String],
+    token: Option<&str>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let per = layout.max_topics_per_slot();
+    if per > 1 && args.flavor != Flavor::Mercure {
+        bail!(
+            "--topics {} over {} subscribers puts up to {per} topics in each subscription, \
+             as several topic= parameters only a Mercure hub takes: with --flavor {}, use \
+             at most {} topics (or more subscribers)",
+            args.topics,
+            args.subscribers,
+            format!("{:?}", args.flavor).to_lowercase(),
+            args.subscribers
+        );
+    }
+    let requests: Vec<Vec<u8>> = (0..layout.slots())
+        .map(|slot| {
+            let names = layout.topics_of(slot).map(|t| topics[t as usize].as_str());
+            target.subscribe_request(names, token)
+        })
+        .collect();
+    let largest = requests.iter().map(Vec::len).max().unwrap_or(0);
+    if largest > HERALD_MAX_HEAD {
+        bail!(
+            "--topics {} over {} subscribers puts up to {per} topics in each subscription: \
+             requests of up to {} bytes, more than the {} KiB request head herald accepts; \
+             use more subscribers (fewer topics each) or a shorter --topic-prefix",
+            args.topics,
+            args.subscribers,
+            fmt_count(largest as u64),
+            HERALD_MAX_HEAD / 1024
+        );
+    }
+    Ok(requests)
+}
+
+/// Why a hub might refuse every subscription of this layout, if it might.
+fn subscription_hint(layout: Layout, requests: &[Vec<u8>]) -> String {
+    let per = layout.max_topics_per_slot();
+    let largest = requests.iter().map(Vec::len).max().unwrap_or(0);
+    let mut why = Vec::new();
+    if per > HERALD_MAX_SELECTORS {
+        why.push(format!(
+            "each subscription carries up to {per} topics, and herald takes at most \
+             {HERALD_MAX_SELECTORS} unless started with a larger --max-selectors"
+        ));
+    }
+    if largest > COMMON_MAX_HEAD {
+        why.push(format!(
+            "subscription requests take up to {} bytes, and many servers refuse request \
+             heads above {} KiB",
+            fmt_count(largest as u64),
+            COMMON_MAX_HEAD / 1024
+        ));
+    }
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join("; "))
+    }
+}
+
 /// Minted tokens outlive the run comfortably, whatever connecting takes.
 fn token_ttl(args: &Args) -> Duration {
     args.warmup + args.duration + args.grace + Duration::from_secs(3600)
@@ -536,8 +625,8 @@ struct ConnectStats {
     errors: BTreeMap<String, u64>,
     seconds: f64,
     times: hdrhistogram::Histogram<u64>,
-    /// Connected subscribers per topic (those that read).
-    per_topic: Vec<u64>,
+    /// Connected subscribers per slot (see [`Layout`]; those that read).
+    per_slot: Vec<u64>,
     /// Connected subscribers that never read.
     slow: usize,
 }
@@ -621,7 +710,7 @@ async fn connect_all(
 ) -> anyhow::Result<(Vec<JoinHandle<subscriber::Report>>, ConnectStats)> {
     let n = args.subscribers;
     let rate = args.connect_rate;
-    let topics = cfg.requests.len();
+    let slots = cfg.requests.len();
     let (tx, mut outcomes) = mpsc::unbounded_channel();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency as usize));
     let started = Instant::now();
@@ -654,7 +743,7 @@ async fn connect_all(
         errors: BTreeMap::new(),
         seconds: 0.0,
         times: new_histogram(),
-        per_topic: vec![0; topics],
+        per_slot: vec![0; slots],
         slow: 0,
     };
     let mut ticker = tokio::time::interval_at(
@@ -673,7 +762,7 @@ async fn connect_all(
                         if o.slow {
                             stats.slow += 1;
                         } else {
-                            stats.per_topic[o.topic] += 1;
+                            stats.per_slot[o.slot] += 1;
                         }
                     }
                     Some(e) => {
@@ -710,8 +799,9 @@ struct Load {
     achieved_rate: f64,
     max_lag_ms: f64,
     ack_time: hdrhistogram::Histogram<u64>,
-    /// Acknowledged updates of each topic, by per-topic index.
-    acked_per_topic: Vec<BitSet>,
+    /// Acknowledged updates of each slot, by their key there (see
+    /// [`Layout::place`]): what its subscribers should have seen.
+    acked_per_slot: Vec<BitSet>,
 }
 
 /// Runs the publishers through the warm-up and the measured window; returns
@@ -810,10 +900,12 @@ async fn publish(
         achieved_rate: 0.0,
         max_lag_ms: 0.0,
         ack_time: new_histogram(),
-        acked_per_topic: Vec::new(),
+        acked_per_slot: Vec::new(),
     };
     let mut acked_in_window = 0;
-    let mut per_topic: Vec<Vec<u64>> = vec![Vec::new(); topics.len()];
+    // The subscribers' layout, as `run` made it.
+    let layout = Layout::new(args.topics, args.subscribers);
+    let mut per_slot: Vec<Vec<u64>> = vec![Vec::new(); layout.slots()];
     for r in reports {
         load.sent += r.sent;
         load.unsent += r.unsent;
@@ -826,11 +918,12 @@ async fn publish(
         load.max_lag_ms = load.max_lag_ms.max(r.lag_ns as f64 / 1e6);
         let _ = load.ack_time.add(&r.ack_time);
         for seq in r.acked_seqs {
-            per_topic[(seq % args.topics) as usize].push(seq / args.topics);
+            let (slot, key) = layout.place(seq);
+            per_slot[slot].push(key);
         }
     }
     load.achieved_rate = rate(acked_in_window as usize, args.duration.as_secs_f64());
-    load.acked_per_topic = per_topic.into_iter().map(BitSet::from_indices).collect();
+    load.acked_per_slot = per_slot.into_iter().map(BitSet::from_indices).collect();
     Ok((load, cpu_from, cpu_to))
 }
 
@@ -839,7 +932,8 @@ fn tally_deliveries(load: &Load, reports: &[subscriber::Report], duration: Durat
     let mut d = Deliveries::default();
     let mut in_window = 0;
     for r in reports.iter().filter(|r| r.connected && !r.slow) {
-        let acked = &load.acked_per_topic[r.topic];
+        // Keys of every topic of its slot: all of them counted at once.
+        let acked = &load.acked_per_slot[r.slot];
         let received = r.seen.seen_of(acked);
         let expected = acked.len();
         d.total += r.events;

@@ -211,3 +211,66 @@ fn bench_churn_opens_and_closes_subscriptions_while_measuring() {
     assert_eq!(v["deliveries"]["losses"], 0, "{v:#}");
     assert_eq!(v["connections"]["ok"], 10, "{v:#}");
 }
+
+#[test]
+fn bench_shares_more_topics_than_subscribers_out_one_subscriber_each() {
+    let hub = Hub::start();
+    let (stdout, v) = hub.bench(&[
+        "--subscribers",
+        "10",
+        "--topics",
+        "35",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+    ]);
+    // 35 topics over 10 subscribers: 4 for the first five, 3 for the rest.
+    assert!(
+        stdout.contains("10 subscribers on 35 topic(s) (3 or 4 per subscriber)"),
+        "{stdout}"
+    );
+    assert_eq!(v["config"]["topics_per_subscriber"], 4, "{v:#}");
+    assert_eq!(v["connections"]["ok"], 10, "{v:#}");
+    let acked = v["publish"]["acknowledged"].as_u64().unwrap();
+    assert!(acked > 0, "{v:#}");
+    let d = &v["deliveries"];
+    assert_eq!(d["losses"], 0, "{v:#}");
+    assert_eq!(d["duplicates"], 0, "{v:#}");
+    assert_eq!(d["foreign"], 0, "{v:#}");
+    // Every topic has exactly one subscriber: one delivery per update.
+    assert_eq!(d["expected"].as_u64().unwrap(), acked, "{v:#}");
+    assert_eq!(d["total"].as_u64().unwrap(), acked, "{v:#}");
+}
+
+#[test]
+fn bench_refuses_several_topics_per_subscription_outside_mercure() {
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", "http://127.0.0.1:9", "--flavor", "nchan"])
+        .args(["--publish-url", "http://127.0.0.1:9/pub"])
+        .args(["--subscribers", "2", "--topics", "5"])
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_PUBLISHER_JWT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only a Mercure hub takes"), "{stderr}");
+}
+
+#[test]
+fn bench_refuses_subscription_requests_too_large_for_the_hub() {
+    let out = Command::new(BIN)
+        .args(["bench", "--hub", "http://127.0.0.1:9", "--idle"])
+        .args(["--subscribers", "1", "--topics", "5000"])
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_PUBLISHER_JWT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("more than the 64 KiB request head"),
+        "{stderr}"
+    );
+}

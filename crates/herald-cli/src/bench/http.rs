@@ -83,11 +83,21 @@ impl Target {
         }
     }
 
-    /// The complete subscription request for one topic.
-    pub fn subscribe_request(&self, topic: &str, token: Option<&str>) -> Vec<u8> {
+    /// The complete subscription request for `topics` (at least one): a
+    /// `topic=` parameter each, as Mercure allows.
+    pub fn subscribe_request<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        token: Option<&str>,
+    ) -> Vec<u8> {
         let mut target = self.target_prefix();
-        target.push_str("topic=");
-        form_encode(topic, &mut target);
+        for (i, topic) in topics.into_iter().enumerate() {
+            if i > 0 {
+                target.push('&');
+            }
+            target.push_str("topic=");
+            form_encode(topic, &mut target);
+        }
         let mut req = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
              Cache-Control: no-cache\r\nUser-Agent: {}\r\n",
@@ -626,12 +636,28 @@ mod tests {
             path: "/.well-known/mercure".into(),
             query: None,
         };
-        let req = String::from_utf8(t.subscribe_request("https://b/t/1 x", Some("T"))).unwrap();
+        let req = String::from_utf8(t.subscribe_request(["https://b/t/1 x"], Some("T"))).unwrap();
+        assert_eq!(
+            req,
+            format!(
+                "GET /.well-known/mercure?topic=https%3A%2F%2Fb%2Ft%2F1+x HTTP/1.1\r\n\
+                 Host: localhost:8080\r\nAccept: text/event-stream\r\n\
+                 Cache-Control: no-cache\r\nUser-Agent: {}\r\n\
+                 Authorization: Bearer T\r\n\r\n",
+                user_agent()
+            )
+        );
+        let q = Target {
+            query: Some("a=1".into()),
+            ..t.clone()
+        };
+        let req =
+            String::from_utf8(q.subscribe_request(["https://b/t/1", "b&c", "d"], None)).unwrap();
         assert!(req.starts_with(
-            "GET /.well-known/mercure?topic=https%3A%2F%2Fb%2Ft%2F1+x HTTP/1.1\r\n\
-             Host: localhost:8080\r\n"
+            "GET /.well-known/mercure?a=1&topic=https%3A%2F%2Fb%2Ft%2F1&topic=b%26c&topic=d \
+             HTTP/1.1\r\nHost: localhost:8080\r\n"
         ));
-        assert!(req.ends_with("Authorization: Bearer T\r\n\r\n"));
+        assert!(!req.contains("Authorization"));
         assert_eq!(t.source_addrs(3).len(), 3);
         assert_eq!(t.source_addrs(3)[2].to_string(), "127.0.0.3");
     }

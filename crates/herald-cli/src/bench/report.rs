@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::layout::Layout;
 use super::stats::Percentiles;
 
 #[derive(Debug, Serialize)]
@@ -41,6 +42,10 @@ pub(super) struct ChurnOut {
 pub(super) struct ConfigOut {
     pub(super) subscribers: usize,
     pub(super) topics: u64,
+    /// Topics each subscriber subscribes to (in one request), at most: 1
+    /// unless there are more topics than subscribers, which then share
+    /// them out so every topic has exactly one subscriber.
+    pub(super) topics_per_subscriber: u64,
     pub(super) publishers: usize,
     /// Updates per second; 0 is unlimited.
     pub(super) rate: f64,
@@ -244,11 +249,12 @@ pub(super) fn render(s: &Summary) -> String {
     let idle = s.mode == "idle";
     let mut text = String::new();
     let _ = writeln!(text, "\nherald bench: {} ({})", s.hub_url, s.mode);
+    let on_topics = format!("{} topic(s){}", c.topics, fmt_topics_per_subscriber(c));
     let _ = if idle {
         writeln!(
             text,
-            "{} subscribers on {} topic(s), held {} s",
-            c.subscribers, c.topics, c.duration_s
+            "{} subscribers on {on_topics}, held {} s",
+            c.subscribers, c.duration_s
         )
     } else {
         let rate = if c.rate > 0.0 {
@@ -258,9 +264,9 @@ pub(super) fn render(s: &Summary) -> String {
         };
         writeln!(
             text,
-            "{} subscribers on {} topic(s), {} publisher(s) at {rate}, {}-byte payloads, \
+            "{} subscribers on {on_topics}, {} publisher(s) at {rate}, {}-byte payloads, \
              {} s measured after {} s warm-up",
-            c.subscribers, c.topics, c.publishers, c.payload_size, c.duration_s, c.warmup_s
+            c.subscribers, c.publishers, c.payload_size, c.duration_s, c.warmup_s
         )
     };
 
@@ -469,6 +475,21 @@ pub(super) fn render(s: &Summary) -> String {
         }
     }
     text
+}
+
+/// ` (6 per subscriber)`, ` (5 or 6 per subscriber)`; nothing with one
+/// topic each.
+fn fmt_topics_per_subscriber(c: &ConfigOut) -> String {
+    if c.topics_per_subscriber <= 1 {
+        return String::new();
+    }
+    let layout = Layout::new(c.topics, c.subscribers);
+    let (least, most) = (layout.min_topics_per_slot(), c.topics_per_subscriber);
+    if least == most {
+        format!(" ({most} per subscriber)")
+    } else {
+        format!(" ({least} or {most} per subscriber)")
+    }
 }
 
 pub(super) fn fmt_percentiles(p: &Percentiles, long: bool) -> String {

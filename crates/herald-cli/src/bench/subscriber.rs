@@ -11,6 +11,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::http::{parse_head, Framing, Target, MAX_HEAD};
+use super::layout::Layout;
 use super::payload;
 use super::sse::Scanner;
 use super::stats::{Seen, Shared};
@@ -22,13 +23,14 @@ const READ_BUFFER: usize = 4096;
 #[derive(Debug)]
 pub(super) struct Config {
     pub target: Target,
-    /// The subscription request of each topic.
+    /// The subscription request of each slot (see [`Layout`]); subscriber
+    /// `index` sends `requests[index % requests.len()]`.
     pub requests: Vec<Vec<u8>>,
     /// Local addresses to bind to, cycling; empty: let the kernel choose.
     pub sources: Vec<IpAddr>,
     pub connect_timeout: Duration,
-    /// Number of topics (a sequence number `s` belongs to topic `s % topics`).
-    pub topics: u64,
+    /// Which topics each slot holds, and how updates are keyed.
+    pub layout: Layout,
     /// Zero of every timestamp in the run.
     pub epoch: Instant,
     pub shared: Arc<Shared>,
@@ -57,7 +59,8 @@ const SLOW_RECV_BUFFER: u32 = 4096;
 /// How connecting went, reported as soon as it is known.
 #[derive(Debug)]
 pub(super) struct Outcome {
-    pub topic: usize,
+    /// The subscriber's slot (see [`Layout`]).
+    pub slot: usize,
     /// A subscriber that never reads: not expected to receive anything.
     pub slow: bool,
     pub took: Duration,
@@ -67,7 +70,8 @@ pub(super) struct Outcome {
 /// What one subscriber saw, handed back when the run stops.
 #[derive(Debug, Default)]
 pub(super) struct Report {
-    pub topic: usize,
+    /// The subscriber's slot (see [`Layout`]).
+    pub slot: usize,
     pub connected: bool,
     /// Never read (see [`Config::slow`]).
     pub slow: bool,
@@ -76,8 +80,9 @@ pub(super) struct Report {
     /// Events received inside the measured window.
     pub in_window: u64,
     pub duplicates: u64,
-    /// Events that did not carry a bench payload of this topic.
+    /// Events that did not carry a bench payload of its topics.
     pub foreign: u64,
+    /// The updates seen, by their key in the slot (see [`Layout::place`]).
     pub seen: Seen,
     /// Why the stream ended before the run did.
     pub dropped: Option<String>,
@@ -92,10 +97,10 @@ pub(super) async fn run(
     outcomes: mpsc::UnboundedSender<Outcome>,
     mut stop: watch::Receiver<bool>,
 ) -> Report {
-    let topic = index % cfg.requests.len();
+    let slot = cfg.layout.slot_of(index);
     let slow = cfg.is_slow(index);
     let mut report = Report {
-        topic,
+        slot,
         slow,
         ..Default::default()
     };
@@ -107,7 +112,7 @@ pub(super) async fn run(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let _ = outcomes.send(Outcome {
-                topic,
+                slot,
                 slow,
                 took: started.elapsed(),
                 error: Some(e),
@@ -116,7 +121,7 @@ pub(super) async fn run(
         }
         Err(_) => {
             let _ = outcomes.send(Outcome {
-                topic,
+                slot,
                 slow,
                 took: started.elapsed(),
                 error: Some("timed out".into()),
@@ -126,7 +131,7 @@ pub(super) async fn run(
     };
     report.connected = true;
     let _ = outcomes.send(Outcome {
-        topic,
+        slot,
         slow,
         took: started.elapsed(),
         error: None,
@@ -142,7 +147,7 @@ pub(super) async fn run(
     let mut state = Reader {
         cfg: &cfg,
         index,
-        topic: topic as u64,
+        slot,
         scanner: Scanner::default(),
         events: Vec::new(),
         latencies: Vec::new(),
@@ -254,7 +259,7 @@ async fn connect(
 struct Reader<'a> {
     cfg: &'a Config,
     index: usize,
-    topic: u64,
+    slot: usize,
     scanner: Scanner,
     /// What the events of the current read carried: (scheduled time,
     /// sequence number), `None` for a foreign payload.
@@ -287,11 +292,12 @@ impl Reader<'_> {
                 self.report.foreign += 1;
                 continue;
             };
-            if seq >= next_seq || seq % self.cfg.topics != self.topic {
+            let (slot, key) = self.cfg.layout.place(seq);
+            if seq >= next_seq || slot != self.slot {
                 self.report.foreign += 1;
                 continue;
             }
-            if !self.report.seen.insert(seq / self.cfg.topics) {
+            if !self.report.seen.insert(key) {
                 self.report.duplicates += 1;
                 continue;
             }
