@@ -135,3 +135,60 @@ async fn a_parked_stream_resumes_after_its_socket_fills() {
     assert_eq!(ids, want);
     assert_eq!(hub.hub.metrics().slow_disconnects.get(), 0);
 }
+
+/// A client that stopped reading stops taking the hub's writes after a
+/// bounded number of unsent bytes, not after the megabytes the kernel
+/// would let its send buffer grow to: from then on new updates wait in
+/// its bounded queue (cheap pointers), and it is disconnected when that
+/// overflows. Here 1 KiB updates and a 16-frame queue: the stuck client
+/// is let go after about a hundred updates (64 KiB unsent, its own small
+/// receive buffer, 16 queued), where an unbounded socket would have
+/// taken thousands.
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_bounded_kernel_buffers() {
+    use tokio::io::AsyncReadExt;
+    let hub = TestHub::start(HubConfig {
+        heartbeat: Duration::from_secs(3600),
+        queue_frames: 16,
+        ..config()
+    })
+    .await;
+    let c = client();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(hub.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the head and first flush, then never again.
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains(":\n\n") {
+        let n = tokio::time::timeout(LONG, stuck.read(&mut buf))
+            .await
+            .expect("no response head")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(SHORT).await;
+
+    let payload = "z".repeat(1024);
+    let mut sent = 0;
+    while hub.hub.metrics().slow_disconnects.get() == 0 && sent < 2000 {
+        publish_ok(&c, &hub, &[("topic", "t"), ("data", &payload)]).await;
+        sent += 1;
+        // Let the flusher write before the next update is queued.
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        hub.hub.metrics().slow_disconnects.get(),
+        1,
+        "the stuck client took {sent} updates of 1 KiB without being let go"
+    );
+    assert!(
+        sent < 400,
+        "the stuck client was let go only after {sent} updates of 1 KiB"
+    );
+}
