@@ -20,11 +20,24 @@
 #                 a server that answers a publication only once it has
 #                 fanned it out is not held back by a lone
 #                 publisher waiting for each answer)
+#     publish     1 subscriber, 64 keep-alive publishers flat out, one
+#                 update per request
+#     topics10    10 topics with one subscriber each, 10,000 updates/s
+#                 over them (16 publishers); the hub's CPU per update
+#     topics      the same over 18,900 topics, one subscriber each (the
+#                 most connections one process may hold here); compare
+#                 its CPU per update with topics10's
+#     churn       latency5 while 10,000 new subscriptions per second
+#                 open and close (anonymous, as every server takes them)
+#     slow100     latency100 with 10 % of the subscribers never reading
 #   options:
 #     --runs N          runs of each scenario and server (default 1)
 #     --duration S      measured seconds per run (default 10)
-#     --servers LIST    comma-separated, of herald,naive,nchan,pushpin
-#                       (default all four)
+#     --servers LIST    comma-separated, of herald,naive,nchan,pushpin,floor
+#                       (default the first four; floor is the write floor
+#                       in benches/naive-axum/src/bin/write-floor.rs: one
+#                       write per subscriber per update and nothing else,
+#                       the kernel's share of any server's cost)
 #     --subscribers N   override the scenario's subscriber count
 #     --nice N          run servers and generator at this niceness, e.g. -10
 #                       on a machine shared with builds (root only below
@@ -44,7 +57,7 @@
 # supervises, nor the GRIP origin, which only answers subscriptions and runs
 # on the generator's core).
 #
-# Needs free loopback ports 18080 (herald), 8090 (naive), 8092 (nginx),
+# Needs free loopback ports 18080 (herald), 8090 (naive), 8096 (floor), 8092 (nginx),
 # 8093-8095 (Pushpin, its control API, the origin), taskset, python3.
 set -euo pipefail
 
@@ -72,17 +85,20 @@ while (($#)); do
     --no-build) build=0; shift ;;
     --out) out=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    smoke | idle | fanout | latency5 | latency100) scenarios+=("$1"); shift ;;
+    smoke | idle | fanout | latency5 | latency100 | publish | topics10 | topics | churn | slow100)
+        scenarios+=("$1")
+        shift
+        ;;
     *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 if ((${#scenarios[@]} == 0)); then
-    echo "compare.sh: name at least one scenario: smoke idle fanout latency5 latency100" >&2
+    echo "compare.sh: name at least one scenario: smoke idle fanout latency5 latency100 publish topics10 topics churn slow100" >&2
     exit 2
 fi
 IFS=, read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-    case $s in herald | naive | nchan | pushpin) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+    case $s in herald | naive | nchan | pushpin | floor) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
 done
 for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing" >&2; exit 1; }
@@ -102,6 +118,7 @@ if ((build)); then
 fi
 HERALD=$ROOT/target/release/herald
 NAIVE=$ROOT/target/release/naive-axum
+FLOOR=$ROOT/target/release/write-floor
 out=${out:-$ROOT/target/bench-results/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 scratch=$(mktemp -d /tmp/herald-compare.XXXXXX)
@@ -184,6 +201,7 @@ server_ports() {
     herald) echo 18080 ;;
     naive) echo 8090 ;;
     nchan) echo 8092 ;;
+    floor) echo 8096 ;;
     pushpin) echo 8093 8094 8095 ;;
     esac
 }
@@ -230,6 +248,13 @@ start_server() {
         wait_port 8090
         # It ignores the token; sending one keeps the requests herald's.
         bench_args=(--hub http://127.0.0.1:8090/.well-known/mercure --key "$KEY")
+        ;;
+    floor)
+        "${hub_core[@]}" "$FLOOR" --addr 127.0.0.1:8096 >"$dir/out.log" 2>&1 &
+        started+=($!)
+        measure=$!
+        wait_port 8096
+        bench_args=(--hub http://127.0.0.1:8096/.well-known/mercure --key "$KEY")
         ;;
     nchan)
         mkdir -p "$dir/tmp"
@@ -280,6 +305,11 @@ scenario_args() {
     fanout) echo "--subscribers ${subscribers:-1000} --publishers 4 --rate 0" ;;
     latency5) echo "--subscribers ${subscribers:-10000} --publishers 4 --rate 5" ;;
     latency100) echo "--subscribers ${subscribers:-10000} --publishers 4 --rate 100" ;;
+    publish) echo "--subscribers ${subscribers:-1} --publishers 64 --rate 0" ;;
+    topics10) echo "--subscribers 10 --topics 10 --publishers 16 --rate 10000" ;;
+    topics) echo "--subscribers ${subscribers:-18900} --topics ${subscribers:-18900} --publishers 16 --rate 10000" ;;
+    churn) echo "--subscribers ${subscribers:-10000} --publishers 4 --rate 5 --churn 10000" ;;
+    slow100) echo "--subscribers ${subscribers:-10000} --publishers 4 --rate 100 --slow 10" ;;
     esac
 }
 
@@ -323,6 +353,10 @@ def load(r):
     return json.load(open(p)) if r["status"] == "ok" and os.path.exists(p) else None
 
 def get(d, *path):
+    if path == ("cpu_us_per_update",):
+        cpu = get(d, "hub_process", "cpu_percent")
+        rate = get(d, "publish", "achieved_rate")
+        return cpu / 100 / rate * 1e6 if cpu is not None and rate else None
     for k in path:
         if d is None:
             return None
@@ -348,6 +382,22 @@ MEASURES["latency5"] = MEASURES["latency100"] = [
     ("deliv/s", ("deliveries", "per_second"), None),
     ("hub CPU %", ("hub_process", "cpu_percent"), None),
     ("losses", ("deliveries", "losses"), None)]
+MEASURES["slow100"] = MEASURES["latency100"] + [
+    ("RSS end KiB", ("hub_process", "rss_end_kib"), "low")]
+MEASURES["publish"] = [("pub/s", ("publish", "achieved_rate"), "high"),
+                       ("ack p99 ms", ("publish", "ack_ms", "p99"), "low"),
+                       ("hub CPU %", ("hub_process", "cpu_percent"), None),
+                       ("losses", ("deliveries", "losses"), None)]
+MEASURES["topics10"] = MEASURES["topics"] = [
+    ("CPU us/upd", ("cpu_us_per_update",), "low"),
+    ("pub/s", ("publish", "achieved_rate"), None),
+    ("connected", ("connections", "ok"), None),
+    ("losses", ("deliveries", "losses"), None)]
+MEASURES["churn"] = [("conn/s", ("churn", "per_second"), "high"),
+                     ("churn fail", ("churn", "failed"), None),
+                     ("p50 ms", ("latency_ms", "p50"), "low"),
+                     ("p99 ms", ("latency_ms", "p99"), "low"),
+                     ("losses", ("deliveries", "losses"), None)]
 
 by = {}
 for r in runs:

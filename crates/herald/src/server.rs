@@ -40,6 +40,20 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Unsent bytes a connection's socket may hold before writes to it wait
+/// (`TCP_NOTSENT_LOWAT`). The kernel grows a socket's send buffer up to
+/// `tcp_wmem`'s maximum (4 MiB by default, and reached at once on
+/// loopback), so a subscriber that stopped reading would otherwise take
+/// every update into kernel memory for minutes: a system call and a copy
+/// each, for nothing, and megabytes per stalled client, while the hub
+/// never sees it fall behind. Past this bound the socket reports full, the
+/// stream stops writing to it, and new frames wait in the subscriber's
+/// bounded queue (pointers to shared updates) until it drains or
+/// overflows. Bytes in flight to a reading client do not count, so a fast
+/// client on a long path is not held back.
+#[cfg(target_os = "linux")]
+const UNSENT_LIMIT: u32 = 64 * 1024;
+
 /// Time a new connection has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -146,6 +160,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        #[cfg(target_os = "linux")]
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+            tracing::debug!(%peer, "cannot bound unsent bytes: {e}");
+        }
         tracker.spawn(connection(stream, peer, permit, hub.clone(), app.clone()));
     }
 

@@ -48,18 +48,6 @@ const FLUSH_SLICE: usize = 64;
 /// treated as misbehaving and disconnected (an event stream's client has
 /// nothing to say).
 const MAX_DISCARD: usize = 64 * 1024;
-/// Unsent bytes a parked socket may hold before writes to it wait
-/// (`TCP_NOTSENT_LOWAT`). The kernel grows a socket's send buffer up to
-/// `tcp_wmem`'s maximum (4 MiB by default, and reached at once on
-/// loopback), so a client that stopped reading would otherwise take every
-/// write into kernel memory for minutes: each costing a system call and a
-/// copy for nothing, and megabytes per stalled client. Past this bound the
-/// socket reports full, the flusher stops writing to it, and new frames
-/// wait in the subscriber's bounded queue (pointers to shared updates).
-/// Data already in flight to a reading client does not count, so a fast
-/// client on a long path is not held back.
-#[cfg(target_os = "linux")]
-const UNSENT_LIMIT: u32 = 64 * 1024;
 
 /// A parked connection: what its task held, minus the task.
 pub(crate) struct Parked {
@@ -247,10 +235,6 @@ pub(crate) fn park(
             return;
         }
     };
-    #[cfg(target_os = "linux")]
-    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT) {
-        tracing::debug!(subscriber = sub.id, "cannot bound unsent bytes: {e}");
-    }
     // Stored before the watcher sees the socket, so its first event finds
     // it (stray bytes are drained at once).
     let fd = stream.as_raw_fd();
