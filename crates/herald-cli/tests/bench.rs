@@ -1,6 +1,6 @@
 //! `herald bench` end to end against a real `herald serve`.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,27 +21,52 @@ impl Drop for Hub {
 }
 
 impl Hub {
+    /// Starts the hub on a port it picks itself and reads the address
+    /// from its "listening" line: a port chosen here and handed over could
+    /// be taken meanwhile by another test's hub, whose address this test
+    /// would then measure until that test stops it.
     fn start() -> Hub {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(BIN)
-            .args(["serve", "--engine", "memory", "--addr", &addr])
-            .args(["--publisher-jwt", KEY, "--log", "warn"])
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args(["serve", "--engine", "memory", "--addr", "127.0.0.1:0"])
+            .args(["--publisher-jwt", KEY, "--log", "info"])
             .env_remove("HERALD_PUBLISHER_JWT")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let hub = Hub { child, addr };
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining once the test stops listening, so the
+                // child never blocks on a full pipe.
+                let _ = tx.send(line);
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&hub.addr).is_err() {
-            assert!(Instant::now() < deadline, "the hub did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the hub did not start: {seen:#?}"));
+            if let Some((_, rest)) = line.split_once("herald listening on http://") {
+                // The address, without the colour codes that may follow.
+                break rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+                    .collect::<String>();
+            }
+            seen.push(line);
+        };
+        let hub = Hub { child, addr };
+        assert!(
+            TcpStream::connect(&hub.addr).is_ok(),
+            "the hub does not listen on {}",
+            hub.addr
+        );
         hub
     }
 }

@@ -34,10 +34,10 @@ impl Hub {
     /// Starts `herald serve` with extra args; waits until it listens and
     /// collects what it printed before (the quickstart, when generated).
     fn start(extra: &[&str]) -> Hub {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        // The hub picks its port and names it in its "listening" line: a
+        // port picked here could be taken by another test's hub meanwhile.
         let mut child = Command::new(BIN)
-            .args(["serve", "--addr", &addr, "--log", "info"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--log", "info"])
             .args(extra)
             .env_remove("HERALD_PUBLISHER_JWT")
             .stdout(Stdio::null())
@@ -56,19 +56,26 @@ impl Hub {
         });
         let mut lines = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(l) => {
-                    let ready = l.contains("herald listening");
+                    // The address, without the colour codes that may follow.
+                    let addr = l
+                        .split_once("herald listening on http://")
+                        .map(|(_, rest)| {
+                            rest.chars()
+                                .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+                                .collect::<String>()
+                        });
                     lines.push(l);
-                    if ready {
-                        break;
+                    if let Some(addr) = addr {
+                        break addr;
                     }
                 }
                 Err(_) => panic!("hub did not start: {lines:#?}"),
             }
-        }
+        };
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         Hub {
