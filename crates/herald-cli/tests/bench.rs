@@ -1,5 +1,7 @@
 //! `herald bench` end to end against a real `herald serve`.
 
+mod common;
+
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +23,8 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    /// Starts the hub on a port it picks itself and reads the address
-    /// from its "listening" line: a port chosen here and handed over could
-    /// be taken meanwhile by another test's hub, whose address this test
-    /// would then measure until that test stops it.
+    /// Starts the hub on a port it picks itself (see
+    /// [`common::listening_addr`]).
     fn start() -> Hub {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(BIN)
@@ -52,12 +52,8 @@ impl Hub {
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("the hub did not start: {seen:#?}"));
-            if let Some((_, rest)) = line.split_once("herald listening on http://") {
-                // The address, without the colour codes that may follow.
-                break rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
-                    .collect::<String>();
+            if let Some(addr) = common::listening_addr(&line) {
+                break addr;
             }
             seen.push(line);
         };

@@ -1,6 +1,8 @@
 //! The `herald` binary end to end: zero-configuration start, publish, tail,
 //! token, clear CLI errors, graceful shutdown on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -34,8 +36,7 @@ impl Hub {
     /// Starts `herald serve` with extra args; waits until it listens and
     /// collects what it printed before (the quickstart, when generated).
     fn start(extra: &[&str]) -> Hub {
-        // The hub picks its port and names it in its "listening" line: a
-        // port picked here could be taken by another test's hub meanwhile.
+        // The hub picks its port (see `common::listening_addr`).
         let mut child = Command::new(BIN)
             .args(["serve", "--addr", "127.0.0.1:0", "--log", "info"])
             .args(extra)
@@ -60,14 +61,7 @@ impl Hub {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(l) => {
-                    // The address, without the colour codes that may follow.
-                    let addr = l
-                        .split_once("herald listening on http://")
-                        .map(|(_, rest)| {
-                            rest.chars()
-                                .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
-                                .collect::<String>()
-                        });
+                    let addr = common::listening_addr(&l);
                     lines.push(l);
                     if let Some(addr) = addr {
                         break addr;

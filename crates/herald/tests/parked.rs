@@ -10,12 +10,28 @@ use common::*;
 use herald::HubConfig;
 use tokio::io::AsyncWriteExt;
 
+/// Reads from `tcp` until what was read contains `needle`; returns all of it.
+async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(n > 0, "the hub closed the stream");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// A waiting event stream is parked, with no task of its own: bytes its
 /// client sends are dropped and the stream goes on, and a client that
 /// closes is noticed at once (not at the next heartbeat or update).
 #[tokio::test]
 async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
-    use tokio::io::AsyncReadExt;
     let hub = TestHub::start(HubConfig {
         heartbeat: Duration::from_secs(3600),
         ..config()
@@ -29,20 +45,6 @@ async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
             .unwrap();
         let got = read_until(&mut tcp, ":\n\n").await;
         (tcp, got)
-    }
-    async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let deadline = tokio::time::Instant::now() + LONG;
-        while !String::from_utf8_lossy(&got).contains(needle) {
-            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
-                .unwrap();
-            assert!(n > 0, "the hub closed the stream");
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
     }
     let (mut a, head) = open(&hub).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -91,16 +93,8 @@ async fn a_parked_stream_resumes_after_its_socket_fills() {
     tcp.write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
+    let mut got = read_until(&mut tcp, ":\n\n").await.into_bytes();
     let mut buf = vec![0u8; 65536];
-    while !String::from_utf8_lossy(&got).contains(":\n\n") {
-        let n = tokio::time::timeout(LONG, tcp.read(&mut buf))
-            .await
-            .expect("no response head")
-            .unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
     tokio::time::sleep(SHORT).await;
 
     // 16 MB for a client that does not read meanwhile: more than the
@@ -146,7 +140,6 @@ async fn a_parked_stream_resumes_after_its_socket_fills() {
 /// taken thousands.
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_bounded_kernel_buffers() {
-    use tokio::io::AsyncReadExt;
     let hub = TestHub::start(HubConfig {
         heartbeat: Duration::from_secs(3600),
         queue_frames: 16,
@@ -162,16 +155,7 @@ async fn a_client_that_stops_reading_holds_bounded_kernel_buffers() {
         .await
         .unwrap();
     // Read the head and first flush, then never again.
-    let mut buf = [0u8; 1024];
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains(":\n\n") {
-        let n = tokio::time::timeout(LONG, stuck.read(&mut buf))
-            .await
-            .expect("no response head")
-            .unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut stuck, ":\n\n").await;
     tokio::time::sleep(SHORT).await;
 
     let payload = "z".repeat(1024);
