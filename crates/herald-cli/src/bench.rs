@@ -265,7 +265,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let layout = Layout::new(args.topics, args.subscribers);
+    let layout = args.layout();
     let requests = subscribe_requests(&args, &target, layout, &topics, subscribe_token.as_deref())?;
 
     let epoch = Instant::now();
@@ -500,6 +500,14 @@ fn port_capacity(sources: usize) -> Option<u64> {
 }
 
 /// The publishers' token: required by Mercure, optional elsewhere.
+impl Args {
+    /// How the topics are spread over the subscriptions: the one place
+    /// both the subscribers and the publishers' tally take it from.
+    fn layout(&self) -> Layout {
+        Layout::new(self.topics, self.subscribers)
+    }
+}
+
 fn publisher_token(args: &Args) -> anyhow::Result<Option<String>> {
     match (&args.token, &args.key) {
         (Some(t), _) => Ok(Some(t.clone())),
@@ -903,8 +911,7 @@ async fn publish(
         acked_per_slot: Vec::new(),
     };
     let mut acked_in_window = 0;
-    // The subscribers' layout, as `run` made it.
-    let layout = Layout::new(args.topics, args.subscribers);
+    let layout = args.layout();
     let mut per_slot: Vec<Vec<u64>> = vec![Vec::new(); layout.slots()];
     for r in reports {
         load.sent += r.sent;

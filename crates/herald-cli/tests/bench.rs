@@ -140,16 +140,24 @@ fn bench_counts_every_delivery_of_a_real_hub() {
     assert!(v["generator"]["cpu_percent"].as_f64().is_some(), "{v:#}");
 }
 
-#[test]
-fn bench_refuses_to_publish_without_a_token() {
+/// Runs `herald bench` with `args` against a port nothing listens on,
+/// with no token in the environment; asserts it failed and returns its
+/// stderr.
+fn bench_refused(args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["bench", "--hub", "http://127.0.0.1:9", "--subscribers", "1"])
+        .args(["bench", "--hub", "http://127.0.0.1:9"])
+        .args(args)
         .env_remove("HERALD_TOKEN")
         .env_remove("HERALD_PUBLISHER_JWT")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bench_refuses_to_publish_without_a_token() {
+    let stderr = bench_refused(&["--subscribers", "1"]);
     assert!(stderr.contains("publishing needs a token"), "{stderr}");
 }
 
@@ -266,30 +274,22 @@ fn bench_shares_more_topics_than_subscribers_out_one_subscriber_each() {
 
 #[test]
 fn bench_refuses_several_topics_per_subscription_outside_mercure() {
-    let out = Command::new(BIN)
-        .args(["bench", "--hub", "http://127.0.0.1:9", "--flavor", "nchan"])
-        .args(["--publish-url", "http://127.0.0.1:9/pub"])
-        .args(["--subscribers", "2", "--topics", "5"])
-        .env_remove("HERALD_TOKEN")
-        .env_remove("HERALD_PUBLISHER_JWT")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = bench_refused(&[
+        "--flavor",
+        "nchan",
+        "--publish-url",
+        "http://127.0.0.1:9/pub",
+        "--subscribers",
+        "2",
+        "--topics",
+        "5",
+    ]);
     assert!(stderr.contains("only a Mercure hub takes"), "{stderr}");
 }
 
 #[test]
 fn bench_refuses_subscription_requests_too_large_for_the_hub() {
-    let out = Command::new(BIN)
-        .args(["bench", "--hub", "http://127.0.0.1:9", "--idle"])
-        .args(["--subscribers", "1", "--topics", "5000"])
-        .env_remove("HERALD_TOKEN")
-        .env_remove("HERALD_PUBLISHER_JWT")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = bench_refused(&["--idle", "--subscribers", "1", "--topics", "5000"]);
     assert!(
         stderr.contains("more than the 64 KiB request head"),
         "{stderr}"
