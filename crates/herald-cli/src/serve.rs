@@ -402,7 +402,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let engine_name = engine.name();
-    let listener = herald::server::bind(plan.addr)
+    let listener = herald::transport::server::bind(plan.addr)
         .with_context(|| format!("cannot listen on {}", plan.addr))?;
     let addr = listener.local_addr()?;
     if !plan.public_url_given {

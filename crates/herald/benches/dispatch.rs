@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::engine::{Sink, Stored};
-use herald::registry::Registry;
-use herald::subscriber::Subscriber;
+use herald::hub::Subscriber;
+use herald::hub::TopicIndex as Registry;
 use herald::telemetry::Metrics;
 use herald_protocol::{Selector, Update};
 

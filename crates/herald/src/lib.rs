@@ -3,22 +3,25 @@
 //!
 //! # Layout
 //!
-//! - [`hub`]: the [`Hub`] handle: engine, topic index, authorization,
-//!   counters, and the native publishing API ([`Hub::publish`]).
-//! - [`engine`]: where updates live: [`engine::memory`] (bounded ring) and
-//!   [`engine::local`] (durable, on disk).
-//! - [`registry`]: the topic index that finds the subscribers of an update.
-//! - [`subscriber`]: one connection's selectors, rights and bounded queue.
-//! - [`subscriptions`]: subscription events and the table behind the
-//!   subscriptions API (when switched on).
-//! - [`auth`]: Mercure JWTs from header, query or cookie.
-//! - [`http`]: the axum routes; [`server`]: listener, limits, shutdown.
-//! - [`config`]: the settings of a hub.
+//! Layers, each using only those below it:
+//!
+//! ```text
+//! transport/  how bytes reach a client: the server, the HTTP/1.1 fast path
+//!             (direct + parked); hyper for the rest
+//! http/       the routes (publish, event streams, subscriptions API,
+//!             metadata, admin, page) and the stream policy
+//! hub/        the core: the Hub handle, topic index, subscriber queues, the
+//!             replay→live feed, heartbeats; no socket, no HTTP
+//! config, telemetry
+//! auth/       tokens of both revisions
+//! engine/     the contract, memory and local
+//! herald-protocol (its own crate): SSE, selectors, templates, URL patterns
+//! ```
 //!
 //! # The path of one update
 //!
 //! publisher → validate + authorize → `engine.append` (position + id) →
-//! registry: matching subscribers → one shared SSE frame → each
+//! topic index: matching subscribers → one shared SSE frame → each
 //! subscriber's bounded queue → its stream → socket.
 
 pub mod auth;
@@ -27,14 +30,15 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod oauth;
-pub mod registry;
-pub mod server;
-pub mod stats;
-pub mod subscriber;
-pub mod subscriptions;
 pub mod telemetry;
+pub mod transport;
 
 pub use config::HubConfig;
 pub use herald_protocol as protocol;
 pub use hub::Hub;
-pub use server::serve;
+pub use transport::server::{serve, Server};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -33,6 +33,8 @@ pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
     pub connections_total: Counter,
+    /// Event streams parked now: waiting with no task of their own.
+    pub parked_streams: Gauge,
     pub subscriptions: Gauge,
     pub published: Counter,
     pub delivered: Counter,
@@ -65,6 +67,7 @@ impl Metrics {
         let m = Self {
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            parked_streams: Gauge::default(),
             subscriptions: Gauge::default(),
             published: Counter::default(),
             delivered: Counter::default(),
@@ -88,6 +91,11 @@ impl Metrics {
             "connections",
             "Subscriber connections accepted",
             m.connections_total.clone(),
+        );
+        registry.register(
+            "parked_streams",
+            "Event streams waiting parked, with no task of their own",
+            m.parked_streams.clone(),
         );
         registry.register(
             "subscriptions",
@@ -150,7 +158,7 @@ impl Metrics {
         out
     }
 
-    // === named events ===
+    // Named events: each emits its log line and its metrics together.
 
     pub fn subscriber_connected(
         &self,

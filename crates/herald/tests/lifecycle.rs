@@ -43,10 +43,10 @@ async fn a_subscriber_that_never_reads_is_disconnected() {
     let mut good = Subscription::topics(&hub, &["t"]).await;
     // Wait until both are registered.
     let deadline = Instant::now() + LONG;
-    while hub.hub.registry().len() < 2 && Instant::now() < deadline {
+    while hub.hub.index().len() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(hub.hub.registry().len(), 2);
+    assert_eq!(hub.hub.index().len(), 2);
 
     // Publish in step with the reading subscriber: each update must reach
     // it promptly although the stuck client's queue fills and overflows.
@@ -70,11 +70,11 @@ async fn a_subscriber_that_never_reads_is_disconnected() {
     let grown = rss_bytes().saturating_sub(before);
     assert_eq!(hub.hub.metrics().slow_disconnects.get(), 1);
     let deadline = Instant::now() + LONG;
-    while hub.hub.registry().len() > 1 && Instant::now() < deadline {
+    while hub.hub.index().len() > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        hub.hub.registry().len(),
+        hub.hub.index().len(),
         1,
         "stuck subscriber still registered"
     );

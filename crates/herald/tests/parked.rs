@@ -49,7 +49,7 @@ async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
     let (mut a, head) = open(&hub).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let (b, _) = open(&hub).await;
-    assert_eq!(hub.hub.registry().len(), 2);
+    assert_eq!(hub.hub.index().len(), 2);
     // Give both time to park after their first flush.
     tokio::time::sleep(SHORT).await;
 
@@ -62,11 +62,11 @@ async fn parked_streams_ignore_stray_bytes_and_notice_closes() {
 
     drop(b);
     let deadline = Instant::now() + LONG;
-    while hub.hub.registry().len() > 1 && Instant::now() < deadline {
+    while hub.hub.index().len() > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        hub.hub.registry().len(),
+        hub.hub.index().len(),
         1,
         "the closed client is still registered"
     );
@@ -175,4 +175,80 @@ async fn a_client_that_stops_reading_holds_bounded_kernel_buffers() {
         sent < 400,
         "the stuck client was let go only after {sent} updates of 1 KiB"
     );
+}
+
+/// `herald_parked_streams` from `/metrics`.
+async fn parked_gauge(hub: &TestHub) -> i64 {
+    let text = client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_parked_streams "))
+        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the gauge reads `want`, and returns what it read last.
+async fn gauge_reaches(hub: &TestHub, want: i64) -> i64 {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let got = parked_gauge(hub).await;
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Idle streams park, and `/metrics` shows it; streams that resume park
+/// once their history is sent; closed ones leave the count; with parking
+/// off, none does.
+#[tokio::test]
+async fn idle_streams_park_and_the_gauge_shows_it() {
+    let hub = TestHub::start(config()).await;
+    let c = client();
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "old")]).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(Subscription::topics(&hub, &["t"]).await);
+    }
+    let mut resumed =
+        Subscription::open(&hub, &[("topic", "t"), ("lastEventID", "earliest")], &[]).await;
+    assert_eq!(resumed.next_event(LONG).await.unwrap().data, "old");
+    assert_eq!(gauge_reaches(&hub, 6).await, 6);
+    // Parked streams still get their updates.
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "new")]).await;
+    for s in idle.iter_mut().chain([&mut resumed]) {
+        assert_eq!(s.next_event(LONG).await.unwrap().data, "new");
+    }
+    assert_eq!(gauge_reaches(&hub, 6).await, 6);
+    drop(idle);
+    assert_eq!(gauge_reaches(&hub, 1).await, 1);
+    hub.stop().await.unwrap();
+
+    let unparked = TestHub::start_serving(
+        config(),
+        std::sync::Arc::new(herald::engine::memory::MemoryEngine::new(100)),
+        |listener, hub, stop| {
+            Box::pin(
+                herald::Server::new(hub)
+                    .parking(false)
+                    .serve(listener, stop),
+            )
+        },
+    )
+    .await;
+    let mut s = Subscription::topics(&unparked, &["t"]).await;
+    publish_ok(&c, &unparked, &[("topic", "t"), ("data", "x")]).await;
+    assert_eq!(s.next_event(LONG).await.unwrap().data, "x");
+    assert_eq!(parked_gauge(&unparked).await, 0);
+    assert_eq!(unparked.hub.index().len(), 1);
+    unparked.stop().await.unwrap();
 }

@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::HttpError;
+use super::error::HttpError;
 use crate::auth::{self, AuthError};
 use crate::config::MetricsAccess;
 use crate::hub::Hub;
 
 /// The Prometheus exposition, as `metrics` allows.
-pub(super) async fn metrics(
+pub(crate) async fn metrics(
     State(hub): State<Hub>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
@@ -47,7 +47,7 @@ pub(super) async fn metrics(
 }
 
 /// Ready when the engine answers within a second.
-pub(super) async fn readyz(State(hub): State<Hub>) -> Result<&'static str, HttpError> {
+pub(crate) async fn readyz(State(hub): State<Hub>) -> Result<&'static str, HttpError> {
     match tokio::time::timeout(Duration::from_secs(1), hub.engine().bounds()).await {
         Ok(Ok(_)) => Ok("ready\n"),
         Ok(Err(e)) => Err(HttpError::new(
@@ -63,7 +63,7 @@ pub(super) async fn readyz(State(hub): State<Hub>) -> Result<&'static str, HttpE
 
 /// The dashboard's feed. Outside development mode it needs a token signed
 /// with the publisher key (header or `authorization` query parameter).
-pub(super) async fn stats(
+pub(crate) async fn stats(
     State(hub): State<Hub>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -95,12 +95,12 @@ pub(super) async fn stats(
     let (history, mut rx) = feed.subscribe();
     let stop = hub.shutdown_token().clone();
     let stream = async_stream::stream! {
-        let history: Vec<&crate::stats::Sample> = history.iter().map(|s| &**s).collect();
-        yield Ok::<Bytes, Infallible>(crate::stats::frame("history", &history));
+        let history: Vec<&crate::hub::stats::Sample> = history.iter().map(|s| &**s).collect();
+        yield Ok::<Bytes, Infallible>(crate::hub::stats::frame("history", &history));
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(s) => yield Ok(crate::stats::frame("stats", &*s)),
+                    Ok(s) => yield Ok(crate::hub::stats::frame("stats", &*s)),
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => return,
                 },

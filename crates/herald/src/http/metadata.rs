@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::hub::Hub;
 
-pub(super) async fn protected_resource(State(hub): State<Hub>) -> Response {
+pub(crate) async fn protected_resource(State(hub): State<Hub>) -> Response {
     let cfg = hub.config();
     let mut doc = json!({
         "resource": cfg.resource_identifier(),

@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 
 const INDEX: &str = include_str!("../../../../ui/index.html");
 
-pub(super) async fn index() -> impl IntoResponse {
+pub(crate) async fn index() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -13,12 +13,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::{Update, UpdateError};
 
-use super::HttpError;
+use super::error::HttpError;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::EngineError;
 use crate::hub::{Hub, PublishError};
 
-pub(super) async fn publish(
+pub(crate) async fn publish(
     State(hub): State<Hub>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -48,7 +48,7 @@ pub(super) async fn publish(
             }
         }
     };
-    let bytes = super::read_body(body, hub.config().max_body_bytes).await?;
+    let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
     let updates = if batch {
         updates_from_json(&bytes, max_batch(&hub))?
     } else {
@@ -197,7 +197,7 @@ fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpErro
             ));
         }
     }
-    if update.event_type.as_deref() == Some(crate::subscriptions::EVENT_TYPE) {
+    if update.event_type.as_deref() == Some(crate::hub::active::EVENT_TYPE) {
         return Err(HttpError::bad_request(
             "type \"mercure\" is reserved for subscription events",
         ));

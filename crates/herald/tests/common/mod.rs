@@ -39,13 +39,31 @@ impl TestHub {
     }
 
     pub async fn start_with(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
+        Self::start_serving(config, engine, |listener, hub, stop| {
+            Box::pin(herald::serve(listener, hub, stop))
+        })
+        .await
+    }
+
+    /// A hub served by `serve` (given the listener, the hub and the
+    /// shutdown future), for the other ways of serving one.
+    pub async fn start_serving(
+        config: HubConfig,
+        engine: Arc<dyn Engine>,
+        serve: impl FnOnce(
+            tokio::net::TcpListener,
+            Hub,
+            futures_util::future::BoxFuture<'static, ()>,
+        ) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hub = Hub::new(config, engine).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(herald::serve(listener, hub.clone(), async move {
+        let stop = Box::pin(async move {
             let _ = rx.await;
-        }));
+        });
+        let task = tokio::spawn(serve(listener, hub.clone(), stop));
         Self {
             addr,
             hub,

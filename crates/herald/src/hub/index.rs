@@ -15,9 +15,9 @@ use std::sync::Arc;
 use herald_protocol::Selector;
 use parking_lot::{Mutex, RwLock};
 
+use super::subscriber::{Push, Subscriber};
+use super::wake::Wake;
 use crate::engine::{Sink, Stored};
-use crate::http::parked::Flusher;
-use crate::subscriber::{Push, Subscriber};
 
 /// Most cached topic strings before the template cache starts over.
 const TEMPLATE_CACHE_LIMIT: usize = 100_000;
@@ -26,19 +26,20 @@ const TEMPLATE_CACHE_LIMIT: usize = 100_000;
 pub type OverflowHook = Box<dyn Fn(&Subscriber) + Send + Sync>;
 
 #[derive(Default)]
-pub struct Registry {
+pub struct TopicIndex {
     index: RwLock<Index>,
     template_cache: Mutex<TemplateCache>,
     on_overflow: Option<OverflowHook>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
-    /// Writes the frames of parked event streams.
-    flusher: Arc<Flusher>,
+    /// The transport told when parked streams have work (see
+    /// [`super::wake`]); none until a transport parks streams.
+    waker: std::sync::OnceLock<Arc<dyn Wake>>,
 }
 
-impl std::fmt::Debug for Registry {
+impl std::fmt::Debug for TopicIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let idx = self.index.read();
-        f.debug_struct("Registry")
+        f.debug_struct("TopicIndex")
             .field("subscribers", &idx.subscribers.len())
             .finish_non_exhaustive()
     }
@@ -66,7 +67,7 @@ struct TemplateCache {
     matches: HashMap<String, Arc<[String]>>,
 }
 
-impl Registry {
+impl TopicIndex {
     pub fn new(on_overflow: OverflowHook, metrics: Arc<crate::telemetry::Metrics>) -> Self {
         Self {
             on_overflow: Some(on_overflow),
@@ -113,9 +114,19 @@ impl Registry {
         idx.subscribers.insert(id, sub);
     }
 
-    /// The flusher of parked event streams.
-    pub(crate) fn flusher(&self) -> &Arc<Flusher> {
-        &self.flusher
+    /// Registers the transport to tell when parked streams have work.
+    /// One per hub: a later call returns the one already registered.
+    pub fn set_waker(&self, waker: Arc<dyn Wake>) -> &Arc<dyn Wake> {
+        self.waker.get_or_init(|| waker)
+    }
+
+    /// Hands a parked subscriber to the transport, unless it already was.
+    pub fn wake(&self, sub: &Arc<Subscriber>) {
+        if let Some(w) = self.waker.get() {
+            if sub.claim_wake() {
+                w.wake(&mut vec![sub.clone()]);
+            }
+        }
     }
 
     /// The registered subscriber with this id.
@@ -128,7 +139,7 @@ impl Registry {
     pub fn tick_all(&self, heartbeats: bool) {
         for sub in self.index.read().subscribers.values() {
             if sub.tick(heartbeats) {
-                self.flusher.schedule(sub);
+                self.wake(sub);
             }
         }
     }
@@ -137,7 +148,7 @@ impl Registry {
     pub fn close_all(&self) {
         for sub in self.index.read().subscribers.values() {
             if sub.close() {
-                self.flusher.schedule(sub);
+                self.wake(sub);
             }
         }
     }
@@ -206,7 +217,7 @@ impl Registry {
                     Push::Queued => queued += 1,
                     Push::QueuedParked => {
                         queued += 1;
-                        if Flusher::claim(sub) {
+                        if sub.claim_wake() {
                             wake.push(sub.clone());
                         }
                     }
@@ -215,7 +226,7 @@ impl Registry {
                             cb(sub);
                         }
                         if sub.is_parked() {
-                            self.flusher.schedule(sub);
+                            self.wake(sub);
                         }
                     }
                     Push::Skipped => {}
@@ -236,7 +247,11 @@ impl Registry {
                 }
             }
         }
-        self.flusher.schedule_claimed(&mut wake);
+        if !wake.is_empty() {
+            if let Some(w) = self.waker.get() {
+                w.wake(&mut wake);
+            }
+        }
         if let Some(m) = &self.metrics {
             m.delivered(queued);
         }
@@ -264,7 +279,7 @@ impl Registry {
     }
 }
 
-impl Sink for Registry {
+impl Sink for TopicIndex {
     fn deliver(&self, updates: &[Arc<Stored>]) {
         for s in updates {
             self.dispatch(s);

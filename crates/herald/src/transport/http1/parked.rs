@@ -3,11 +3,13 @@
 //! Most of a hub's connections are subscribers waiting for the next
 //! update. Once a direct event stream ([`super::direct`]) has sent its
 //! first flush and its history, its socket and feed are moved into its
-//! [`Subscriber`] and its task ends: a waiting subscriber is then its
-//! subscriber record and nothing else, with no task, no timer and no
-//! registration in tokio's reactor.
+//! [`Subscriber`] (as the core's opaque parked state, see
+//! [`crate::hub::wake`]) and its task ends: a waiting subscriber is then
+//! its subscriber record and nothing else, with no task, no timer and no
+//! registration in tokio's reactor. Token expiry and heartbeats are the
+//! hub's timers' ([`crate::hub::heartbeat`]), as for every stream.
 //!
-//! Three hub-wide workers serve all parked connections:
+//! Two hub-wide workers serve all parked connections:
 //! - the **flusher** (one task per core): the dispatcher puts a subscriber
 //!   in its ready list when it queues a frame; the flusher writes every
 //!   frame queued since, as one chunk with one vectored write, straight
@@ -17,37 +19,31 @@
 //! - the **watcher** (one task, with an `epoll` instance of its own
 //!   through mio, whose descriptor tokio watches): it reports clients that
 //!   close or fail, discards bytes a client sends, and reschedules a
-//!   connection whose full socket drained;
-//! - the **expiry timer** (one task): ends streams whose token expires.
+//!   connection whose full socket drained.
 
-use std::collections::BTreeSet;
-use std::io::{self, IoSlice, Read as _, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use super::subscribe::Feed;
-use crate::registry::Registry;
-use crate::subscriber::Subscriber;
+use super::chunk;
+use crate::http::policy::{discard_input, Input, WRITE_STALL};
+use crate::hub::feed::Feed;
+use crate::hub::index::TopicIndex;
+use crate::hub::subscriber::{ParkedState, Subscriber};
+use crate::hub::wake::Wake;
+use crate::telemetry::Metrics;
 
-/// Longest a parked client may leave a write unfinished before its
-/// connection is given back.
-const WRITE_STALL: Duration = Duration::from_secs(60);
 /// Subscribers flushed between two yields to the scheduler, so a sweep
 /// over tens of thousands of sockets never holds up publishers and
 /// accepts for long.
 const FLUSH_SLICE: usize = 64;
-/// Bytes a parked client may send in one readiness event before it is
-/// treated as misbehaving and disconnected (an event stream's client has
-/// nothing to say).
-const MAX_DISCARD: usize = 64 * 1024;
 
 /// A parked connection: what its task held, minus the task.
 pub(crate) struct Parked {
@@ -55,10 +51,9 @@ pub(crate) struct Parked {
     feed: Feed,
     /// The connection's place under the connection limit.
     _permit: Option<OwnedSemaphorePermit>,
-    /// Bytes of a chunk the socket did not take yet, and since when.
-    pending: Option<(Bytes, Instant)>,
-    /// The token's expiry, as registered with the expiry timer.
-    expires: Option<Instant>,
+    /// Bytes of a chunk the socket did not take yet, and since when
+    /// (boxed: rare, and every parked connection would carry its room).
+    pending: Option<Box<(Bytes, Instant)>>,
     /// Registered for writability (after a first full socket).
     watch_writable: bool,
 }
@@ -66,10 +61,7 @@ pub(crate) struct Parked {
 impl std::fmt::Debug for Parked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parked")
-            .field(
-                "pending",
-                &self.pending.as_ref().map(|(rest, _)| rest.len()),
-            )
+            .field("pending", &self.pending.as_ref().map(|p| p.0.len()))
             .finish_non_exhaustive()
     }
 }
@@ -81,50 +73,50 @@ struct Shard {
     notify: Notify,
 }
 
-/// The hub-wide workers of parked connections.
-pub(crate) struct Flusher {
+/// The hub-wide workers of parked connections: the fast path's
+/// [`Wake`].
+pub struct Flusher {
     shards: Box<[Shard]>,
-    started: OnceLock<()>,
+    /// Finds a parked subscriber from its socket's watcher token.
+    index: Weak<TopicIndex>,
+    /// Counts parked connections (`herald_parked_streams`).
+    metrics: Arc<Metrics>,
     /// Registers sockets with the watcher; `None` if it could not start
     /// (connections then keep their tasks).
     watcher: OnceLock<Option<mio::Registry>>,
-    /// Token deadlines of parked connections, by (deadline, subscriber).
-    expiries: Mutex<BTreeSet<(Instant, u64)>>,
-    expiry_changed: Notify,
-    /// Connections parked now.
-    parked: AtomicUsize,
 }
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Flusher")
             .field("shards", &self.shards.len())
-            .field("parked", &self.parked.load(Ordering::Relaxed))
+            .field("parked", &self.metrics.parked_streams.get())
             .finish_non_exhaustive()
     }
 }
 
-impl Default for Flusher {
-    fn default() -> Self {
-        // One task per core the process may run on: the flusher's work is
-        // spread like the connection tasks it replaces.
-        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        Self {
-            shards: (0..n).map(|_| Shard::default()).collect(),
-            started: OnceLock::new(),
-            watcher: OnceLock::new(),
-            expiries: Mutex::new(BTreeSet::new()),
-            expiry_changed: Notify::new(),
-            parked: AtomicUsize::new(0),
-        }
-    }
-}
-
 impl Flusher {
+    /// Starts the flusher tasks on the current runtime, for the parked
+    /// streams of `index`. One task per core the process may run on: the
+    /// flusher's work is spread like the connection tasks it replaces.
+    pub fn start(index: &Arc<TopicIndex>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let flusher = Arc::new(Self {
+            shards: (0..n).map(|_| Shard::default()).collect(),
+            index: Arc::downgrade(index),
+            metrics,
+            watcher: OnceLock::new(),
+        });
+        for i in 0..n {
+            tokio::spawn(run_shard(flusher.clone(), i));
+        }
+        flusher
+    }
+
     /// Puts a parked subscriber in its flusher's ready list (once until
     /// it is flushed).
-    pub(crate) fn schedule(&self, sub: &Arc<Subscriber>) {
-        if !Self::claim(sub) {
+    fn schedule(&self, sub: &Arc<Subscriber>) {
+        if !sub.claim_wake() {
             return;
         }
         let shard = &self.shards[self.shard_of(sub)];
@@ -137,15 +129,34 @@ impl Flusher {
         (sub.id % self.shards.len() as u64) as usize
     }
 
-    /// Marks a parked subscriber as about to be scheduled; `false` if it
-    /// already is. Pass the claimed ones to [`Flusher::schedule_claimed`].
-    pub(crate) fn claim(sub: &Subscriber) -> bool {
-        !sub.scheduled.swap(true, Ordering::AcqRel)
+    /// Connections parked now.
+    pub fn parked(&self) -> i64 {
+        self.metrics.parked_streams.get()
     }
 
+    /// Whether connections can be parked (the watcher runs; it starts on
+    /// first use, on the current runtime).
+    pub fn available(&self) -> bool {
+        self.watcher().is_some()
+    }
+
+    fn watcher(&self) -> Option<&mio::Registry> {
+        self.watcher
+            .get_or_init(|| match start_watcher(self.index.clone()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("cannot watch parked connections, keeping their tasks: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+impl Wake for Flusher {
     /// Puts claimed subscribers in their flushers' ready lists: one lock
     /// and one wakeup per shard for a whole dispatch.
-    pub(crate) fn schedule_claimed(&self, subs: &mut Vec<Arc<Subscriber>>) {
+    fn wake(&self, subs: &mut Vec<Arc<Subscriber>>) {
         if subs.is_empty() {
             return;
         }
@@ -166,107 +177,64 @@ impl Flusher {
         }
         subs.clear();
     }
+}
 
-    /// Connections parked now.
-    pub(crate) fn parked(&self) -> usize {
-        self.parked.load(Ordering::Acquire)
-    }
-
-    /// Starts the flusher tasks and the expiry timer (once), on the
-    /// current runtime.
-    pub(crate) fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
-        self.started.get_or_init(|| {
-            for i in 0..self.shards.len() {
-                tokio::spawn(run_shard(self.clone(), i));
+impl Flusher {
+    /// Parks a live stream whose queue is empty (see
+    /// [`Flusher::available`]): its socket and feed move into its
+    /// subscriber and the calling task may end.
+    pub fn park(
+        self: &Arc<Self>,
+        feed: Feed,
+        stream: tokio::net::TcpStream,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let Some(watcher) = self.watcher() else {
+            return;
+        };
+        let sub = feed.subscriber().clone();
+        // Leaves tokio's reactor: the socket stays non-blocking.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(subscriber = sub.id, "cannot park stream: {e}");
+                return;
             }
-            tokio::spawn(run_expiries(self.clone(), Arc::downgrade(registry)));
-        });
-    }
-
-    /// The watcher's registry, starting it on first use (on the current
-    /// runtime).
-    fn watcher(&self, registry: &Arc<Registry>) -> Option<&mio::Registry> {
-        self.watcher
-            .get_or_init(|| match start_watcher(Arc::downgrade(registry)) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!("cannot watch parked connections, keeping their tasks: {e}");
-                    None
-                }
-            })
-            .as_ref()
-    }
-
-    fn expire_at(&self, at: Instant, id: u64) {
-        let mut map = self.expiries.lock();
-        let earliest = map.first().is_none_or(|&(t, _)| at < t);
-        map.insert((at, id));
-        drop(map);
-        if earliest {
-            self.expiry_changed.notify_one();
-        }
-    }
-}
-
-/// Whether connections can be parked here (the watcher runs).
-pub(crate) fn available(hub: &crate::hub::Hub) -> bool {
-    hub.registry().flusher().watcher(hub.registry()).is_some()
-}
-
-/// Parks a live stream whose queue is empty (see [`available`]): its
-/// socket and feed move into its subscriber and the calling task may end.
-pub(crate) fn park(
-    mut feed: Feed,
-    stream: tokio::net::TcpStream,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    let hub = feed.hub().clone();
-    let registry = hub.registry();
-    let flusher = registry.flusher().clone();
-    let Some(watcher) = flusher.watcher(registry) else {
-        return;
-    };
-    let sub = feed.subscriber().clone();
-    // Leaves tokio's reactor: the socket stays non-blocking.
-    let stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(subscriber = sub.id, "cannot park stream: {e}");
+        };
+        // Stored before the watcher sees the socket, so its first event
+        // finds it (stray bytes are drained at once).
+        let fd = stream.as_raw_fd();
+        let mut slot = sub.parked().lock();
+        *slot = Some(Box::new(Parked {
+            stream,
+            feed,
+            _permit: permit,
+            pending: None,
+            watch_writable: false,
+        }));
+        if let Err(e) = watcher.register(
+            &mut SourceFd(&fd),
+            Token(sub.id as usize),
+            Interest::READABLE,
+        ) {
+            let parked = slot.take();
+            drop(slot);
+            tracing::warn!(subscriber = sub.id, "cannot watch stream, closing it: {e}");
+            drop(parked);
             return;
         }
-    };
-    // Stored before the watcher sees the socket, so its first event finds
-    // it (stray bytes are drained at once).
-    let fd = stream.as_raw_fd();
-    let expires = feed.take_deadline();
-    let mut slot = sub.parked.lock();
-    *slot = Some(Parked {
-        stream,
-        feed,
-        _permit: permit,
-        pending: None,
-        expires,
-        watch_writable: false,
-    });
-    if let Err(e) = watcher.register(
-        &mut SourceFd(&fd),
-        Token(sub.id as usize),
-        Interest::READABLE,
-    ) {
-        let parked = slot.take();
         drop(slot);
-        tracing::warn!(subscriber = sub.id, "cannot watch stream, closing it: {e}");
-        drop(parked);
-        return;
+        self.metrics.parked_streams.inc();
+        sub.set_parked();
+        // Frames queued while parking woke the task that just left.
+        self.schedule(&sub);
     }
-    drop(slot);
-    flusher.parked.fetch_add(1, Ordering::AcqRel);
-    if let Some(at) = expires {
-        flusher.expire_at(at, sub.id);
-    }
-    sub.set_parked();
-    // Frames queued while parking woke the task that just left.
-    flusher.schedule(&sub);
+}
+
+/// The parked connection in a subscriber's slot, if this transport parked
+/// it.
+fn parked_mut(slot: &mut Option<ParkedState>) -> Option<&mut Parked> {
+    slot.as_mut()?.downcast_mut::<Parked>()
 }
 
 async fn run_shard(flusher: Arc<Flusher>, i: usize) {
@@ -284,7 +252,7 @@ async fn run_shard(flusher: Arc<Flusher>, i: usize) {
                 break;
             }
             for (n, sub) in batch.iter().enumerate() {
-                sub.scheduled.store(false, Ordering::Release);
+                sub.release_wake();
                 // A panic here (in a metric, a log, a drop) must not stop
                 // the flusher of every connection of this shard.
                 let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -304,11 +272,12 @@ async fn run_shard(flusher: Arc<Flusher>, i: usize) {
 
 /// Writes what a parked subscriber has queued, or ends its stream.
 fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
-    let mut guard = sub.parked.lock();
-    let Some(p) = guard.as_mut() else {
+    let mut guard = sub.parked().lock();
+    let Some(p) = parked_mut(&mut guard) else {
         return;
     };
-    if let Some((rest, since)) = &mut p.pending {
+    if let Some(pending) = &mut p.pending {
+        let (rest, since) = &mut **pending;
         match write_pending(&p.stream, rest) {
             Ok(true) => {
                 p.pending = None;
@@ -343,10 +312,10 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
         }
         return;
     }
-    match write_frames(&p.stream, &out) {
+    match chunk::try_write(&p.stream, &out) {
         Ok(None) => {}
         Ok(Some(rest)) => {
-            p.pending = Some((rest, Instant::now()));
+            p.pending = Some(Box::new((rest, Instant::now())));
             // New frames no longer wake the flusher: the watcher does once
             // the socket drains (and the ticker, to check for a stall).
             sub.set_blocked(true);
@@ -368,7 +337,7 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
                 flusher.schedule(sub);
             }
         }
-        // The write may have sent part of a chunk: no terminator.
+        // The write may have sent part of a chunk: no last chunk.
         Err(_) => end(flusher, guard, false),
     }
 }
@@ -377,57 +346,24 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
 /// `last_chunk` (the body is between chunks) and the socket takes it, and
 /// drops the connection (which unregisters the subscriber and gives back
 /// its connection permit).
-fn end(
-    flusher: &Flusher,
-    mut guard: parking_lot::MutexGuard<'_, Option<Parked>>,
-    last_chunk: bool,
-) {
-    let Some(p) = guard.take() else {
+fn end(flusher: &Flusher, mut guard: MutexGuard<'_, Option<ParkedState>>, last_chunk: bool) {
+    let Some(state) = guard.take() else {
         return;
     };
     drop(guard);
+    let Ok(p) = state.downcast::<Parked>() else {
+        return;
+    };
     if let Some(Some(w)) = flusher.watcher.get() {
         let _ = w.deregister(&mut SourceFd(&p.stream.as_raw_fd()));
     }
     if last_chunk {
-        let _ = (&p.stream).write(b"0\r\n\r\n");
-    }
-    if let Some(at) = p.expires {
-        flusher
-            .expiries
-            .lock()
-            .remove(&(at, p.feed.subscriber().id));
+        let _ = (&p.stream).write(chunk::LAST_CHUNK);
     }
     // Counted down once the connection is gone: the server waits for
     // this count at shutdown, and dropping `p` still sends events.
     drop(p);
-    flusher.parked.fetch_sub(1, Ordering::AcqRel);
-}
-
-/// Writes `frames` as HTTP/1.1 chunks without blocking. Returns the bytes the socket did not take.
-fn write_frames(
-    stream: &std::net::TcpStream,
-    frames: &[bytes::Bytes],
-) -> io::Result<Option<Bytes>> {
-    let heads = super::direct::chunk_heads(frames);
-    let mut slices = super::direct::chunk_slices(frames, &heads);
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match (&*stream).write_vectored(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut left = BytesMut::with_capacity(rest.iter().map(|s| s.len()).sum());
-                for s in rest.iter() {
-                    left.extend_from_slice(s);
-                }
-                return Ok(Some(left.freeze()));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+    flusher.metrics.parked_streams.dec();
 }
 
 /// Writes what it can of `rest`; `Ok(true)` once all of it is written.
@@ -450,7 +386,7 @@ fn write_pending(stream: &std::net::TcpStream, rest: &mut Bytes) -> io::Result<b
 /// readiness of its epoll instance (which tokio's own epoll reports like
 /// any descriptor), so closes are handled on the runtime's threads with
 /// no thread switch. It stops once the registry is gone.
-fn start_watcher(registry: Weak<Registry>) -> io::Result<mio::Registry> {
+fn start_watcher(index: Weak<TopicIndex>) -> io::Result<mio::Registry> {
     let poll = mio::Poll::new()?;
     let handle = poll.registry().try_clone()?;
     // tokio deprecates its safe constructors because an arbitrary
@@ -489,21 +425,21 @@ fn start_watcher(registry: Weak<Registry>) -> io::Result<mio::Registry> {
                 }
                 Err(_would_block) => continue,
             }
-            let Some(registry) = registry.upgrade() else {
+            let Some(index) = index.upgrade() else {
                 return;
             };
             for ev in &events {
-                let Some(sub) = registry.get(ev.token().0 as u64) else {
+                let Some(sub) = index.get(ev.token().0 as u64) else {
                     continue;
                 };
                 let closed =
                     ev.is_error() || ev.is_read_closed() || (ev.is_readable() && discard(&sub));
                 if closed {
                     if sub.close() {
-                        registry.flusher().schedule(&sub);
+                        index.wake(&sub);
                     }
                 } else if ev.is_writable() {
-                    registry.flusher().schedule(&sub);
+                    index.wake(&sub);
                 }
             }
         }
@@ -511,62 +447,12 @@ fn start_watcher(registry: Weak<Registry>) -> io::Result<mio::Registry> {
     Ok(handle)
 }
 
-/// Reads and drops what a parked client sent. `true` when it closed, or
-/// keeps sending.
+/// Reads and drops what a parked client sent (see
+/// [`crate::http::policy::discard_input`]). `true` when the stream must end.
 fn discard(sub: &Subscriber) -> bool {
-    let guard = sub.parked.lock();
-    let Some(p) = guard.as_ref() else {
+    let mut guard = sub.parked().lock();
+    let Some(p) = parked_mut(&mut guard) else {
         return false;
     };
-    let mut sink = [0u8; 512];
-    let mut total = 0;
-    loop {
-        match (&p.stream).read(&mut sink) {
-            Ok(0) => return true,
-            Ok(n) => {
-                total += n;
-                if total > MAX_DISCARD {
-                    return true;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-/// Ends parked streams whose token expired.
-async fn run_expiries(flusher: Arc<Flusher>, registry: Weak<Registry>) {
-    loop {
-        let next = flusher.expiries.lock().first().map(|&(t, _)| t);
-        let sleep = async {
-            match next {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = sleep => {}
-            () = flusher.expiry_changed.notified() => continue,
-        }
-        let now = Instant::now();
-        let due: Vec<u64> = {
-            let mut map = flusher.expiries.lock();
-            let later = map.split_off(&(now, u64::MAX));
-            let due = std::mem::replace(&mut *map, later);
-            due.into_iter().map(|(_, id)| id).collect()
-        };
-        let Some(registry) = registry.upgrade() else {
-            return;
-        };
-        for id in due {
-            if let Some(sub) = registry.get(id) {
-                tracing::debug!(subscriber = id, "token expired: closing stream");
-                if sub.close() {
-                    flusher.schedule(&sub);
-                }
-            }
-        }
-    }
+    discard_input(|b| (&p.stream).read(b)) == Input::Closed
 }

@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::hub::Hub;
+use tokio_util::sync::CancellationToken;
+
+use super::index::TopicIndex;
+use crate::telemetry::Metrics;
 
 /// Samples kept for a newly opened dashboard: five minutes.
 const HISTORY: usize = 300;
@@ -40,6 +43,19 @@ pub struct TopicCount {
     pub subscribers: usize,
 }
 
+/// What the sampler reads.
+#[derive(Debug)]
+pub struct Source {
+    pub metrics: Arc<Metrics>,
+    pub index: Arc<TopicIndex>,
+    /// The engine's name.
+    pub engine: &'static str,
+    /// When the hub started.
+    pub started: std::time::Instant,
+    /// Sampling stops when it fires.
+    pub stop: CancellationToken,
+}
+
 /// The sampler and its recent history.
 #[derive(Debug)]
 pub struct StatsFeed {
@@ -49,14 +65,14 @@ pub struct StatsFeed {
 
 impl StatsFeed {
     /// Starts sampling every second until the hub shuts down.
-    pub fn start(hub: Hub) -> Arc<Self> {
+    pub fn start(hub: Source) -> Arc<Self> {
         let (live, _) = broadcast::channel(16);
         let feed = Arc::new(Self {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             live,
         });
         let f = feed.clone();
-        let stop = hub.shutdown_token().clone();
+        let stop = hub.stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -86,23 +102,23 @@ impl StatsFeed {
     }
 }
 
-fn sample(hub: &Hub) -> Sample {
-    let m = hub.metrics();
+fn sample(hub: &Source) -> Sample {
+    let m = &hub.metrics;
     Sample {
         time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64,
-        uptime_s: hub.uptime().as_secs(),
-        engine: hub.engine().name(),
+        uptime_s: hub.started.elapsed().as_secs(),
+        engine: hub.engine,
         connections: m.connections.get(),
         connections_total: m.connections_total.get(),
-        subscribers: hub.registry().len(),
+        subscribers: hub.index.len(),
         updates_published_total: m.published_count.load(Ordering::Relaxed),
         updates_delivered_total: m.delivered_count.load(Ordering::Relaxed),
         slow_disconnects_total: m.slow_disconnects.get(),
         topics: hub
-            .registry()
+            .index
             .top_selectors(TOP_TOPICS)
             .into_iter()
             .map(|(topic, subscribers)| TopicCount { topic, subscribers })

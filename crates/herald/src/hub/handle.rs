@@ -1,4 +1,5 @@
-//! The hub: engine, topic index, authorization and counters in one handle.
+//! The hub handle: engine, topic index, authorization and counters in one
+//! cheaply cloneable value, and the native publishing API.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,13 +8,15 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_protocol::Update;
 use tokio_util::sync::CancellationToken;
 
+use super::active::{ActiveSubscriptions, Subscription};
+use super::heartbeat::Expiries;
+use super::index::TopicIndex;
+use super::stats::StatsFeed;
+use super::subscriber::Subscriber;
 use crate::auth::{AuthError, Grants, Role, TokenSource, Verifier};
 use crate::config::HubConfig;
 use crate::engine::{Engine, EngineError, Stored};
 use crate::oauth::OAuthVerifier;
-use crate::registry::Registry;
-use crate::subscriber::Subscriber;
-use crate::subscriptions::{ActiveSubscriptions, Subscription};
 use crate::telemetry::Metrics;
 
 /// Resolves once a subscription's `active: true` events are appended (or
@@ -62,7 +65,7 @@ pub struct Hub {
 struct Inner {
     config: HubConfig,
     engine: Arc<dyn Engine>,
-    registry: Arc<Registry>,
+    index: Arc<TopicIndex>,
     publisher: Option<Verifier>,
     subscriber: Option<Verifier>,
     /// Verifies draft-08 access tokens; `None` without trusted issuers.
@@ -72,12 +75,14 @@ struct Inner {
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
-    stats_feed: std::sync::OnceLock<Arc<crate::stats::StatsFeed>>,
+    stats_feed: std::sync::OnceLock<Arc<StatsFeed>>,
     started: std::time::Instant,
     /// The active subscriptions, when subscription events are on.
     subscriptions: Option<ActiveSubscriptions>,
-    /// Set once the heartbeat ticker runs.
+    /// Set once the heartbeat ticker and the expiry timer run.
     ticker: std::sync::OnceLock<()>,
+    /// Token deadlines of open streams.
+    expiries: Arc<Expiries>,
     /// Subscription events being published, awaited before the engine
     /// closes so the last `active: false` events are kept.
     events: tokio_util::task::TaskTracker,
@@ -125,17 +130,17 @@ impl Hub {
         };
         let metrics = Arc::new(Metrics::new());
         let overflow_metrics = metrics.clone();
-        let registry = Arc::new(Registry::new(
+        let index = Arc::new(TopicIndex::new(
             Box::new(move |sub: &Subscriber| overflow_metrics.slow_subscriber(sub.id)),
             metrics.clone(),
         ));
-        engine.start(registry.clone());
+        engine.start(index.clone());
         let subscriptions = config.subscriptions.then(ActiveSubscriptions::default);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 engine,
-                registry,
+                index,
                 publisher,
                 subscriber,
                 oauth,
@@ -147,6 +152,7 @@ impl Hub {
                 started: std::time::Instant::now(),
                 subscriptions,
                 ticker: std::sync::OnceLock::new(),
+                expiries: Arc::default(),
                 events: tokio_util::task::TaskTracker::new(),
             }),
         })
@@ -160,8 +166,9 @@ impl Hub {
         &self.inner.engine
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.inner.registry
+    /// The topic index: which subscribers an update reaches.
+    pub fn index(&self) -> &Arc<TopicIndex> {
+        &self.inner.index
     }
 
     /// The hub's metrics (Prometheus exposition at `/metrics`).
@@ -175,49 +182,40 @@ impl Hub {
     }
 
     /// The once-a-second samples behind the dashboard, started on first use.
-    pub fn stats_feed(&self) -> Arc<crate::stats::StatsFeed> {
+    pub fn stats_feed(&self) -> Arc<StatsFeed> {
         self.inner
             .stats_feed
-            .get_or_init(|| crate::stats::StatsFeed::start(self.clone()))
+            .get_or_init(|| {
+                StatsFeed::start(super::stats::Source {
+                    metrics: self.inner.metrics.clone(),
+                    index: self.inner.index.clone(),
+                    engine: self.inner.engine.name(),
+                    started: self.inner.started,
+                    stop: self.inner.shutdown.clone(),
+                })
+            })
             .clone()
     }
 
-    /// Starts (once) the task that sends heartbeats to idle subscribers
-    /// and, at shutdown, closes every subscriber so its stream ends. It
-    /// ticks every `heartbeat / 4`; a subscriber sent nothing for four
-    /// ticks gets a comment, so an idle stream hears from the hub after
-    /// between 3/4 of `heartbeat` and `heartbeat` of silence, and no
-    /// connection needs a timer of its own.
+    /// Starts (once) the hub's timers: the heartbeat ticker and the token
+    /// expiry timer (see [`super::heartbeat`]).
     pub(crate) fn start_ticker(&self) {
-        self.inner.registry.flusher().start(&self.inner.registry);
         self.inner.ticker.get_or_init(|| {
-            let registry = self.inner.registry.clone();
-            let stop = self.inner.shutdown.clone();
-            let heartbeat = self.inner.config.heartbeat;
-            tokio::spawn(async move {
-                // Without heartbeats it still ticks, for parked streams
-                // whose client stopped reading (see `http::parked`).
-                let period = if heartbeat.is_zero() {
-                    std::time::Duration::from_secs(15)
-                } else {
-                    heartbeat / 4
-                };
-                let mut ticks = tokio::time::interval(period);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                ticks.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = ticks.tick() => {
-                            registry.tick_all(!heartbeat.is_zero());
-                        }
-                        () = stop.cancelled() => {
-                            registry.close_all();
-                            return;
-                        }
-                    }
-                }
-            });
+            super::heartbeat::start_ticker(
+                self.inner.index.clone(),
+                self.inner.shutdown.clone(),
+                self.inner.config.heartbeat,
+            );
+            self.inner.expiries.start(
+                Arc::downgrade(&self.inner.index),
+                self.inner.shutdown.clone(),
+            );
         });
+    }
+
+    /// Token deadlines of open streams.
+    pub(crate) fn expiries(&self) -> &Expiries {
+        &self.inner.expiries
     }
 
     pub(crate) fn publisher_verifier(&self) -> Option<&Verifier> {

@@ -25,12 +25,15 @@ use herald_protocol::matcher::{self, MatchType};
 use herald_protocol::update::EARLIEST;
 use serde_json::{json, Value};
 
-use super::{HttpError, MERCURE_PATH};
+use super::error::HttpError;
+use super::policy::MERCURE_PATH;
 use crate::auth::{AuthError, Grants, Role};
+use crate::hub::active::{
+    self as subscriptions, ActiveSubscriptions, Filter, CONTEXT, SUBSCRIPTIONS_PATH,
+};
 use crate::hub::Hub;
-use crate::subscriptions::{self, ActiveSubscriptions, Filter, CONTEXT, SUBSCRIPTIONS_PATH};
 
-pub(super) async fn all(State(hub): State<Hub>, headers: HeaderMap) -> Result<Response, HttpError> {
+pub(crate) async fn all(State(hub): State<Hub>, headers: HeaderMap) -> Result<Response, HttpError> {
     let (table, grants) = authorize(&hub, SUBSCRIPTIONS_PATH, &headers)?;
     // The id first, then the list: a subscription that starts in between
     // is listed and its event comes after the id, never missed.
@@ -43,7 +46,7 @@ pub(super) async fn all(State(hub): State<Hub>, headers: HeaderMap) -> Result<Re
     Ok(collection07(SUBSCRIPTIONS_PATH.to_owned(), docs, &last))
 }
 
-pub(super) async fn by_topic(
+pub(crate) async fn by_topic(
     State(hub): State<Hub>,
     Path(topic): Path<String>,
     headers: HeaderMap,
@@ -60,7 +63,7 @@ pub(super) async fn by_topic(
 
 /// Two segments: a draft-08 matcher collection when the first names a
 /// match type, else one draft-07 subscription.
-pub(super) async fn two_segments(
+pub(crate) async fn two_segments(
     State(hub): State<Hub>,
     Path((first, second)): Path<(String, String)>,
     headers: HeaderMap,
@@ -92,7 +95,7 @@ pub(super) async fn two_segments(
 }
 
 /// One draft-08 subscription.
-pub(super) async fn one08(
+pub(crate) async fn one08(
     State(hub): State<Hub>,
     Path((kind, value, subscriber)): Path<(String, String, String)>,
     headers: HeaderMap,

@@ -3,7 +3,7 @@
 //!
 //! The dispatcher pushes shared frames (`Bytes`, reference-counted, encoded
 //! once per update) into the queue; the connection's stream drains it (its
-//! task, or the hub's flusher once the stream is parked). The
+//! task, or its transport once the stream is parked). The
 //! queue is bounded in frames and bytes. When a live subscriber's queue is
 //! full it is closed and its connection cancelled: the client reconnects
 //! with `Last-Event-ID` and catches up from history, so memory stays flat
@@ -20,14 +20,19 @@ use herald_protocol::{selector::any_matches, Selector};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::active::event_revision;
 use crate::auth::Allowed;
 use crate::engine::Stored;
+
+/// What a transport keeps for a stream it parked (see [`super::wake`]):
+/// the core holds it for the transport and never looks inside.
+pub type ParkedState = Box<dyn std::any::Any + Send>;
 
 /// What the dispatcher did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     Queued,
-    /// Queued for a parked connection: its flusher must be scheduled.
+    /// Queued for a parked connection: its transport must be woken.
     QueuedParked,
     /// Not for this subscriber (or already delivered).
     Skipped,
@@ -56,11 +61,12 @@ pub struct Subscriber {
     last_pushed: AtomicU64,
     max_frames: u32,
     max_bytes: u32,
-    /// In the flusher's ready list (see [`crate::http::parked`]).
-    pub(crate) scheduled: AtomicBool,
-    /// The event stream's socket and feed once the connection is parked:
-    /// it then has no task, and the hub's flusher writes its frames.
-    pub(crate) parked: Mutex<Option<crate::http::parked::Parked>>,
+    /// Handed to the transport's [`super::wake::Wake`] and not looked at
+    /// since.
+    wake_claimed: AtomicBool,
+    /// The stream's state once its transport parked it: it then has no
+    /// task, and the transport writes its frames when woken.
+    parked: Mutex<Option<ParkedState>>,
 }
 
 #[derive(Debug, Default)]
@@ -78,10 +84,10 @@ struct Queue {
     idle_ticks: u8,
     /// A heartbeat is due (set by the hub's ticker on idle subscribers).
     heartbeat: bool,
-    /// The connection is parked: wakeups go to the flusher, not a task.
+    /// The connection is parked: wakeups go to its transport, not a task.
     parked: bool,
     /// Parked, and its socket is full: new frames wait in the queue
-    /// without waking the flusher, until the socket drains.
+    /// without waking the transport, until the socket drains.
     blocked: bool,
 }
 
@@ -119,7 +125,7 @@ impl Subscriber {
             last_pushed: AtomicU64::new(0),
             max_frames: u32::try_from(max_frames).unwrap_or(u32::MAX),
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
-            scheduled: AtomicBool::new(false),
+            wake_claimed: AtomicBool::new(false),
             parked: Mutex::new(None),
         }
     }
@@ -146,7 +152,7 @@ impl Subscriber {
         if !update.private {
             return true;
         }
-        if let Some(draft08) = crate::subscriptions::event_revision(update) {
+        if let Some(draft08) = event_revision(update) {
             if draft08 != self.draft08 {
                 return false;
             }
@@ -200,26 +206,43 @@ impl Subscriber {
         Push::Queued
     }
 
-    /// From now on wakeups are for the flusher: the connection's task is
-    /// gone, and the waker it left (which keeps its memory alive) is
-    /// dropped.
-    pub(crate) fn set_parked(&self) {
+    /// Marks the subscriber as about to be handed to the transport's
+    /// [`super::wake::Wake`]; `false` if it already is.
+    pub fn claim_wake(&self) -> bool {
+        !self.wake_claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// The transport took the subscriber off its ready list: the next
+    /// wakeup hands it over again.
+    pub fn release_wake(&self) {
+        self.wake_claimed.store(false, Ordering::Release);
+    }
+
+    /// The slot of the state its transport parked (see [`super::wake`]).
+    pub fn parked(&self) -> &Mutex<Option<ParkedState>> {
+        &self.parked
+    }
+
+    /// From now on wakeups are for the transport (see [`super::wake`]):
+    /// the connection's task is gone, and the waker it left (which keeps
+    /// its memory alive) is dropped.
+    pub fn set_parked(&self) {
         self.queue.lock().parked = true;
         drop(self.waker.take());
     }
 
     /// Closed: disconnected, overflowed, expired or shut down.
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.queue.lock().closed
     }
 
     /// A parked connection's socket is full (`true`) or drained again.
-    pub(crate) fn set_blocked(&self, blocked: bool) {
+    pub fn set_blocked(&self, blocked: bool) {
         self.queue.lock().blocked = blocked;
     }
 
-    /// Whether the connection is parked (its flusher writes its frames).
-    pub(crate) fn is_parked(&self) -> bool {
+    /// Whether the connection is parked (its transport writes its frames when woken).
+    pub fn is_parked(&self) -> bool {
         self.queue.lock().parked
     }
 
@@ -281,11 +304,11 @@ impl Subscriber {
     /// A quarter of the heartbeat period passed: a subscriber that was sent
     /// nothing during the last four gets a heartbeat. One hub-wide ticker
     /// calls this, so an idle connection holds no timer of its own.
-    /// Returns `true` when the subscriber is parked and its flusher must
-    /// run (see [`crate::registry::Registry::tick_all`]).
+    /// Returns `true` when the subscriber is parked and its transport must
+    /// run (see [`super::index::TopicIndex::tick_all`]).
     pub fn tick(&self, heartbeats: bool) -> bool {
         let mut q = self.queue.lock();
-        // A parked connection whose socket is full: its flusher checks how
+        // A parked connection whose socket is full: its transport checks how
         // long the write has waited (heartbeats on or not).
         let stalled = q.parked && q.blocked;
         if !heartbeats {
@@ -310,7 +333,7 @@ impl Subscriber {
     }
 
     /// Marks the subscriber closed (disconnect, shutdown, token expiry).
-    /// Returns `true` when it is parked and its flusher must run to end
+    /// Returns `true` when it is parked and its transport must be woken to end
     /// the connection.
     pub fn close(&self) -> bool {
         let mut q = self.queue.lock();

@@ -1,0 +1,274 @@
+//! `GET /.well-known/mercure` (and `QUERY`): opening an event stream.
+//!
+//! Parses a subscription request of either revision, authorizes it, and
+//! hands it to [`Hub::subscribe`]; the transport then streams the feed
+//! under the stream policy ([`super::policy`]).
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use herald_protocol::matcher::{parse_subscribe_query, Matcher};
+use herald_protocol::Selector;
+
+use super::conn::ConnContext;
+use super::error::HttpError;
+use crate::auth::{AuthError, Grants, Role};
+use crate::hub::feed::{Feed, Revision, SubscribeRequest};
+use crate::hub::handle::Hub;
+
+/// Longest accepted `Last-Event-ID`.
+const MAX_LAST_EVENT_ID: usize = 1024;
+
+/// The value of the `Accept-Query` header: subscriptions also come as
+/// `QUERY` requests with a form body.
+pub(crate) const ACCEPT_QUERY: &str = "application/x-www-form-urlencoded";
+
+struct Request {
+    revision: Revision,
+    selectors: Vec<Selector>,
+    /// Draft-08: the matchers as requested, for subscription events.
+    matchers: Vec<Matcher>,
+    last_event_id: Option<String>,
+    query_token: Option<String>,
+}
+
+fn parse_request(
+    hub: &Hub,
+    headers: &HeaderMap,
+    pairs: Vec<(String, String)>,
+) -> Result<Request, HttpError> {
+    let cfg = hub.config();
+    let max = cfg.max_selectors;
+    let matchers = parse_subscribe_query(pairs.iter().map(|(k, v)| (k, v)), &cfg.public_url, max)
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let mut raw_selectors = Vec::new();
+    let (mut v8_last_id, mut v7_last_id) = (None, None);
+    let mut query_token = None;
+    let mut access_token_param = false;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "topic" => raw_selectors.push(v),
+            "last_event_id" => v8_last_id = Some(v),
+            "lastEventID" | "Last-Event-ID" => v7_last_id = Some(v),
+            "authorization" => query_token = Some(v),
+            "access_token" => access_token_param = true,
+            _ => {}
+        }
+    }
+    let revision = match (raw_selectors.is_empty(), matchers.is_empty()) {
+        (false, true) => Revision::Draft07,
+        (true, false) => Revision::Draft08,
+        (false, false) => {
+            return Err(HttpError::bad_request(
+                "use either topic (draft-07) or match parameters (draft-08), not both",
+            ))
+        }
+        (true, true) => {
+            return Err(HttpError::bad_request(
+                "missing match (or draft-07 topic) parameter",
+            ))
+        }
+    };
+    let selectors = match revision {
+        Revision::Draft07 => {
+            if raw_selectors.len() > max {
+                return Err(HttpError::bad_request(format!(
+                    "too many topic selectors (at most {max})"
+                )));
+            }
+            let mut selectors: Vec<Selector> = Vec::with_capacity(raw_selectors.len());
+            for s in &raw_selectors {
+                let sel = Selector::parse(s)
+                    .map_err(|e| HttpError::bad_request(format!("topic {s:?}: {e}")))?;
+                if !selectors.iter().any(|x| x.as_str() == sel.as_str()) {
+                    selectors.push(sel);
+                }
+            }
+            selectors
+        }
+        Revision::Draft08 => {
+            // Draft-08 keeps tokens out of URLs, where logs keep them.
+            if query_token.is_some() || access_token_param {
+                return Err(HttpError::auth(hub, &AuthError::TokenInQuery));
+            }
+            matchers.iter().map(Selector::from_matcher).collect()
+        }
+    };
+    // The header wins over the query parameters, as browsers send the
+    // header on reconnection with the newest id; an empty one says nothing.
+    let header_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| HttpError::bad_request("malformed Last-Event-ID"))?
+                .to_owned(),
+        ),
+        None => None,
+    }
+    .filter(|id| !id.is_empty());
+    let last_event_id = header_id
+        .or(v8_last_id)
+        .or(v7_last_id)
+        .filter(|id| !id.is_empty());
+    if let Some(id) = &last_event_id {
+        if id.len() > MAX_LAST_EVENT_ID || id.chars().any(char::is_control) {
+            return Err(HttpError::bad_request("malformed Last-Event-ID"));
+        }
+    }
+    Ok(Request {
+        revision,
+        selectors,
+        matchers,
+        last_event_id,
+        query_token,
+    })
+}
+
+fn authorize(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Grants>, AuthError> {
+    match hub.authenticate(headers, query_token, Role::Subscriber)? {
+        Some((grants, _)) => Ok(Some(grants)),
+        None if hub.config().anonymous => Ok(None),
+        None => Err(AuthError::Missing),
+    }
+}
+
+/// A subscription that passed every check: registered for live updates,
+/// with its resume point looked up.
+pub(crate) struct Prepared {
+    pub feed: Feed,
+    /// The response headers of the stream (see [`super::policy`]), CORS
+    /// aside.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Validates, authorizes and registers a subscription request. Shared by
+/// every transport that serves `GET /.well-known/mercure`: the axum route
+/// and the HTTP/1.1 fast path. `body` holds the form fields of a `QUERY`
+/// request.
+pub(crate) async fn prepare(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Option<&[u8]>,
+    conn: Option<ConnContext>,
+) -> Result<Prepared, HttpError> {
+    let mut pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
+        .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
+    if let Some(body) = body {
+        pairs.extend(
+            herald_protocol::form::parse(body)
+                .map_err(|e| HttpError::bad_request(format!("malformed form body: {e}")))?,
+        );
+    }
+    let req = parse_request(hub, headers, pairs)?;
+    let grants = authorize(hub, headers, req.query_token.as_deref()).map_err(|e| {
+        hub.metrics().auth_failed("subscribe", &e);
+        HttpError::auth(hub, &e)
+    })?;
+    let (cancel, peer) = match conn {
+        Some(c) => (c.cancel, Some(c.peer)),
+        None => (None, None),
+    };
+    let revision = req.revision;
+    let (feed, resumed_from) = hub
+        .subscribe(SubscribeRequest {
+            revision,
+            selectors: req.selectors,
+            matchers: req.matchers,
+            grants,
+            last_event_id: req.last_event_id,
+            peer,
+            cancel,
+        })
+        .await
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Prepared {
+        feed,
+        headers: super::policy::stream_headers(revision, resumed_from),
+    })
+}
+
+pub(crate) async fn subscribe(
+    State(hub): State<Hub>,
+    conn: Option<Extension<ConnContext>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let prepared = prepare(
+        &hub,
+        &headers,
+        query.as_deref(),
+        None,
+        conn.map(|Extension(c)| c),
+    )
+    .await?;
+    Ok(event_stream(prepared))
+}
+
+/// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
+/// form body (for matcher lists too long for a URL), added to those of the
+/// query string.
+pub(crate) async fn subscribe_query(
+    hub: Hub,
+    conn: Option<ConnContext>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, HttpError> {
+    let accept_query = |mut e: HttpError| {
+        e.reason
+            .push_str(" (QUERY takes application/x-www-form-urlencoded)");
+        e
+    };
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(accept_query(HttpError::bad_request("missing Content-Type")));
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if !mime.eq_ignore_ascii_case(ACCEPT_QUERY) {
+        return Err(accept_query(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported Content-Type",
+        )));
+    }
+    let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
+    let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
+    Ok(event_stream(prepared))
+}
+
+/// The axum response of an event stream: the feed's frames as the body,
+/// with the stream policy's headers (CORS is the router's layer's).
+fn event_stream(prepared: Prepared) -> Response {
+    let Prepared {
+        mut feed,
+        headers: extra,
+    } = prepared;
+    let stream = async_stream::stream! {
+        let mut out = Vec::new();
+        while feed.next(&mut out).await {
+            for frame in out.drain(..) {
+                yield Ok::<_, Infallible>(frame);
+            }
+        }
+    };
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    res
+}

@@ -1,0 +1,17 @@
+//! How bytes reach a client: the transports that carry the hub's routes
+//! and event streams.
+//!
+//! - [`server`]: accepts connections, sorts them by their first request
+//!   head, limits and drains them: [`crate::serve`];
+//! - [`http1`]: the HTTP/1.1 fast path of event streams (direct, then
+//!   parked);
+//! - everything else is served by hyper and the axum router
+//!   ([`crate::http::router`]).
+//!
+//! A transport reaches the core through [`crate::hub::Hub::subscribe`], the
+//! [`crate::hub::Feed`] it returns, and, to park streams, the
+//! [`crate::hub::Wake`] trait. A new transport is a folder here and a line
+//! in [`server`].
+
+pub mod http1;
+pub mod server;

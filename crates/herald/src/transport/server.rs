@@ -1,0 +1,260 @@
+//! Runs the hub's routes on a listener.
+//!
+//! The library takes an already-bound listener and a shutdown future, so
+//! tests and embedders bind port 0 and stop the hub at will. A permit is
+//! taken before each `accept` (the connection limit), every connection
+//! served by hyper gets a cancellation token that the dispatcher fires
+//! when the subscriber's queue overflows, and shutdown drains with a
+//! deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use tower_http::cors::CorsLayer;
+
+use super::http1::direct;
+use super::http1::head::{self, Head};
+use super::http1::parked::Flusher;
+use super::http1::rewind::Rewind;
+use crate::http::conn::ConnContext;
+use crate::http::policy::cors_layer;
+use crate::http::router::router;
+use crate::hub::handle::Hub;
+
+/// Binds a listener with a backlog large enough for bursts of reconnecting
+/// browsers (the operating system's default of 128 drops them), and with
+/// `SO_REUSEADDR` so a restarted hub can bind at once.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Unsent bytes a connection's socket may hold before writes to it wait
+/// (`TCP_NOTSENT_LOWAT`). The kernel grows a socket's send buffer up to
+/// `tcp_wmem`'s maximum (4 MiB by default, and reached at once on
+/// loopback), so a subscriber that stopped reading would otherwise take
+/// every update into kernel memory for minutes: a system call and a copy
+/// each, for nothing, and megabytes per stalled client, while the hub
+/// never sees it fall behind. Past this bound the socket reports full, the
+/// stream stops writing to it, and new frames wait in the subscriber's
+/// bounded queue (pointers to shared updates) until it drains or
+/// overflows. Bytes in flight to a reading client do not count, so a fast
+/// client on a long path is not held back.
+#[cfg(target_os = "linux")]
+const UNSENT_LIMIT: u32 = 64 * 1024;
+
+/// Time a new connection has to send its first request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every connection of one server shares.
+#[derive(Clone, Debug)]
+struct Shared {
+    hub: Hub,
+    app: axum::Router,
+    /// The router's CORS rules, for streams on the fast path.
+    cors: Option<CorsLayer>,
+    /// Writes parked streams; `None` when streams keep their tasks.
+    flusher: Option<Arc<Flusher>>,
+}
+
+/// One accepted connection: its first request head decides whether it is
+/// an event stream served directly (see [`super::http1::direct`]) or a
+/// connection for hyper and the router.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shared: Shared,
+) {
+    let Shared {
+        hub,
+        app,
+        cors,
+        flusher,
+    } = shared;
+    let stop = hub.shutdown_token().clone();
+    let mut buf = Vec::new();
+    let complete = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, head::read_head(&mut stream, &mut buf)) => {
+            matches!(r, Ok(Ok(true)))
+        }
+        () = stop.cancelled() => false,
+    };
+    if !complete {
+        return;
+    }
+    if let Head::Subscribe { headers, query } = head::classify(&buf) {
+        drop(buf);
+        // No cancellation token: a direct stream watches its subscriber.
+        let ctx = ConnContext { cancel: None, peer };
+        let Some(live) = direct::open(stream, hub, headers, query, ctx, cors.as_ref()).await else {
+            return;
+        };
+        // Sends the first flush and any history here, then parks the
+        // stream: a waiting subscriber keeps no task.
+        live.with_permit(permit).run(flusher).await;
+        return;
+    }
+    let _permit = permit;
+    let cancel = CancellationToken::new();
+    let ctx = ConnContext {
+        cancel: Some(cancel.clone()),
+        peer,
+    };
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ctx.clone());
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    builder.header_read_timeout(HEAD_TIMEOUT);
+    // Boxed: a direct event stream's task does not carry hyper's state.
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(Rewind::new(buf, stream)), svc));
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        }
+        () = cancel.cancelled() => {
+            tracing::debug!(%peer, "connection cancelled");
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Serves `hub` on `listener` until `shutdown` resolves, then ends every
+/// stream, waits up to the configured grace period for connections to
+/// finish, and closes the engine. Waiting event streams are parked (see
+/// [`Server::parking`]).
+///
+/// # Errors
+/// Closing the engine failed (its data may not be flushed).
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    Server::new(hub).serve(listener, shutdown).await
+}
+
+/// A server of one hub, for the settings [`serve`] takes as they are.
+#[derive(Debug)]
+pub struct Server {
+    hub: Hub,
+    parking: bool,
+}
+
+impl Server {
+    pub fn new(hub: Hub) -> Self {
+        Self { hub, parking: true }
+    }
+
+    /// Whether event streams on the fast path are parked once they wait
+    /// (the default): a waiting subscriber then keeps no task. Off, each
+    /// keeps its task, as it does where parking is not available.
+    #[must_use]
+    pub fn parking(mut self, parking: bool) -> Self {
+        self.parking = parking;
+        self
+    }
+
+    /// Serves until `shutdown` resolves: see [`serve`].
+    ///
+    /// # Errors
+    /// Closing the engine failed (its data may not be flushed).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let hub = self.hub;
+        let flusher = self.parking.then(|| {
+            let flusher = Flusher::start(hub.index(), hub.metrics().clone());
+            hub.index().set_waker(flusher.clone());
+            flusher
+        });
+        let shared = Shared {
+            app: router(hub.clone()),
+            cors: cors_layer(&hub.config().cors_origins),
+            hub: hub.clone(),
+            flusher: flusher.clone(),
+        };
+        let permits = Arc::new(Semaphore::new(hub.config().max_connections));
+        let tracker = TaskTracker::new();
+        let stop = hub.shutdown_token().clone();
+        if let Some(oauth) = hub.oauth() {
+            // JWKS documents fetched by URL: now, then every five minutes.
+            oauth.start_refresh(std::time::Duration::from_secs(300), stop.clone());
+        }
+        tokio::pin!(shutdown);
+
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p?,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            #[cfg(target_os = "linux")]
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+                tracing::debug!(%peer, "cannot bound unsent bytes: {e}");
+            }
+            tracker.spawn(connection(stream, peer, permit, shared.clone()));
+        }
+
+        drop(listener);
+        tracing::info!("shutting down: ending streams");
+        stop.cancel();
+        tracker.close();
+        // Parked streams have no task: the flusher ends them.
+        let drained = async {
+            tracker.wait().await;
+            while flusher.as_ref().is_some_and(|f| f.parked() > 0) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(hub.config().shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: dropping remaining connections");
+        }
+        hub.close().await?;
+        tracing::info!("hub stopped");
+        Ok(())
+    }
+}
