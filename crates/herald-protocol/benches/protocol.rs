@@ -64,7 +64,8 @@ fn url_patterns(c: &mut Criterion) {
     )
     .unwrap();
     // A hostile pattern on the input that makes it expensive: the bound
-    // the linear-time engine keeps (see `herald_protocol::matcher`).
+    // the linear-time engine keeps (see `herald_protocol::matcher`,
+    // `url_pattern.rs`).
     let hostile = Matcher::new(
         MatchType::UrlPattern,
         "https://example.com/(.*a.{400}c)",

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use super::layout::Layout;
@@ -151,6 +153,20 @@ pub(super) struct MachineOut {
     /// Busy time spent neither in the hub (with --pid), the generator nor
     /// interrupts, in % of one core: other processes.
     pub(super) other_percent: Option<f64>,
+}
+
+/// Completes the summary with the warnings found in it, prints the
+/// report on stdout and writes it as JSON to `json`, if given.
+pub(super) fn emit(mut summary: Summary, json: Option<&Path>) -> anyhow::Result<()> {
+    let found = warnings(&summary);
+    summary.warnings.extend(found);
+    print!("{}", render(&summary));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&summary).expect("the summary serializes");
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// What a reader must not miss: failures, losses, a publisher behind its

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -228,6 +228,20 @@ impl Percentiles {
             max: ms(h.max()),
         }
     }
+}
+
+/// `n` per second over `secs`; 0 over an empty window.
+pub(super) fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// `n` per second over `d`.
+pub(super) fn rate_of(n: usize, d: Duration) -> f64 {
+    rate(n, d.as_secs_f64())
 }
 
 pub(super) fn round3(x: f64) -> f64 {
