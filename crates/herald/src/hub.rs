@@ -7,10 +7,10 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_protocol::Update;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::oauth::OAuthVerifier;
 use crate::auth::{AuthError, Grants, Role, TokenSource, Verifier};
-use crate::config::HubConfig;
+use crate::config::{ConfigError, HubConfig};
 use crate::engine::{Engine, EngineError, Stored};
-use crate::oauth::OAuthVerifier;
 use crate::registry::Registry;
 use crate::subscriber::Subscriber;
 use crate::subscriptions::{ActiveSubscriptions, Subscription};
@@ -106,7 +106,7 @@ impl Hub {
     ///
     /// # Errors
     /// An invalid setting, such as a key that does not parse.
-    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, String> {
+    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
         let publisher = config
             .publisher_jwt
@@ -254,7 +254,7 @@ impl Hub {
     }
 
     fn verify_uncached(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
-        if crate::oauth::is_access_token(token) {
+        if crate::auth::oauth::is_access_token(token) {
             let verifier = self.oauth().ok_or(AuthError::NoKey)?;
             return verifier.verify(token).map(Grants::Access).map_err(|e| {
                 tracing::debug!(reason = e.reason(), "access token refused: {e}");
@@ -287,7 +287,7 @@ impl Hub {
         let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
         match crate::auth::extract_token(headers, query_token, &cookies)? {
             // Access tokens never travel in URLs, where logs keep them.
-            Some((token, TokenSource::Query)) if crate::oauth::is_access_token(&token) => {
+            Some((token, TokenSource::Query)) if crate::auth::oauth::is_access_token(&token) => {
                 Err(AuthError::TokenInQuery)
             }
             Some((token, source)) => Ok(Some((self.verify_token(&token, role)?, source))),

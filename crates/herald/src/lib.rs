@@ -11,7 +11,8 @@
 //! - [`subscriber`]: one connection's selectors, rights and bounded queue.
 //! - [`subscriptions`]: subscription events and the table behind the
 //!   subscriptions API (when switched on).
-//! - [`auth`]: Mercure JWTs from header, query or cookie.
+//! - [`auth`]: Mercure JWTs from header, query or cookie: draft-07 tokens
+//!   and Mercure 1.0 access tokens ([`auth::oauth`]).
 //! - [`http`]: the axum routes; [`server`]: listener, limits, shutdown.
 //! - [`config`]: the settings of a hub.
 //!
@@ -26,7 +27,6 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod hub;
-pub mod oauth;
 pub mod registry;
 pub mod server;
 pub mod stats;
