@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use herald::auth::oauth::{self, IssuerConfig};
 use herald::auth::{self, Claims, KeyConfig, MercureClaim};
 use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
 use herald::engine::Engine;
-use herald::oauth::{self, IssuerConfig};
 use herald::{Hub, HubConfig};
 
 use crate::settings::{parse_duration, FileConfig};

@@ -89,7 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nbf: None,
         sub: args.sub,
     };
-    let token = auth::sign(&claims, &cfg).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+    let token = auth::sign(&claims, &cfg).context("cannot sign")?;
     println!("{token}");
     Ok(())
 }
@@ -140,7 +140,7 @@ fn access_token(cfg: &KeyConfig, issuer: &str, audience: &str, a: &Args) -> anyh
     }
     let mut header = jsonwebtoken::Header::new(cfg.algorithm);
     header.typ = Some("at+jwt".to_owned());
-    let key = auth::encoding_key(cfg).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+    let key = auth::encoding_key(cfg).context("cannot sign")?;
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
 }
 
@@ -169,7 +169,7 @@ pub(crate) fn mint(cfg: &KeyConfig, claim: MercureClaim, ttl: Duration) -> anyho
         exp: Some(expiry(now_secs(), ttl)),
         ..Default::default()
     };
-    auth::sign(&claims, cfg).map_err(|e| anyhow::anyhow!("cannot sign a token: {e}"))
+    auth::sign(&claims, cfg).context("cannot sign a token")
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
@@ -189,7 +189,7 @@ fn non_empty(v: Vec<String>) -> Option<Vec<String>> {
     (!v.is_empty()).then_some(v)
 }
 
-pub(crate) fn parse_alg(s: &str) -> Result<Algorithm, String> {
+pub(crate) fn parse_alg(s: &str) -> Result<Algorithm, auth::KeyError> {
     auth::parse_algorithm(s)
 }
 

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::auth::KeyConfig;
-use crate::oauth::IssuerConfig;
+use crate::auth::oauth::{IssuerConfig, IssuerError};
+use crate::auth::{KeyConfig, KeyError};
 
 /// The public URL used when none is configured.
 pub const DEFAULT_PUBLIC_URL: &str = "http://localhost/.well-known/mercure";
@@ -173,45 +173,47 @@ impl HubConfig {
     /// Checks values that would make the hub misbehave.
     ///
     /// # Errors
-    /// A one-line description of the first bad setting.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first bad setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
-            return Err("max_body_bytes must be positive".into());
+            return Err(ConfigError::NotPositive("max_body_bytes"));
         }
         if self.queue_frames == 0 || self.queue_bytes == 0 {
-            return Err("queue_frames and queue_bytes must be positive".into());
+            return Err(ConfigError::NotPositive("queue_frames and queue_bytes"));
         }
         if self.max_selectors == 0 || self.max_topics_per_update == 0 {
-            return Err("max_selectors and max_topics_per_update must be positive".into());
+            return Err(ConfigError::NotPositive(
+                "max_selectors and max_topics_per_update",
+            ));
         }
         if self.max_connections == 0 {
-            return Err("max_connections must be positive".into());
+            return Err(ConfigError::NotPositive("max_connections"));
         }
         if !matches!(self.public_url.scheme(), "http" | "https") {
-            return Err("public_url must be an http or https URL".into());
+            return Err(ConfigError::PublicUrlScheme);
         }
         if let Some(r) = &self.resource {
             // RFC 9728: the resource identifier is a URL, and clients
             // derive the metadata's location from it.
-            let url =
-                url::Url::parse(r).map_err(|e| format!("resource {r:?} is not a URL: {e}"))?;
+            let url = url::Url::parse(r).map_err(|error| ConfigError::ResourceNotUrl {
+                resource: r.clone(),
+                error,
+            })?;
             if !matches!(url.scheme(), "http" | "https") || url.fragment().is_some() {
-                return Err(format!(
-                    "resource {r:?} must be an http(s) URL without a fragment"
-                ));
+                return Err(ConfigError::ResourceNotHttp {
+                    resource: r.clone(),
+                });
             }
         }
         if self.access_token_cookie.is_empty() || self.cookie_name.is_empty() {
-            return Err("cookie names must not be empty".into());
+            return Err(ConfigError::EmptyCookieName);
         }
         if let Some(s) = self
             .authorization_servers
             .iter()
             .find(|s| !self.issuers.iter().any(|i| &i.issuer == *s))
         {
-            return Err(format!(
-                "authorization server {s:?} is not a trusted issuer"
-            ));
+            return Err(ConfigError::UntrustedAuthorizationServer(s.clone()));
         }
         for k in [&self.publisher_jwt, &self.subscriber_jwt]
             .into_iter()
@@ -221,4 +223,34 @@ impl HubConfig {
         }
         Ok(())
     }
+}
+
+/// A setting that would make the hub misbehave, found by
+/// [`HubConfig::validate`] or when [`crate::Hub::new`] loads the keys. Each
+/// message is one line, shown to the operator as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A limit that must be positive is zero (the names of the settings).
+    #[error("{0} must be positive")]
+    NotPositive(&'static str),
+    #[error("public_url must be an http or https URL")]
+    PublicUrlScheme,
+    #[error("resource {resource:?} is not a URL: {error}")]
+    ResourceNotUrl {
+        resource: String,
+        error: url::ParseError,
+    },
+    #[error("resource {resource:?} must be an http(s) URL without a fragment")]
+    ResourceNotHttp { resource: String },
+    #[error("cookie names must not be empty")]
+    EmptyCookieName,
+    /// An `authorization_servers` entry that is not a trusted issuer.
+    #[error("authorization server {0:?} is not a trusted issuer")]
+    UntrustedAuthorizationServer(String),
+    /// `publisher_jwt` or `subscriber_jwt` does not parse.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A trusted issuer cannot be set up.
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
 }

@@ -29,7 +29,6 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod hub;
-pub mod oauth;
 pub mod telemetry;
 pub mod transport;
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use herald::oauth::{IssuerConfig, KeySource};
+use herald::auth::oauth::{IssuerConfig, KeySource};
 use herald::HubConfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};

@@ -13,10 +13,10 @@ use super::heartbeat::Expiries;
 use super::index::TopicIndex;
 use super::stats::StatsFeed;
 use super::subscriber::Subscriber;
+use crate::auth::oauth::OAuthVerifier;
 use crate::auth::{AuthError, Grants, Role, TokenSource, Verifier};
-use crate::config::HubConfig;
+use crate::config::{ConfigError, HubConfig};
 use crate::engine::{Engine, EngineError, Stored};
-use crate::oauth::OAuthVerifier;
 use crate::telemetry::Metrics;
 
 /// Resolves once a subscription's `active: true` events are appended (or
@@ -111,7 +111,7 @@ impl Hub {
     ///
     /// # Errors
     /// An invalid setting, such as a key that does not parse.
-    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, String> {
+    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
         let publisher = config
             .publisher_jwt
@@ -252,7 +252,7 @@ impl Hub {
     }
 
     fn verify_uncached(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
-        if crate::oauth::is_access_token(token) {
+        if crate::auth::oauth::is_access_token(token) {
             let verifier = self.oauth().ok_or(AuthError::NoKey)?;
             return verifier.verify(token).map(Grants::Access).map_err(|e| {
                 tracing::debug!(reason = e.reason(), "access token refused: {e}");
@@ -285,7 +285,7 @@ impl Hub {
         let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
         match crate::auth::extract_token(headers, query_token, &cookies)? {
             // Access tokens never travel in URLs, where logs keep them.
-            Some((token, TokenSource::Query)) if crate::oauth::is_access_token(&token) => {
+            Some((token, TokenSource::Query)) if crate::auth::oauth::is_access_token(&token) => {
                 Err(AuthError::TokenInQuery)
             }
             Some((token, source)) => Ok(Some((self.verify_token(&token, role)?, source))),
