@@ -161,6 +161,7 @@ async fn resume_during_busy_publishing_has_no_gap_and_no_duplicate() {
 /// Bytes a client sends on an event stream are discarded without
 /// disturbing it: a replay in progress (history read off the thread pool,
 /// as the `local` engine does) goes on to the end.
+#[cfg(feature = "local")]
 #[tokio::test]
 async fn stray_client_bytes_do_not_disturb_a_replay() {
     use herald::engine::local::{LocalConfig, LocalEngine};
