@@ -160,7 +160,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     };
     hub.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let engine = match s.engine {
+    let engine = match s.engine()? {
         settings::Engine::Memory => EngineChoice::Memory {
             capacity: s.value("history_size")?,
         },

@@ -196,8 +196,6 @@ fn parse_file(text: &str) -> Result<Vec<(&'static str, Raw)>, String> {
 #[derive(Debug)]
 pub struct Settings {
     values: BTreeMap<&'static str, (Source, Raw)>,
-    /// The chosen engine; only its settings (and the hub's) may be given.
-    pub engine: Engine,
 }
 
 impl Settings {
@@ -224,37 +222,42 @@ impl Settings {
         for (name, source, raw) in args.given {
             values.insert(name, (source, raw));
         }
-        let mut settings = Settings {
-            values,
-            engine: Engine::Local,
-        };
-        settings.engine = settings.value("engine")?;
-        let (engine_source, _) = &settings.values["engine"];
-        for (engine, s) in all() {
-            let Some(engine) = engine else { continue };
+        let settings = Settings { values };
+        let engine = settings.engine()?;
+        for (owner, s) in all() {
+            let Some(owner) = owner else { continue };
             let given = settings
                 .values
                 .get(s.name)
                 .is_some_and(|(source, _)| *source != Source::Default);
-            if given && engine != settings.engine.name() {
+            if given && owner != engine.name() {
                 bail!(
-                    "{} is a setting of the {engine} engine; the engine is {} ({}): \
-                     remove it or choose --engine {engine}",
-                    settings.name_and_source(s.name),
-                    settings.engine.name(),
-                    origin(find("engine").unwrap().1, *engine_source),
+                    "{} ({}) is a setting of the {owner} engine; the engine is {} ({}): \
+                     remove it or choose --engine {owner}",
+                    s.name,
+                    settings.origin(s.name),
+                    engine.name(),
+                    settings.origin("engine"),
                 );
             }
         }
         Ok(settings)
     }
 
-    /// `name (where it came from)`, for error messages.
-    fn name_and_source(&self, name: &str) -> String {
+    /// The chosen engine: only its settings (and the hub's) may be given.
+    pub fn engine(&self) -> anyhow::Result<Engine> {
+        self.value("engine")
+    }
+
+    /// How the user gave the setting: its flag, its variable, the file, or
+    /// its default; for error messages.
+    fn origin(&self, name: &str) -> String {
         let (_, s) = find(name).unwrap_or_else(|| panic!("undeclared setting {name}"));
         match self.values.get(name) {
-            Some((source, _)) => format!("{name} ({})", origin(s, *source)),
-            None => name.to_owned(),
+            Some((Source::Flag, _)) => format!("--{}", s.flag()),
+            Some((Source::Variable, _)) => s.variable(),
+            Some((Source::File, _)) => "config file".to_owned(),
+            Some((Source::Default, _)) | None => "default".to_owned(),
         }
     }
 
@@ -270,7 +273,7 @@ impl Settings {
             None => Ok(None),
             Some(Raw::One(text)) => T::read(text)
                 .map(Some)
-                .map_err(|e| anyhow!("{}: {e}", self.name_and_source(name))),
+                .map_err(|e| anyhow!("{name} ({}): {e}", self.origin(name))),
             Some(_) => panic!("{name} is not a one-value setting"),
         }
     }
@@ -296,16 +299,6 @@ impl Settings {
     }
 }
 
-/// How the user wrote the setting in `source`.
-fn origin(s: &Setting, source: Source) -> String {
-    match source {
-        Source::Flag => format!("--{}", s.flag()),
-        Source::Variable => s.variable(),
-        Source::File => "config file".to_owned(),
-        Source::Default => "default".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,8 +308,8 @@ mod tests {
     /// (the process environment is left alone: tests run in parallel).
     fn args(flags: &[&str], env: &[(&str, &str)]) -> Args {
         let cmd = <Args as clap::Args>::augment_args(Command::new("serve"));
-        // clap reads variables when the arguments are built: rebuild each
-        // argument with the variable's value given as a flag instead.
+        // clap reads the process's variables; these are added after it,
+        // as clap would: split like on the command line, under a flag.
         let mut argv: Vec<String> = vec!["serve".into()];
         argv.extend(flags.iter().map(|f| (*f).to_owned()));
         let m = cmd.try_get_matches_from(&argv).unwrap();
