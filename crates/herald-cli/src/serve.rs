@@ -12,142 +12,13 @@ use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
 use herald::engine::Engine;
 use herald::{Hub, HubConfig};
+use jsonwebtoken::Algorithm;
 
-use crate::settings::{parse_duration, FileConfig};
+use crate::settings::{self, Raw, Settings};
 
-/// Run the hub. Each flag can also be set with its `HERALD_*` variable or in
-/// the TOML file given by `--config`; flags and variables win over the file.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// TOML configuration file.
-    #[arg(long, env = "HERALD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "HERALD_ADDR")]
-    addr: Option<SocketAddr>,
-    /// Key verifying publisher JWTs (HMAC secret, or a PEM public key / its path).
-    #[arg(long, env = "HERALD_PUBLISHER_JWT", hide_env_values = true)]
-    publisher_jwt: Option<String>,
-    /// Algorithm of publisher JWTs [default: HS256].
-    #[arg(long, env = "HERALD_PUBLISHER_JWT_ALG")]
-    publisher_jwt_alg: Option<String>,
-    /// Key verifying subscriber JWTs [default: the publisher key].
-    #[arg(long, env = "HERALD_SUBSCRIBER_JWT", hide_env_values = true)]
-    subscriber_jwt: Option<String>,
-    /// Algorithm of subscriber JWTs [default: HS256].
-    #[arg(long, env = "HERALD_SUBSCRIBER_JWT_ALG")]
-    subscriber_jwt_alg: Option<String>,
-    /// Allow subscribers without a token (public updates only) [default: true].
-    #[arg(long, env = "HERALD_ANONYMOUS", num_args = 0..=1, default_missing_value = "true")]
-    anonymous: Option<bool>,
-    /// Origins allowed by CORS, comma-separated (`*` for any).
-    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
-    cors_origins: Option<Vec<String>>,
-    /// Origins allowed to publish with cookie authorization, comma-separated.
-    #[arg(long, env = "HERALD_PUBLISH_ORIGINS", value_delimiter = ',')]
-    publish_origins: Option<Vec<String>>,
-    /// Idle time before a heartbeat comment, e.g. 25s; 0 disables [default: 25s].
-    #[arg(long, env = "HERALD_HEARTBEAT")]
-    heartbeat: Option<String>,
-    /// `retry:` sent to every subscriber, in milliseconds.
-    #[arg(long, env = "HERALD_RETRY")]
-    retry: Option<u64>,
-    /// Storage engine: `local` (durable, on disk) or `memory` [default: local].
-    #[arg(long, env = "HERALD_ENGINE")]
-    engine: Option<String>,
-    /// Directory of the `local` engine's store [default: ./herald-data].
-    #[arg(long, env = "HERALD_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// `sync`: acknowledge a publish once it is on disk; `async`: once it is
-    /// committed, flushing within a second [default: sync].
-    #[arg(long, env = "HERALD_DURABILITY")]
-    durability: Option<String>,
-    /// Keep at most this many updates in the local store.
-    #[arg(long, env = "HERALD_RETENTION_MAX_UPDATES")]
-    retention_max_updates: Option<u64>,
-    /// Remove updates older than this from the local store, e.g. 7d.
-    #[arg(long, env = "HERALD_RETENTION_MAX_AGE")]
-    retention_max_age: Option<String>,
-    /// Keep at most this many bytes of updates in the local store.
-    #[arg(long, env = "HERALD_RETENTION_MAX_BYTES")]
-    retention_max_bytes: Option<u64>,
-    /// Updates kept by the memory engine [default: 100000].
-    #[arg(long, env = "HERALD_HISTORY_SIZE")]
-    history_size: Option<usize>,
-    /// Largest publish body in bytes [default: 1048576].
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES")]
-    max_body_bytes: Option<usize>,
-    /// Most simultaneous connections [default: 19000].
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Most selectors per subscription [default: 64].
-    #[arg(long, env = "HERALD_MAX_SELECTORS")]
-    max_selectors: Option<usize>,
-    /// Most topics per update [default: 64].
-    #[arg(long, env = "HERALD_MAX_TOPICS_PER_UPDATE")]
-    max_topics_per_update: Option<usize>,
-    /// Per-subscriber queue bound in frames [default: 4096].
-    #[arg(long, env = "HERALD_QUEUE_FRAMES")]
-    queue_frames: Option<usize>,
-    /// Per-subscriber queue bound in bytes [default: 4194304].
-    #[arg(long, env = "HERALD_QUEUE_BYTES")]
-    queue_bytes: Option<usize>,
-    /// How long shutdown waits for connections, e.g. 5s [default: 5s].
-    #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
-    shutdown_grace: Option<String>,
-    /// Name of the authorization cookie [default: mercureAuthorization].
-    #[arg(long, env = "HERALD_COOKIE_NAME")]
-    cookie_name: Option<String>,
-    /// Development mode: the dashboard's admin data needs no token
-    /// [default: on when the key was generated].
-    #[arg(long, env = "HERALD_DEV", num_args = 0..=1, default_missing_value = "true")]
-    dev: Option<bool>,
-    /// Subscription events and the subscriptions API: each subscriber's
-    /// connect and disconnect is published as a private update on
-    /// `/.well-known/mercure/subscriptions/{topic}/{subscriber}`, and
-    /// `GET /.well-known/mercure/subscriptions` lists them [default: off].
-    #[arg(long, env = "HERALD_SUBSCRIPTIONS", num_args = 0..=1, default_missing_value = "true")]
-    subscriptions: Option<bool>,
-    /// `/metrics`: `open`, `off`, or `token` (needs --metrics-token) [default: open].
-    #[arg(long, env = "HERALD_METRICS")]
-    metrics: Option<String>,
-    /// Bearer token required by `/metrics` when `metrics = "token"`.
-    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
-    metrics_token: Option<String>,
-    /// Log filter, e.g. `info` or `herald=debug` [default: info].
-    #[arg(long, env = "HERALD_LOG")]
-    log: Option<String>,
-    /// Log format: `text` or `json` [default: text].
-    #[arg(long, env = "HERALD_LOG_FORMAT")]
-    log_format: Option<String>,
-    /// The hub's public URL, as clients reach it: relative URL patterns and
-    /// topics resolve against it [default: http://ADDR/.well-known/mercure].
-    #[arg(long, env = "HERALD_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// OAuth resource identifier that draft-08 access tokens must carry in
-    /// `aud` [default: the public URL].
-    #[arg(long, env = "HERALD_RESOURCE")]
-    resource: Option<String>,
-    /// An issuer trusted for draft-08 access tokens: `ISSUER KEY [ALGS]`,
-    /// space-separated; KEY is `secret:TEXT`, `pem:PATH`, `jwks:PATH` or
-    /// `jwks:URL`; ALGS a comma-separated allow-list [default: from the
-    /// key]. Repeat the flag (or separate with `;` in the variable).
-    #[arg(
-        long = "issuer",
-        env = "HERALD_ISSUERS",
-        value_delimiter = ';',
-        hide_env_values = true
-    )]
-    issuers: Option<Vec<String>>,
-    /// Name of the draft-08 access token cookie
-    /// [default: __Secure-mercure_access_token].
-    #[arg(long, env = "HERALD_ACCESS_TOKEN_COOKIE")]
-    access_token_cookie: Option<String>,
-    /// Trusted issuers to advertise as OAuth authorization servers in the
-    /// protected resource metadata, comma-separated.
-    #[arg(long, env = "HERALD_AUTHORIZATION_SERVERS", value_delimiter = ',')]
-    authorization_servers: Option<Vec<String>>,
-}
+/// Run the hub. Its arguments are derived from the declarations in
+/// `settings.rs`.
+pub type Args = settings::Args;
 
 /// Parses `--issuer "ISSUER KEY [ALG,ALG]"`.
 fn parse_issuer(s: &str) -> anyhow::Result<IssuerConfig> {
@@ -199,16 +70,10 @@ enum EngineChoice {
     Local(LocalConfig),
 }
 
-fn key(key: Option<String>, alg: Option<String>, what: &str) -> anyhow::Result<Option<KeyConfig>> {
-    let alg = auth::parse_algorithm(alg.as_deref().unwrap_or("HS256"))
-        .map_err(|e| anyhow::anyhow!("{what}_jwt_alg: {e}"))?;
+/// The key of `{what}_jwt`, read from its PEM file when it names one.
+fn key(key: Option<String>, alg: Algorithm, what: &str) -> anyhow::Result<Option<KeyConfig>> {
     let Some(key) = key else { return Ok(None) };
-    let hmac = matches!(
-        alg,
-        jsonwebtoken::Algorithm::HS256
-            | jsonwebtoken::Algorithm::HS384
-            | jsonwebtoken::Algorithm::HS512
-    );
+    let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
     let key = if !hmac && !key.trim_start().starts_with("-----BEGIN") {
         std::fs::read_to_string(&key)
             .with_context(|| format!("{what}_jwt: cannot read PEM key file {key:?}"))?
@@ -221,155 +86,107 @@ fn key(key: Option<String>, alg: Option<String>, what: &str) -> anyhow::Result<O
     }))
 }
 
-fn plan(a: Args) -> anyhow::Result<Plan> {
-    let f = match &a.config {
-        Some(p) => FileConfig::load(p)?,
-        None => FileConfig::default(),
-    };
-    let mut hub = HubConfig::default();
-    let d = |x: Option<String>, what: &str| -> anyhow::Result<Option<std::time::Duration>> {
-        x.map(|s| parse_duration(&s).with_context(|| what.to_owned()))
-            .transpose()
-    };
-    hub.publisher_jwt = key(
-        a.publisher_jwt.or(f.publisher_jwt),
-        a.publisher_jwt_alg.or(f.publisher_jwt_alg),
+/// Reads every setting the chosen engine uses; the declarations in
+/// `settings.rs` give the names, sources and defaults.
+fn plan(args: Args) -> anyhow::Result<Plan> {
+    let s = Settings::load(args)?;
+    let publisher_jwt = key(
+        s.get("publisher_jwt")?,
+        s.value("publisher_jwt_alg")?,
         "publisher",
     )?;
-    hub.subscriber_jwt = key(
-        a.subscriber_jwt.or(f.subscriber_jwt),
-        a.subscriber_jwt_alg.or(f.subscriber_jwt_alg),
-        "subscriber",
-    )?;
-    let generated_key = hub.publisher_jwt.is_none();
-    if generated_key {
+    let generated_key = publisher_jwt.is_none();
+    let publisher_jwt = publisher_jwt.unwrap_or_else(|| {
         let secret = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        hub.publisher_jwt = Some(KeyConfig::hmac(secret));
-    }
-    if let Some(v) = a.anonymous.or(f.anonymous) {
-        hub.anonymous = v;
-    }
-    if let Some(v) = a.cors_origins.or(f.cors_origins) {
-        hub.cors_origins = v.into_iter().filter(|s| !s.is_empty()).collect();
-    }
-    if let Some(v) = a.publish_origins.or(f.publish_origins) {
-        hub.publish_origins = v.into_iter().filter(|s| !s.is_empty()).collect();
-    }
-    if let Some(v) = d(a.heartbeat.or(f.heartbeat), "heartbeat")? {
-        hub.heartbeat = v;
-    }
-    hub.retry = a.retry.or(f.retry).or(hub.retry);
-    if let Some(v) = a.max_body_bytes.or(f.max_body_bytes) {
-        hub.max_body_bytes = v;
-    }
-    if let Some(v) = a.max_connections.or(f.max_connections) {
-        hub.max_connections = v;
-    }
-    if let Some(v) = a.max_selectors.or(f.max_selectors) {
-        hub.max_selectors = v;
-    }
-    if let Some(v) = a.max_topics_per_update.or(f.max_topics_per_update) {
-        hub.max_topics_per_update = v;
-    }
-    if let Some(v) = a.queue_frames.or(f.queue_frames) {
-        hub.queue_frames = v;
-    }
-    if let Some(v) = a.queue_bytes.or(f.queue_bytes) {
-        hub.queue_bytes = v;
-    }
-    if let Some(v) = d(a.shutdown_grace.or(f.shutdown_grace), "shutdown_grace")? {
-        hub.shutdown_grace = v;
-    }
-    if let Some(v) = a.cookie_name.or(f.cookie_name) {
-        hub.cookie_name = v;
-    }
-    hub.dev_mode = a.dev.or(f.dev).unwrap_or(generated_key);
-    hub.subscriptions = a.subscriptions.or(f.subscriptions).unwrap_or(false);
-    let metrics_token = a.metrics_token.or(f.metrics_token);
-    hub.metrics = match a.metrics.or(f.metrics).as_deref().unwrap_or("open") {
+        KeyConfig::hmac(secret)
+    });
+    let metrics = match s.value::<String>("metrics")?.as_str() {
         "open" => MetricsAccess::Open,
         "off" => MetricsAccess::Off,
         "token" => MetricsAccess::Token(
-            metrics_token
+            s.get("metrics_token")?
                 .ok_or_else(|| anyhow::anyhow!("metrics = \"token\" needs metrics_token"))?,
         ),
         other => bail!("unknown metrics setting {other:?} (expected open, off or token)"),
     };
-    let public_url = a.public_url.or(f.public_url);
-    let public_url_given = public_url.is_some();
-    if let Some(u) = public_url {
-        hub.public_url =
-            url::Url::parse(&u).with_context(|| format!("public_url {u:?} is not a URL"))?;
-    }
-    hub.resource = a.resource.or(f.resource);
-    if let Some(v) = a.access_token_cookie.or(f.access_token_cookie) {
-        hub.access_token_cookie = v;
-    }
-    if let Some(v) = a.authorization_servers.or(f.authorization_servers) {
-        hub.authorization_servers = v.into_iter().filter(|s| !s.is_empty()).collect();
-    }
-    hub.issuers = match (a.issuers, f.issuers) {
-        (Some(flags), _) => flags
+    let issuers = match s.raw("issuers") {
+        Some(Raw::List(flags)) => flags
             .iter()
             .filter(|s| !s.trim().is_empty())
             .map(|s| parse_issuer(s))
             .collect::<anyhow::Result<_>>()?,
-        (None, Some(file)) => file
-            .into_iter()
-            .map(|i| issuer_config(&i.issuer, &i.key, i.algorithms))
+        Some(Raw::Issuers(file)) => file
+            .iter()
+            .map(|i| issuer_config(&i.issuer, &i.key, i.algorithms.clone()))
             .collect::<anyhow::Result<_>>()?,
-        (None, None) => Vec::new(),
+        Some(Raw::One(_)) | None => Vec::new(),
+    };
+    let public_url: Option<url::Url> = s.get("public_url")?;
+    let public_url_given = public_url.is_some();
+    let hub = HubConfig {
+        publisher_jwt: Some(publisher_jwt),
+        subscriber_jwt: key(
+            s.get("subscriber_jwt")?,
+            s.value("subscriber_jwt_alg")?,
+            "subscriber",
+        )?,
+        anonymous: s.value("anonymous")?,
+        cors_origins: s.list("cors_origins").unwrap_or_default(),
+        publish_origins: s.list("publish_origins").unwrap_or_default(),
+        heartbeat: s.value("heartbeat")?,
+        retry: s.get("retry")?,
+        max_body_bytes: s.value("max_body_bytes")?,
+        max_connections: s.value("max_connections")?,
+        max_selectors: s.value("max_selectors")?,
+        max_topics_per_update: s.value("max_topics_per_update")?,
+        queue_frames: s.value("queue_frames")?,
+        queue_bytes: s.value("queue_bytes")?,
+        shutdown_grace: s.value("shutdown_grace")?,
+        cookie_name: s.value("cookie_name")?,
+        dev_mode: s.get("dev")?.unwrap_or(generated_key),
+        subscriptions: s.value("subscriptions")?,
+        metrics,
+        resource: s.get("resource")?,
+        access_token_cookie: s.value("access_token_cookie")?,
+        authorization_servers: s.list("authorization_servers").unwrap_or_default(),
+        issuers,
+        // Without a public URL it follows the bound address (see `run`).
+        public_url: public_url.unwrap_or_else(|| HubConfig::default().public_url),
+        ..HubConfig::default()
     };
     hub.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let engine = match a.engine.or(f.engine).as_deref().unwrap_or("local") {
-        "memory" => EngineChoice::Memory {
-            capacity: a.history_size.or(f.history_size).unwrap_or(100_000),
+    let engine = match s.engine()? {
+        settings::Engine::Memory => EngineChoice::Memory {
+            capacity: s.value("history_size")?,
         },
-        "local" => {
-            let mut local = LocalConfig::new(
-                a.data_dir
-                    .or(f.data_dir)
-                    .unwrap_or_else(|| PathBuf::from("herald-data")),
-            );
-            if let Some(v) = a.durability.or(f.durability) {
-                local.durability = v.parse().map_err(|e| anyhow::anyhow!("durability: {e}"))?;
-            }
+        settings::Engine::Local => {
+            let mut local = LocalConfig::new(s.value::<PathBuf>("data_dir")?);
+            local.durability = s.value("durability")?;
             local.retention = Retention {
-                max_updates: a.retention_max_updates.or(f.retention_max_updates),
-                max_age: d(
-                    a.retention_max_age.or(f.retention_max_age),
-                    "retention_max_age",
-                )?,
-                max_bytes: a.retention_max_bytes.or(f.retention_max_bytes),
+                max_updates: s.get("retention_max_updates")?,
+                max_age: s.get("retention_max_age")?,
+                max_bytes: s.get("retention_max_bytes")?,
             };
             EngineChoice::Local(local)
         }
-        other => bail!("unknown engine {other:?} (expected local or memory)"),
     };
-    let log_format = a
-        .log_format
-        .or(f.log_format)
-        .unwrap_or_else(|| "text".into());
-    let log_json = match log_format.as_str() {
+    let log_json = match s.value::<String>("log_format")?.as_str() {
         "text" => false,
         "json" => true,
         other => bail!("unknown log_format {other:?} (expected text or json)"),
     };
     Ok(Plan {
         public_url_given,
-        addr: a
-            .addr
-            .or(f.addr)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        addr: s.value("addr")?,
         hub,
         engine,
         generated_key,
-        log: a.log.or(f.log).unwrap_or_else(|| "info".into()),
+        log: s.value("log")?,
         log_json,
     })
 }
@@ -470,4 +287,96 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("signal received: shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    fn plan_of(flags: &[&str]) -> anyhow::Result<Plan> {
+        let cmd = <Args as clap::Args>::augment_args(clap::Command::new("serve"));
+        let m = cmd
+            .try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .unwrap();
+        plan(Args::from_arg_matches(&m).unwrap())
+    }
+
+    /// The declared defaults (README's) are the library's, and every
+    /// setting `plan` reads is declared and reads its default.
+    #[test]
+    fn declared_defaults_are_the_library_defaults() {
+        let plan = plan_of(&[]).unwrap();
+        let (got, lib) = (&plan.hub, HubConfig::default());
+        assert_eq!(got.anonymous, lib.anonymous);
+        assert_eq!(got.heartbeat, lib.heartbeat);
+        assert_eq!(got.retry, lib.retry);
+        assert_eq!(got.max_body_bytes, lib.max_body_bytes);
+        assert_eq!(got.max_connections, lib.max_connections);
+        assert_eq!(got.max_selectors, lib.max_selectors);
+        assert_eq!(got.max_topics_per_update, lib.max_topics_per_update);
+        assert_eq!(got.queue_frames, lib.queue_frames);
+        assert_eq!(got.queue_bytes, lib.queue_bytes);
+        assert_eq!(got.shutdown_grace, lib.shutdown_grace);
+        assert_eq!(got.cookie_name, lib.cookie_name);
+        assert_eq!(got.access_token_cookie, lib.access_token_cookie);
+        assert_eq!(got.metrics, lib.metrics);
+        assert_eq!(got.subscriptions, lib.subscriptions);
+        assert!(plan.generated_key && got.dev_mode);
+        let EngineChoice::Local(local) = plan.engine else {
+            panic!("local is the default engine")
+        };
+        let lib = LocalConfig::new("herald-data");
+        assert_eq!(local.durability, lib.durability);
+        assert_eq!(local.retention, lib.retention);
+        assert_eq!(local.path, PathBuf::from("./herald-data"));
+
+        let plan = plan_of(&["--engine", "memory"]).unwrap();
+        assert!(matches!(
+            plan.engine,
+            EngineChoice::Memory { capacity: 100_000 }
+        ));
+    }
+
+    #[test]
+    fn every_setting_reaches_the_plan() {
+        let plan = plan_of(&[
+            "--engine=local",
+            "--data-dir=/tmp/d",
+            "--durability=async",
+            "--retention-max-updates=5",
+            "--retention-max-age=7d",
+            "--retention-max-bytes=6",
+            "--publisher-jwt=p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p",
+            "--anonymous=false",
+            "--cors-origins=https://a.example,https://b.example",
+            "--heartbeat=0",
+            "--retry=1500",
+            "--dev=false",
+            "--subscriptions",
+            "--metrics=token",
+            "--metrics-token=t",
+            "--log-format=json",
+            "--public-url=https://hub.example.com/.well-known/mercure",
+        ])
+        .unwrap();
+        let hub = &plan.hub;
+        assert!(!plan.generated_key && !hub.dev_mode && !hub.anonymous && hub.subscriptions);
+        assert_eq!(hub.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(hub.heartbeat, std::time::Duration::ZERO);
+        assert_eq!(hub.retry, Some(1500));
+        assert_eq!(hub.metrics, MetricsAccess::Token("t".into()));
+        assert!(plan.log_json && plan.public_url_given);
+        let EngineChoice::Local(local) = plan.engine else {
+            panic!("local engine")
+        };
+        assert_eq!(local.path, PathBuf::from("/tmp/d"));
+        assert_eq!(local.durability.to_string(), "async");
+        assert_eq!(local.retention.max_updates, Some(5));
+        assert_eq!(local.retention.max_bytes, Some(6));
+        assert_eq!(
+            local.retention.max_age,
+            Some(std::time::Duration::from_secs(7 * 86400))
+        );
+    }
 }

@@ -1,102 +1,240 @@
-//! `herald serve` settings: flags and `HERALD_*` variables over a TOML file
-//! over defaults. Every setting is checked before any port is bound.
+//! `herald serve` settings, each declared once below.
+//!
+//! A declaration gives a setting's name, kind, default and help; the rest
+//! follows from it: the flag is `--` + the name with `_` → `-`, the
+//! variable `HERALD_` + the name in capitals, the TOML key the name. From
+//! the declarations [`sources`] builds the clap arguments, checks the TOML
+//! keys and merges flags > `HERALD_*` variables > the TOML file > defaults;
+//! [`read`] turns a merged value into a typed one; a test derives README's
+//! table from them, so the documentation cannot drift from the code.
+//!
+//! Settings are grouped by component: the hub's apply whatever the engine,
+//! an engine's only with that engine, and giving one to another engine is
+//! an error rather than a setting silently ignored.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod read;
+#[cfg(test)]
+mod readme;
+mod sources;
 
-use anyhow::{bail, Context};
-use serde::Deserialize;
+pub use read::{parse_duration, Read};
+pub use sources::{Args, Raw, Settings};
 
-/// The TOML file. Names follow Mercure's directives; unknown keys are
-/// refused so a typo never silently does nothing.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub addr: Option<SocketAddr>,
-    pub publisher_jwt: Option<String>,
-    pub publisher_jwt_alg: Option<String>,
-    pub subscriber_jwt: Option<String>,
-    pub subscriber_jwt_alg: Option<String>,
-    pub anonymous: Option<bool>,
-    pub cors_origins: Option<Vec<String>>,
-    pub publish_origins: Option<Vec<String>>,
-    pub heartbeat: Option<String>,
-    pub retry: Option<u64>,
-    pub engine: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub durability: Option<String>,
-    pub history_size: Option<usize>,
-    pub retention_max_updates: Option<u64>,
-    pub retention_max_age: Option<String>,
-    pub retention_max_bytes: Option<u64>,
-    pub max_body_bytes: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub max_selectors: Option<usize>,
-    pub max_topics_per_update: Option<usize>,
-    pub queue_frames: Option<usize>,
-    pub queue_bytes: Option<usize>,
-    pub shutdown_grace: Option<String>,
-    pub cookie_name: Option<String>,
-    pub dev: Option<bool>,
-    pub subscriptions: Option<bool>,
-    pub metrics: Option<String>,
-    pub metrics_token: Option<String>,
-    pub log: Option<String>,
-    pub log_format: Option<String>,
-    pub public_url: Option<String>,
-    pub resource: Option<String>,
-    pub access_token_cookie: Option<String>,
-    pub authorization_servers: Option<Vec<String>>,
-    pub issuers: Option<Vec<FileIssuer>>,
+use Fallback::{Unset, Value};
+
+/// The hub's settings: they apply whatever the engine.
+#[rustfmt::skip]
+const HUB: &[Setting] = &[
+    text("addr", Value("127.0.0.1:8080"), "listen address"),
+    text("publisher_jwt", Unset("generated"),
+        "key verifying publisher tokens: an HMAC secret, or a PEM public key (text or file path) for RSA/EC/EdDSA").secret(),
+    text("publisher_jwt_alg", Value("HS256"),
+        "the one accepted algorithm: HS256/384/512, RS256/384/512, ES256/384, EdDSA"),
+    text("subscriber_jwt", Unset("the publisher key"), "key verifying subscriber tokens").secret(),
+    text("subscriber_jwt_alg", Value("HS256"), "algorithm of subscriber tokens, as above"),
+    switch("anonymous", Value("true"), "allow subscribers without a token (public updates only)"),
+    list("cors_origins", Unset("none"), "origins allowed by CORS, comma-separated; `*` mirrors any origin"),
+    list("publish_origins", Unset("none"),
+        "origins allowed to publish with cookie authorization, comma-separated"),
+    text("heartbeat", Value("25s"),
+        "longest silence before a heartbeat comment (sent after 3/4 of it to all of it); `0` disables"),
+    text("retry", Unset("none"), "`retry:` (ms) sent at the start of every stream"),
+    text("engine", Value("local"),
+        "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; a `redis://`, \
+         `rediss://`, `postgres://`, `postgresql://` or `nats://` URL names an engine not in this build yet"),
+    text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
+    text("max_connections", Value("19000"), "simultaneous connections"),
+    text("max_selectors", Value("64"), "selectors per subscription"),
+    text("max_topics_per_update", Value("64"), "topics per update"),
+    text("queue_frames", Value("4096"), "per-subscriber queue bound, in events"),
+    text("queue_bytes", Value("4194304"), "per-subscriber queue bound, in bytes"),
+    text("shutdown_grace", Value("5s"), "how long shutdown waits for connections"),
+    text("cookie_name", Value("mercureAuthorization"), "draft-07 authorization cookie"),
+    text("public_url", Unset("`http://<addr>/.well-known/mercure`"),
+        "the hub's URL as clients reach it: relative URL patterns and topics resolve against it, \
+         and the reserved namespace is checked against it"),
+    text("resource", Unset("`public_url`"),
+        "OAuth resource identifier that draft-08 access tokens must carry in `aud`"),
+    Setting { flag: Some("issuer"), kind: Kind::Issuers, ..text("issuers", Unset("none"),
+        "issuers trusted for draft-08 access tokens: `[[issuers]]` tables, or \
+         `--issuer \"ISSUER KEY [ALGS]\"` per issuer (`;` between issuers in the variable)").secret() },
+    text("access_token_cookie", Value("__Secure-mercure_access_token"), "draft-08 access token cookie"),
+    list("authorization_servers", Unset("none"),
+        "trusted issuers to advertise as OAuth authorization servers in the protected resource \
+         metadata, comma-separated"),
+    switch("dev", Unset("on when the key was generated"),
+        "development mode: the dashboard's admin data needs no token"),
+    switch("subscriptions", Value("false"), "subscription events and the subscriptions API"),
+    text("metrics", Value("open"), "`/metrics`: `open`, `off`, or `token`"),
+    text("metrics_token", Unset("none"),
+        "bearer token `/metrics` requires when `metrics = \"token\"`").secret(),
+    text("log", Value("info"), "log filter (`debug`, `herald=debug,info`, ...)"),
+    text("log_format", Value("text"), "`text` or `json`"),
+];
+
+/// The `local` engine's settings.
+#[rustfmt::skip]
+const LOCAL: &[Setting] = &[
+    text("data_dir", Value("./herald-data"), "directory of the store"),
+    text("durability", Value("sync"),
+        "`sync`: a publish is acknowledged once on disk; `async`: once committed, the disk flushed within a second"),
+    text("retention_max_updates", Unset("unlimited"), "updates kept"),
+    text("retention_max_age", Unset("unlimited"), "age after which updates are removed, e.g. `7d`"),
+    text("retention_max_bytes", Unset("unlimited"), "bytes of updates kept"),
+];
+
+/// The `memory` engine's settings.
+#[rustfmt::skip]
+const MEMORY: &[Setting] = &[
+    text("history_size", Value("100000"), "updates kept"),
+];
+
+/// Every setting, by component, in `--help` and README order. A new
+/// engine adds its group here and its variant to [`Engine`].
+pub const GROUPS: &[Group] = &[
+    Group {
+        engine: None,
+        settings: HUB,
+    },
+    Group {
+        engine: Some("local"),
+        settings: LOCAL,
+    },
+    Group {
+        engine: Some("memory"),
+        settings: MEMORY,
+    },
+];
+
+/// One setting of `herald serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The TOML key; the flag and variable derive from it.
+    pub name: &'static str,
+    /// The flag without `--`, when it is not derived from the name.
+    pub flag: Option<&'static str>,
+    pub kind: Kind,
+    pub default: Fallback,
+    /// One line for `--help` and README's table.
+    pub help: &'static str,
+    /// A key or a token: its variable's value stays out of `--help`.
+    pub secret: bool,
 }
 
-/// One `[[issuers]]` table: an issuer trusted for draft-08 access tokens.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileIssuer {
-    /// The exact `iss` of its tokens.
-    pub issuer: String,
-    /// `secret:TEXT`, `pem:PATH`, `jwks:PATH` or `jwks:URL`.
-    pub key: String,
-    /// Accepted algorithms [default: from the key].
-    #[serde(default)]
-    pub algorithms: Vec<String>,
+/// How a setting is written in each source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One value: `--name VALUE`, a TOML string, number or boolean.
+    One,
+    /// A boolean: `--name` alone means `true`.
+    Switch,
+    /// Comma-separated on the command line, an array of strings in TOML.
+    List,
+    /// Repeated `--issuer`, `;`-separated in the variable, `[[issuers]]`
+    /// tables in TOML.
+    Issuers,
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid config file {}: {}",
-                path.display(),
-                e.message().trim()
-            )
-        })
+/// What a setting is when no source gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// This value, read like a given one.
+    Value(&'static str),
+    /// Unset; the text says what that means (for `--help` and README).
+    Unset(&'static str),
+}
+
+/// The settings of one component.
+#[derive(Debug)]
+pub struct Group {
+    /// The engine they belong to; `None` for the hub's.
+    pub engine: Option<&'static str>,
+    pub settings: &'static [Setting],
+}
+
+const fn setting(name: &'static str, kind: Kind, default: Fallback, help: &'static str) -> Setting {
+    Setting {
+        name,
+        flag: None,
+        kind,
+        default,
+        help,
+        secret: false,
     }
 }
 
-/// Parses `500ms`, `25s`, `5m`, `2h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("invalid duration {s:?}: expected e.g. 25s, 500ms, 5m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        _ => bail!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"),
-    };
-    Ok(d)
+const fn text(name: &'static str, default: Fallback, help: &'static str) -> Setting {
+    setting(name, Kind::One, default, help)
+}
+
+const fn switch(name: &'static str, default: Fallback, help: &'static str) -> Setting {
+    setting(name, Kind::Switch, default, help)
+}
+
+const fn list(name: &'static str, default: Fallback, help: &'static str) -> Setting {
+    setting(name, Kind::List, default, help)
+}
+
+impl Setting {
+    const fn secret(self) -> Self {
+        Setting {
+            secret: true,
+            ..self
+        }
+    }
+
+    /// `--flag` without the dashes.
+    pub fn flag(&self) -> String {
+        match self.flag {
+            Some(flag) => flag.to_owned(),
+            None => self.name.replace('_', "-"),
+        }
+    }
+
+    /// `HERALD_NAME`.
+    pub fn variable(&self) -> String {
+        format!("HERALD_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+/// Every setting with the engine it belongs to (`None`: the hub's).
+pub fn all() -> impl Iterator<Item = (Option<&'static str>, &'static Setting)> {
+    GROUPS
+        .iter()
+        .flat_map(|g| g.settings.iter().map(move |s| (g.engine, s)))
+}
+
+/// The declaration named `name`, with its engine.
+pub fn find(name: &str) -> Option<(Option<&'static str>, &'static Setting)> {
+    all().find(|(_, s)| s.name == name)
+}
+
+/// The `engine` setting: a built-in engine's name, or a URL whose scheme
+/// names an engine. The next engine adds its variant here (carrying its
+/// URL), its schemes to [`ENGINE_SCHEMES`] and its group to [`GROUPS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    Local,
+    Memory,
+}
+
+/// URL schemes and the engine each names.
+pub const ENGINE_SCHEMES: &[(&str, &str)] = &[
+    ("redis", "redis"),
+    ("rediss", "redis"),
+    ("postgres", "postgres"),
+    ("postgresql", "postgres"),
+    ("nats", "nats"),
+];
+
+impl Engine {
+    /// The name its settings are grouped under in [`GROUPS`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Local => "local",
+            Engine::Memory => "memory",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -104,17 +242,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("25").unwrap(), Duration::from_secs(25));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5y").is_err());
-    }
-
-    #[test]
-    fn unknown_keys_are_refused() {
-        let e = toml::from_str::<FileConfig>("publisher_jwt = 'x'\nbogus = 1\n").unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
+    fn names_are_unique_and_engines_known() {
+        let mut names: Vec<_> = all().map(|(_, s)| s.name).collect();
+        names.push("config");
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a setting is declared twice");
+        for (engine, s) in all() {
+            if let Some(engine) = engine {
+                let parsed = Engine::read(engine).unwrap();
+                assert_eq!(parsed.name(), engine, "{}", s.name);
+            }
+            assert!(
+                s.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                s.name
+            );
+        }
     }
 }

@@ -435,3 +435,132 @@ fn access_tokens_minted_by_the_cli_work_with_flag_and_file_issuers() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--audience"), "{}", stderr(&o));
 }
+
+#[test]
+fn settings_of_another_engine_are_refused_from_flags_variables_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, "engine = 'memory'\nretention_max_age = '7d'\n").unwrap();
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let o = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("HERALD_CONFIG")
+            .env_remove("HERALD_PUBLISHER_JWT")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?} {env:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let err = serve(&["--history-size", "10"], &[]);
+    assert!(
+        err.contains(
+            "history_size (--history-size) is a setting of the memory engine; the engine is local"
+        ),
+        "{err}"
+    );
+    let err = serve(
+        &["--engine", "memory"],
+        &[("HERALD_DATA_DIR", "/nonexistent")],
+    );
+    assert!(
+        err.contains(
+            "data_dir (HERALD_DATA_DIR) is a setting of the local engine; the engine is memory"
+        ),
+        "{err}"
+    );
+    let err = serve(&["--config", file.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("retention_max_age (config file) is a setting of the local engine"),
+        "{err}"
+    );
+    // Flags beat variables: the variable's engine is overridden.
+    let err = serve(
+        &["--engine", "local", "--history-size", "1"],
+        &[("HERALD_ENGINE", "memory")],
+    );
+    assert!(err.contains("the engine is local (--engine)"), "{err}");
+}
+
+#[test]
+fn engine_urls_name_engines_not_in_this_build() {
+    for (url, engine) in [
+        ("redis://localhost:6379", "redis"),
+        ("rediss://:pw@cache.example.com", "redis"),
+        ("postgres://db/herald", "postgres"),
+        ("postgresql://db/herald", "postgres"),
+        ("nats://localhost:4222", "nats"),
+    ] {
+        let o = herald(&["serve", "--engine", url]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.ends_with(&format!(
+                "the {engine} engine is not available in this build"
+            )),
+            "{err}"
+        );
+    }
+    let o = herald(&["serve", "--engine", "ftp://x"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"ftp\"") && err.contains("memory") && err.contains("nats://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn variables_apply_and_flags_beat_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, "engine = 'local'\n").unwrap();
+    // The variable beats the file's engine; the flag beats the variable's
+    // secret, so the token signed with the flag's secret is accepted.
+    let flag_secret = "flag-secret-flag-secret-flag-secret";
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .args(["--publisher-jwt", flag_secret])
+        .env("HERALD_ENGINE", "memory")
+        .env(
+            "HERALD_PUBLISHER_JWT",
+            "variable-secret-variable-secret-var",
+        )
+        .env("HERALD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("hub exited").unwrap();
+        if let Some(addr) = common::listening_addr(&line) {
+            assert!(line.contains("memory"), "{line}");
+            break addr;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let token = stdout(&herald(&["token", "--key", flag_secret, "--publish", "*"]));
+    let ok = herald(&[
+        "publish",
+        "--hub",
+        &format!("http://{addr}/.well-known/mercure"),
+        "--token",
+        &token,
+        "--topic",
+        "t",
+        "--data",
+        "x",
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
