@@ -15,7 +15,7 @@ use redb::ReadableTable;
 
 use super::records::{now_ms, record_id, record_ts};
 use super::store::{IDS, META, META_BYTES, UPDATES};
-use super::writer::{s, Writer};
+use super::writer::{WriteError, Writer};
 
 /// At most this many updates are removed per retention transaction.
 pub const RETENTION_CHUNK: usize = 2048;
@@ -42,7 +42,7 @@ impl Writer {
     /// Removes up to [`RETENTION_CHUNK`] of the oldest updates that some
     /// limit no longer allows, in one transaction (no fsync: see the module
     /// documentation). Leaves `retention_due` set while more may remain.
-    pub(super) fn retention_chunk(&mut self) -> Result<(), String> {
+    pub(super) fn retention_chunk(&mut self) -> Result<(), WriteError> {
         self.retention_due = false;
         if self.state.first == 0 || self.retention.is_unlimited() {
             return Ok(());
@@ -56,28 +56,29 @@ impl Writer {
 
         let mut state = self.state;
         let mut txn = self.begin_write()?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| e.to_string())?;
+        txn.set_durability(redb::Durability::None)?;
         let removed;
         {
-            let mut updates = txn.open_table(UPDATES).map_err(s)?;
-            let mut ids = txn.open_table(IDS).map_err(s)?;
+            let mut updates = txn.open_table(UPDATES)?;
+            let mut ids = txn.open_table(IDS)?;
             let mut victims = Vec::new();
-            for entry in updates
-                .range(state.first..)
-                .map_err(s)?
-                .take(RETENTION_CHUNK)
-            {
-                let (pos, record) = entry.map_err(s)?;
+            for entry in updates.range(state.first..)?.take(RETENTION_CHUNK) {
+                let (pos, record) = entry?;
                 let (pos, record) = (pos.value(), record.value());
-                let ts = record_ts(record).map_err(|e| format!("position {pos}: {e}"))?;
+                let ts = record_ts(record).map_err(|error| WriteError::Record {
+                    position: pos,
+                    error,
+                })?;
                 let expired = count_cut.is_some_and(|cut| pos <= cut)
                     || max_bytes.is_some_and(|max| state.bytes > max)
                     || age_cut.is_some_and(|cut| ts < cut);
                 if !expired {
                     break;
                 }
-                let id = record_id(record).map_err(|e| format!("position {pos}: {e}"))?;
+                let id = record_id(record).map_err(|error| WriteError::Record {
+                    position: pos,
+                    error,
+                })?;
                 state.bytes = state
                     .bytes
                     .saturating_sub(footprint(record.len(), id.len()));
@@ -85,20 +86,20 @@ impl Writer {
             }
             removed = victims.len();
             for (pos, id) in &victims {
-                updates.remove(pos).map_err(s)?;
+                updates.remove(pos)?;
                 // Only if the index still points here (it always should).
-                let indexed = ids.get(id.as_str()).map_err(s)?.map(|v| v.value());
+                let indexed = ids.get(id.as_str())?.map(|v| v.value());
                 if indexed == Some(*pos) {
-                    ids.remove(id.as_str()).map_err(s)?;
+                    ids.remove(id.as_str())?;
                 }
             }
-            state.first = match updates.first().map_err(s)? {
+            state.first = match updates.first()? {
                 Some((k, _)) => k.value(),
                 None => 0,
             };
             if removed > 0 {
-                let mut meta = txn.open_table(META).map_err(s)?;
-                meta.insert(META_BYTES, state.bytes).map_err(s)?;
+                let mut meta = txn.open_table(META)?;
+                meta.insert(META_BYTES, state.bytes)?;
             }
         }
         if removed == 0 {
@@ -107,7 +108,7 @@ impl Writer {
         }
         txn.commit().map_err(|e| {
             self.broken_since.get_or_insert_with(Instant::now);
-            format!("commit failed: {e}")
+            WriteError::Commit(e)
         })?;
         self.committed(redb::Durability::None);
         self.state = state;

@@ -12,7 +12,6 @@
 //! reopens the store.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::config::{Durability, Retention};
-use super::records::{now_ms, set_record_ts};
+use super::records::{now_ms, set_record_ts, RecordError};
 use super::retention::footprint;
 use super::store::{load_state, open_store, State, IDS, META, META_BYTES, META_LAST, UPDATES};
 use super::Shared;
@@ -231,7 +230,7 @@ impl Writer {
 
     /// A write transaction, reopening the store first if an earlier I/O
     /// error left it unusable.
-    pub(super) fn begin_write(&mut self) -> Result<WriteTransaction, String> {
+    pub(super) fn begin_write(&mut self) -> Result<WriteTransaction, WriteError> {
         if let Some(db) = &self.db {
             match db.begin_write() {
                 Ok(txn) => return Ok(txn),
@@ -245,16 +244,16 @@ impl Writer {
             }
         }
         self.reopen()?;
-        let db = self.db.as_ref().ok_or("store is closed")?;
-        db.begin_write().map_err(|e| e.to_string())
+        let db = self.db.as_ref().ok_or(WriteError::Closed)?;
+        Ok(db.begin_write()?)
     }
 
     /// Drops every handle on the store (so redb releases its lock), then
     /// opens it again: redb recovers it to the last complete commit.
-    fn reopen(&mut self) -> Result<(), String> {
+    fn reopen(&mut self) -> Result<(), WriteError> {
         if let Some(since) = self.broken_since {
             if self.db.is_none() && since.elapsed() < REOPEN_BACKOFF {
-                return Err("store unavailable after an I/O error; retrying shortly".into());
+                return Err(WriteError::Backoff);
             }
         }
         self.broken_since = Some(Instant::now());
@@ -268,12 +267,12 @@ impl Writer {
             if Arc::strong_count(&db) > 1 {
                 *self.shared.db.write() = Some(db.clone());
                 self.db = Some(db);
-                return Err("store busy; cannot reopen it yet".into());
+                return Err(WriteError::Busy);
             }
             drop(db);
         }
-        let db = open_store(&self.shared.file).map_err(|e| e.to_string())?;
-        let mut state = load_state(&db, &self.shared.file).map_err(|e| e.to_string())?;
+        let db = open_store(&self.shared.file).map_err(WriteError::Reopen)?;
+        let mut state = load_state(&db, &self.shared.file).map_err(WriteError::Reopen)?;
         // With Async durability the last commits may not have survived; the
         // positions they used were delivered, so never hand them out again
         // (the next commit records this `last`).
@@ -355,7 +354,7 @@ impl Writer {
     /// per request, the duplicate id that refused it. On success the
     /// accepted updates carry their positions and the state is advanced; on
     /// error nothing changed.
-    fn write(&mut self, requests: &mut [Vec<Pending>]) -> Result<Vec<Option<String>>, String> {
+    fn write(&mut self, requests: &mut [Vec<Pending>]) -> Result<Vec<Option<String>>, WriteError> {
         let mut refused = Vec::with_capacity(requests.len());
         let mut state = self.state;
         let mut txn = self.begin_write()?;
@@ -367,11 +366,11 @@ impl Writer {
             }
             Durability::Async => redb::Durability::None,
         };
-        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        txn.set_durability(durability)?;
         let mut accepted_any = false;
         {
-            let mut updates = txn.open_table(UPDATES).map_err(s)?;
-            let mut ids = txn.open_table(IDS).map_err(s)?;
+            let mut updates = txn.open_table(UPDATES)?;
+            let mut ids = txn.open_table(IDS)?;
             let mut batch_ids: HashSet<String> = HashSet::new();
             state.last_ts = state.last_ts.max(now_ms());
             for items in requests.iter_mut() {
@@ -380,10 +379,7 @@ impl Writer {
                 let mut duplicate = None;
                 for p in items.iter() {
                     let id = p.stored.update.id.as_str();
-                    if !own.insert(id)
-                        || batch_ids.contains(id)
-                        || ids.get(id).map_err(s)?.is_some()
-                    {
+                    if !own.insert(id) || batch_ids.contains(id) || ids.get(id)?.is_some() {
                         duplicate = Some(id.to_owned());
                         break;
                     }
@@ -397,9 +393,9 @@ impl Writer {
                     state.last += 1;
                     p.stored.position = state.last;
                     set_record_ts(&mut p.record, state.last_ts);
-                    updates.insert(state.last, p.record.as_slice()).map_err(s)?;
+                    updates.insert(state.last, p.record.as_slice())?;
                     let id = p.stored.update.id.as_str();
-                    ids.insert(id, state.last).map_err(s)?;
+                    ids.insert(id, state.last)?;
                     state.bytes += footprint(p.record.len(), id.len());
                     if state.first == 0 {
                         state.first = state.last;
@@ -409,9 +405,9 @@ impl Writer {
                 }
             }
             if accepted_any {
-                let mut meta = txn.open_table(META).map_err(s)?;
-                meta.insert(META_LAST, state.last).map_err(s)?;
-                meta.insert(META_BYTES, state.bytes).map_err(s)?;
+                let mut meta = txn.open_table(META)?;
+                meta.insert(META_LAST, state.last)?;
+                meta.insert(META_BYTES, state.bytes)?;
             }
         }
         if !accepted_any {
@@ -420,7 +416,7 @@ impl Writer {
         }
         txn.commit().map_err(|e| {
             self.broken_since.get_or_insert_with(Instant::now);
-            format!("commit failed: {e}")
+            WriteError::Commit(e)
         })?;
         self.committed(durability);
         self.broken_since = None;
@@ -448,12 +444,12 @@ impl Writer {
     }
 
     /// Makes every earlier non-durable commit durable.
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), WriteError> {
         if !self.dirty {
             return Ok(());
         }
         let txn = self.begin_write()?;
-        txn.commit().map_err(|e| format!("commit failed: {e}"))?;
+        txn.commit().map_err(WriteError::Commit)?;
         self.committed(redb::Durability::Immediate);
         Ok(())
     }
@@ -468,7 +464,32 @@ impl Writer {
     }
 }
 
-/// A redb error as the reason of an [`EngineError::Unavailable`].
-pub(super) fn s(e: impl fmt::Display) -> String {
-    e.to_string()
+/// Why the writer could not write: the reason given in an
+/// [`EngineError::Unavailable`] and in the logs.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    /// An I/O error closed the store, and reopening it is not due yet.
+    #[error("store unavailable after an I/O error; retrying shortly")]
+    Backoff,
+    /// Readers still hold the store that must be reopened.
+    #[error("store busy; cannot reopen it yet")]
+    Busy,
+    #[error("store is closed")]
+    Closed,
+    /// Opening the store again failed.
+    #[error("{0}")]
+    Reopen(EngineError),
+    #[error("{0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("{0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    #[error("{0}")]
+    Table(#[from] redb::TableError),
+    #[error("{0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("commit failed: {0}")]
+    Commit(redb::CommitError),
+    /// A stored record does not decode.
+    #[error("position {position}: {error}")]
+    Record { position: u64, error: RecordError },
 }
