@@ -33,7 +33,10 @@
 #   options:
 #     --runs N          runs of each scenario and server (default 1)
 #     --duration S      measured seconds per run (default 10)
-#     --servers LIST    comma-separated, of herald,naive,nchan,pushpin,floor
+#     --baseline PATH   another herald binary, run as the server `baseline`
+#                       (port 18081): an earlier build measured in the same
+#                       run as this one, e.g. before and after a change
+#     --servers LIST    comma-separated, of herald,baseline,naive,nchan,pushpin,floor
 #                       (default the first four; floor is the write floor
 #                       in benches/naive-axum/src/bin/write-floor.rs: one
 #                       write per subscriber per update and nothing else,
@@ -57,7 +60,7 @@
 # supervises, nor the GRIP origin, which only answers subscriptions and runs
 # on the generator's core).
 #
-# Needs free loopback ports 18080 (herald), 8090 (naive), 8096 (floor), 8092 (nginx),
+# Needs free loopback ports 18080 (herald), 18081 (baseline), 8090 (naive), 8096 (floor), 8092 (nginx),
 # 8093-8095 (Pushpin, its control API, the origin), taskset, python3.
 set -euo pipefail
 
@@ -69,6 +72,7 @@ GEN_CORE=1
 
 runs=1
 duration=10
+baseline=
 servers=herald,naive,nchan,pushpin
 subscribers=
 build=1
@@ -80,6 +84,7 @@ while (($#)); do
     --runs) runs=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     --subscribers) subscribers=$2; shift 2 ;;
     --nice) nice=$2; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -98,7 +103,11 @@ if ((${#scenarios[@]} == 0)); then
 fi
 IFS=, read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-    case $s in herald | naive | nchan | pushpin | floor) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+    case $s in herald | baseline | naive | nchan | pushpin | floor) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+    if [[ $s == baseline && ! -x $baseline ]]; then
+        echo "compare.sh: the server baseline needs --baseline PATH (an executable herald)" >&2
+        exit 2
+    fi
 done
 for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing" >&2; exit 1; }
@@ -199,6 +208,7 @@ wait_port() {
 server_ports() {
     case $1 in
     herald) echo 18080 ;;
+    baseline) echo 18081 ;;
     naive) echo 8090 ;;
     nchan) echo 8092 ;;
     floor) echo 8096 ;;
@@ -240,6 +250,14 @@ start_server() {
         measure=$!
         wait_port 18080
         bench_args=(--hub http://127.0.0.1:18080/.well-known/mercure --key "$KEY")
+        ;;
+    baseline)
+        "${hub_core[@]}" "$baseline" serve --engine memory --addr 127.0.0.1:18081 \
+            --publisher-jwt "$KEY" --log warn >"$dir/out.log" 2>&1 &
+        started+=($!)
+        measure=$!
+        wait_port 18081
+        bench_args=(--hub http://127.0.0.1:18081/.well-known/mercure --key "$KEY")
         ;;
     naive)
         "${hub_core[@]}" "$NAIVE" --addr 127.0.0.1:8090 >"$dir/out.log" 2>&1 &

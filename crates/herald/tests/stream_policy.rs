@@ -355,7 +355,7 @@ async fn stray_bytes_are_dropped_and_a_client_that_leaves_is_forgotten() {
         // kernel reports the reset on the write after the first one the
         // closed peer refused): keep publishing until it has.
         let deadline = tokio::time::Instant::now() + LONG;
-        while hub.hub.index().len() > 0 && tokio::time::Instant::now() < deadline {
+        while !hub.hub.index().is_empty() && tokio::time::Instant::now() < deadline {
             publish_ok(&c, &hub, &[("topic", "t"), ("data", "to-nobody")]).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

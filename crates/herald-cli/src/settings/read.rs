@@ -79,7 +79,7 @@ impl Read for url::Url {
 
 impl Read for Algorithm {
     fn read(text: &str) -> Result<Self, String> {
-        herald::auth::parse_algorithm(text)
+        herald::auth::parse_algorithm(text).map_err(|e| e.to_string())
     }
 }
 
