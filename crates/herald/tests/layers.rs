@@ -80,9 +80,10 @@ fn code(text: &str) -> String {
     out
 }
 
-/// Every path (`crate::a::b::C`, `super::x`, with `{…}` groups expanded)
-/// written in `code`, as segments.
-fn paths(code: &str) -> Vec<Vec<String>> {
+/// Every path (`crate::a::b::C`, `super::x`, `self::x`, or one starting
+/// with the name of one of `children`, with `{…}` groups expanded) written
+/// in `code`, as segments.
+fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
     fn ident(c: char) -> bool {
         c.is_alphanumeric() || c == '_'
     }
@@ -134,11 +135,12 @@ fn paths(code: &str) -> Vec<Vec<String>> {
     }
     let mut out = Vec::new();
     for (i, _) in code.match_indices("::") {
-        // The path's first segment must be `crate` or `super`.
+        // The path's first segment must be `crate`, `super`, `self` or a
+        // child module.
         let before = &code[..i];
         let start = before.rfind(|c: char| !ident(c)).map_or(0, |j| j + 1);
         let first = &before[start..];
-        if !matches!(first, "crate" | "super") {
+        if !matches!(first, "crate" | "super" | "self") && !children.contains(first) {
             continue;
         }
         // Only the start of a path: `super::super::x` is seen once.
@@ -170,7 +172,10 @@ fn resolve(from: &str, path: &[String], known: &BTreeMap<String, PathBuf>) -> Op
                 segs = &segs[1..];
             }
         }
-        _ => return None,
+        Some("self") => segs = &segs[1..],
+        // A child module, named from its parent.
+        Some(_) => {}
+        None => return None,
     }
     let mut module = here.join("::");
     for s in segs {
@@ -193,7 +198,18 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut g = BTreeMap::new();
     for (module, file) in &known {
         let code = code(&std::fs::read_to_string(file).unwrap());
-        let edges: BTreeSet<String> = paths(&code)
+        let prefix = if module.is_empty() {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
+        let children: BTreeSet<String> = known
+            .keys()
+            .filter_map(|m| m.strip_prefix(&prefix))
+            .filter(|rest| !rest.is_empty() && !rest.contains("::"))
+            .map(str::to_owned)
+            .collect();
+        let edges: BTreeSet<String> = paths(&code, &children)
             .iter()
             .filter_map(|p| resolve(module, p, &known))
             .filter(|m| m != module)
@@ -325,8 +341,12 @@ fn the_checker_finds_a_cycle() {
     g.insert("c".to_owned(), BTreeSet::from(["a".to_owned()]));
     g.insert("d".to_owned(), BTreeSet::from(["a".to_owned()]));
     assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
-    let p =
-        paths("use super::{error::HttpError, policy::{A, B}};\nlet x = crate::hub::Hub::new();");
+    let children = BTreeSet::from(["child".to_owned()]);
+    let p = paths(
+        "use super::{error::HttpError, policy::{A, B}};\nlet x = crate::hub::Hub::new();\npub use child::C;",
+        &children,
+    );
+    assert!(p.contains(&vec!["child".into(), "C".into()]), "{p:?}");
     assert!(
         p.contains(&vec!["super".into(), "error".into(), "HttpError".into()]),
         "{p:?}"

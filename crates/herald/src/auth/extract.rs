@@ -7,7 +7,7 @@
 //! caller's choice ([`crate::Hub::authenticate`] passes the draft-08 cookie,
 //! then the draft-07 one).
 
-use super::{AuthError, TokenSource};
+use super::error::{AuthError, TokenSource};
 
 /// Finds the token of a request: the `Authorization` header, then the
 /// query token (draft-07 requests), then the cookies in the order given.

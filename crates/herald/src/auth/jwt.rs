@@ -14,7 +14,7 @@ use std::str::FromStr;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::AuthError;
+use super::error::AuthError;
 
 /// Why a draft-07 key or algorithm cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 //! `Origin` header or else from the `Referer`; requests authorized by a
 //! header are not affected (a foreign site cannot set that header).
 
-use super::AuthError;
+use super::error::AuthError;
 
 /// Checks the origin of a cookie-authorized publish against the allowed
 /// publish origins, to stop cross-site request forgery.

@@ -94,11 +94,12 @@
 mod config;
 mod records;
 mod retention;
+mod shared;
 mod store;
 mod writer;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -111,6 +112,7 @@ use tokio::sync::oneshot;
 
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 use records::{decode_record, encode_record};
+use shared::{storage_error, Counters, Shared};
 use store::{create_store, load_state, open_store, IDS, UPDATES};
 use writer::{AppendRequest, Command, Pending, Writer};
 
@@ -125,29 +127,6 @@ pub struct LocalEngine {
     /// `None` once closed: later appends fail with [`EngineError::Closed`].
     commands: RwLock<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// What the engine handle, the readers and the writer thread share.
-struct Shared {
-    file: PathBuf,
-    /// The open store. `None` after close, or while the writer reopens it
-    /// after an I/O error.
-    db: RwLock<Option<Arc<Database>>>,
-    closed: AtomicBool,
-    /// Oldest retained position, 0 when history is empty.
-    first: AtomicU64,
-    last: AtomicU64,
-    sink: RwLock<Option<Arc<dyn Sink>>>,
-    stats: Counters,
-}
-
-/// Counters the writer keeps; see [`LocalEngine::stats`].
-#[derive(Debug, Default)]
-struct Counters {
-    group_commits: AtomicU64,
-    appended: AtomicU64,
-    durable_commits: AtomicU64,
-    retention_removed: AtomicU64,
 }
 
 /// What the writer has done since the engine was opened.
@@ -441,8 +420,4 @@ impl Drop for LocalEngine {
 
 fn writer_gone() -> EngineError {
     EngineError::Unavailable("the store writer thread stopped".into())
-}
-
-fn storage_error(file: &Path, what: &str, e: &dyn fmt::Display) -> EngineError {
-    EngineError::Unavailable(format!("store {} {what} failed: {e}", file.display()))
 }

@@ -204,6 +204,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What one update counts for in [`Retention::max_bytes`](super::config::Retention::max_bytes):
+/// its record, its id-index key, and the two `u64`s of keys and index value.
+pub(super) fn footprint(record_len: usize, id_len: usize) -> u64 {
+    (record_len + id_len + 16) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

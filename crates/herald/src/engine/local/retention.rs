@@ -13,18 +13,12 @@ use std::time::Instant;
 
 use redb::ReadableTable;
 
-use super::records::{now_ms, record_id, record_ts};
+use super::records::{footprint, now_ms, record_id, record_ts};
 use super::store::{IDS, META, META_BYTES, UPDATES};
 use super::writer::{WriteError, Writer};
 
 /// At most this many updates are removed per retention transaction.
 pub const RETENTION_CHUNK: usize = 2048;
-
-/// What one update counts for in [`Retention::max_bytes`](super::Retention::max_bytes):
-/// its record, its id-index key, and the two `u64`s of keys and index value.
-pub(super) fn footprint(record_len: usize, id_len: usize) -> u64 {
-    (record_len + id_len + 16) as u64
-}
 
 impl Writer {
     /// Whether history is over a count or byte limit right now.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::records::record_ts;
-use super::storage_error;
+use super::shared::storage_error;
 use crate::engine::{EngineError, Position};
 
 /// The store file inside [`LocalConfig::path`](super::LocalConfig::path).
