@@ -6,7 +6,8 @@
 //! read at startup (a secret, a PEM key, a JWKS file) so that a bad key
 //! stops the hub before it serves, and prepares the checks its tokens go
 //! through (`exp`, `nbf`, `aud`, `iss`). Keys from a JWKS URL start empty
-//! and are filled by the refresh task (`jwks.rs`).
+//! and are filled by the refresh task (`verify.rs`), which fetches them
+//! (`jwks.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -17,24 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::keys::{key_fits, KeyEntry, HMAC_ALGS, RSA_ALGS};
-
-/// Most keys in one JWKS document.
-pub(crate) const MAX_JWKS_KEYS: usize = 64;
-
-/// Why a JWKS document gave no keys.
-#[derive(Debug, thiserror::Error)]
-pub enum JwksError {
-    #[error("invalid JSON: {0}")]
-    InvalidJson(serde_json::Error),
-    #[error("not a JWKS document (no \"keys\" array)")]
-    NotJwks,
-    #[error("too many keys (at most {})", MAX_JWKS_KEYS)]
-    TooManyKeys,
-    /// Every key was skipped (see the debug log for why).
-    #[error("no usable signature key")]
-    NoUsableKey,
-}
+use super::keys::{key_fits, JwksError, KeyEntry, HMAC_ALGS, MAX_JWKS_KEYS, RSA_ALGS};
 
 /// Turns one JWK into a key entry, or says why it is not usable.
 fn jwk_key(jwk: &Jwk, explicit: &[Algorithm], allow_oct: bool) -> Result<KeyEntry, &'static str> {

@@ -1,31 +1,29 @@
-//! JWKS URLs: where keys may be fetched from, fetching them, and keeping
-//! them fresh.
-//!
-//! An issuer's JWKS URL is fetched by a background task
-//! ([`OAuthVerifier::start_refresh`]) every few minutes, which is how key
-//! rotation shows up, and also soon after a token names a `kid` the hub
-//! does not know, since a new key is often used before the next periodic
-//! fetch. Such early fetches are rate-limited per issuer (at most one per
-//! ten seconds) so that tokens with made-up `kid`s cannot turn the hub into
-//! a load generator against the authorization server. A failed fetch keeps
-//! the previous keys.
+//! JWKS URLs: where keys may be fetched from, and fetching them.
 //!
 //! Keys fetched over the network decide who may publish, so they travel
 //! over HTTPS only (plain HTTP only to a loopback address), from exactly the
-//! configured URL (no redirects), within a time limit and a size limit.
+//! configured URL (no redirects), within a time limit and a size limit. A
+//! fetched document is read as a JWKS file is (`jwk.rs`), except that
+//! symmetric keys are ignored.
+//!
+//! Each JWKS URL keeps a [`UrlState`] for the refresh task (in `verify.rs`,
+//! [`OAuthVerifier::start_refresh`](super::verify::OAuthVerifier::start_refresh)),
+//! which fetches it every few minutes (that is how key rotation shows up)
+//! and also soon after a token names a `kid` the hub does not know, since a
+//! new key is often used before the next periodic fetch. Such early fetches
+//! are rate-limited per issuer (at most one per ten seconds) so that tokens
+//! with made-up `kid`s cannot turn the hub into a load generator against
+//! the authorization server. A failed fetch keeps the previous keys.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::Algorithm;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::issuer::{Issuer, Source};
-use super::jwk::{parse_jwks, JwksError};
-use super::keys::KeyLoadError;
-use super::verify::{Inner, OAuthVerifier};
+use super::jwk::parse_jwks;
+use super::keys::{JwksError, KeyEntry, KeyLoadError};
 
 /// Shortest time between two fetches of one issuer's JWKS URL when fetches
 /// are triggered by tokens with an unknown `kid`.
@@ -64,7 +62,8 @@ pub enum FetchErrorKind {
     Document(JwksError),
 }
 
-/// The fetches that failed in [`OAuthVerifier::refresh_now`], in
+/// The fetches that failed in
+/// [`OAuthVerifier::refresh_now`](super::verify::OAuthVerifier::refresh_now), in
 /// configuration order; shown on one line, separated by `; `.
 #[derive(Debug)]
 pub struct RefreshError {
@@ -90,9 +89,9 @@ impl std::error::Error for RefreshError {}
 pub(super) struct UrlState {
     pub(super) url: String,
     /// A token met an unknown `kid`: fetch when the rate limit allows.
-    wanted: AtomicBool,
+    pub(super) wanted: AtomicBool,
     /// Start of the last fetch, for the rate limit.
-    last_attempt: Mutex<Option<Instant>>,
+    pub(super) last_attempt: Mutex<Option<Instant>>,
 }
 
 impl UrlState {
@@ -139,89 +138,15 @@ pub(super) fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-impl OAuthVerifier {
-    /// Asks the refresh task to fetch `issuer`'s JWKS URL soon.
-    pub(super) fn request_refresh(&self, issuer: &Issuer) {
-        if let Source::JwksUrl(state) = &issuer.source {
-            if !state.wanted.swap(true, Ordering::AcqRel) {
-                self.inner.wake.notify_one();
-            }
-        }
-    }
-
-    /// For issuers with a JWKS URL: fetches now, then every `every` (at
-    /// least ten seconds, `MIN_REFRESH_INTERVAL`) until `shutdown` is
-    /// cancelled, and also soon after [`OAuthVerifier::verify`] meets an
-    /// unknown `kid` for that issuer (at most once per
-    /// `MIN_REFRESH_INTERVAL` per issuer).
-    /// Spawns a tokio task and returns at once; does nothing when no issuer
-    /// has a JWKS URL. A failed fetch keeps the previous keys and logs a
-    /// warning. Call it once, inside a tokio runtime: the task holds the
-    /// verifier until shutdown.
-    pub fn start_refresh(&self, every: Duration, shutdown: CancellationToken) {
-        if self.inner.client.is_none() {
-            return;
-        }
-        let every = every.max(self.inner.min_refresh);
-        tokio::spawn(refresh_loop(Arc::clone(&self.inner), every, shutdown));
-    }
-
-    /// Fetches every JWKS URL once, now (at startup and in tests).
-    ///
-    /// # Errors
-    /// Each issuer and URL whose fetch failed; those issuers keep their
-    /// previous keys, the others are updated.
-    pub async fn refresh_now(&self) -> Result<(), RefreshError> {
-        let fetches = self
-            .inner
-            .issuers
-            .iter()
-            .filter(|i| matches!(i.source, Source::JwksUrl(_)))
-            .map(|i| self.inner.fetch(i));
-        let failures: Vec<FetchError> = futures_util::future::join_all(fetches)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(RefreshError { failures })
-        }
-    }
-}
-
-impl Inner {
-    /// Fetches one issuer's JWKS URL and installs its keys.
-    async fn fetch(&self, issuer: &Issuer) -> Result<usize, FetchError> {
-        let Source::JwksUrl(state) = &issuer.source else {
-            return Ok(0);
-        };
-        *state.last_attempt.lock() = Some(Instant::now());
-        let fail = |kind| FetchError {
-            issuer: issuer.name.clone(),
-            url: state.url.clone(),
-            kind,
-        };
-        let client = self
-            .client
-            .as_ref()
-            .ok_or_else(|| fail(FetchErrorKind::NoClient))?;
-        let body = fetch_body(client, &state.url).await.map_err(fail)?;
-        let keys = parse_jwks(&body, &issuer.explicit, false)
-            .map_err(|e| fail(FetchErrorKind::Document(e)))?;
-        let count = keys.len();
-        *issuer.keys.write() = Arc::new(keys);
-        Ok(count)
-    }
-
-    /// [`Inner::fetch`], with the outcome logged.
-    async fn fetch_logged(&self, issuer: &Issuer) {
-        match self.fetch(issuer).await {
-            Ok(keys) => tracing::debug!(issuer = %issuer.name, keys, "JWKS refreshed"),
-            Err(error) => tracing::warn!(%error, "JWKS refresh failed; keeping the previous keys"),
-        }
-    }
+/// Fetches the JWKS document at `url` and reads its keys; symmetric keys
+/// are ignored (a secret published at a URL is no secret).
+pub(super) async fn fetch_jwks(
+    client: &reqwest::Client,
+    url: &str,
+    explicit: &[Algorithm],
+) -> Result<Vec<KeyEntry>, FetchErrorKind> {
+    let body = fetch_body(client, url).await?;
+    parse_jwks(&body, explicit, false).map_err(FetchErrorKind::Document)
 }
 
 /// GETs `url`, refusing error statuses and bodies over [`MAX_JWKS_BYTES`].
@@ -267,66 +192,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// The refresh task: every `every`, all JWKS URLs; in between, the issuers
-/// whose `wanted` flag is set, once their rate limit allows.
-async fn refresh_loop(inner: Arc<Inner>, every: Duration, shutdown: CancellationToken) {
-    let mut next_periodic = Instant::now();
-    loop {
-        let now = Instant::now();
-        let mut due: Vec<&Issuer> = Vec::new();
-        let mut wake_at = next_periodic;
-        if now >= next_periodic {
-            next_periodic = now + every;
-            wake_at = next_periodic;
-            for issuer in &inner.issuers {
-                if let Source::JwksUrl(state) = &issuer.source {
-                    state.wanted.store(false, Ordering::Release);
-                    due.push(issuer);
-                }
-            }
-        } else {
-            for issuer in &inner.issuers {
-                let Source::JwksUrl(state) = &issuer.source else {
-                    continue;
-                };
-                if !state.wanted.load(Ordering::Acquire) {
-                    continue;
-                }
-                let allowed = state
-                    .last_attempt
-                    .lock()
-                    .map_or(now, |t| t + inner.min_refresh);
-                if allowed <= now {
-                    state.wanted.store(false, Ordering::Release);
-                    due.push(issuer);
-                } else {
-                    wake_at = wake_at.min(allowed);
-                }
-            }
-        }
-        if !due.is_empty() {
-            let fetches = futures_util::future::join_all(due.iter().map(|i| inner.fetch_logged(i)));
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = fetches => {}
-            }
-            continue;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = inner.wake.notified() => {}
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
-    use super::super::{IssuerConfig, KeySource, TokenError};
+    use super::super::{IssuerConfig, KeySource, OAuthVerifier, TokenError};
     use super::*;
     use jsonwebtoken::{Algorithm, EncodingKey};
     use serde_json::json;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
 
     #[tokio::test]
     async fn rs256_jwks_url() {

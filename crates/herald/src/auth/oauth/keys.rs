@@ -4,19 +4,18 @@
 //! a JWKS document from a file or a URL. The CLI writes it as `KIND:VALUE`
 //! ([`parse_key_source`]). A secret or a PEM key loads into one
 //! [`KeyEntry`] here; JWKS documents are read key by key (`jwk.rs`) and
-//! fetched (`jwks.rs`) elsewhere. Every key carries the algorithms it is
-//! accepted with, chosen when it loads: the configured allow-list, each of
-//! which must fit the key, or else the single default of its type. An HMAC
-//! algorithm never fits a public key, which is what stops algorithm
-//! confusion.
+//! fetched (`jwks.rs`) elsewhere, but what goes wrong reading one
+//! ([`JwksError`]) is here, with the other errors of loading keys. Every
+//! key carries the algorithms it is accepted with, chosen when it loads:
+//! the configured allow-list, each of which must fit the key, or else the
+//! single default of its type. An HMAC algorithm never fits a public key,
+//! which is what stops algorithm confusion.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, DecodingKey};
 use url::Url;
-
-use super::jwk::JwksError;
 
 pub(super) const HMAC_ALGS: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 pub(super) const RSA_ALGS: &[Algorithm] = &[
@@ -73,6 +72,24 @@ pub enum KeySourceError {
     InvalidUrl { url: String, error: url::ParseError },
     #[error("jwks: URL {url:?} has no host")]
     NoHost { url: String },
+}
+
+/// Most keys in one JWKS document.
+pub(crate) const MAX_JWKS_KEYS: usize = 64;
+
+/// Why a JWKS document gave no keys (read in `jwk.rs`; here because a
+/// [`KeyLoadError`] carries it).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("invalid JSON: {0}")]
+    InvalidJson(serde_json::Error),
+    #[error("not a JWKS document (no \"keys\" array)")]
+    NotJwks,
+    #[error("too many keys (at most {})", MAX_JWKS_KEYS)]
+    TooManyKeys,
+    /// Every key was skipped (see the debug log for why).
+    #[error("no usable signature key")]
+    NoUsableKey,
 }
 
 /// Why an issuer's keys cannot be loaded.

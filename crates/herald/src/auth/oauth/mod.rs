@@ -52,14 +52,17 @@
 //!
 //! # Files
 //!
+//! From the bottom up; each file uses only those listed before it (and
+//! names them directly, never through this module's re-exports):
+//!
 //! - `header.rs`: the JOSE header read before verification, and telling
 //!   access tokens from draft-07 tokens.
-//! - `keys.rs`: key sources (`secret:`, `pem:`, `jwks:`) and loading a
-//!   secret or a PEM key.
+//! - `keys.rs`: key sources (`secret:`, `pem:`, `jwks:`), loading a secret
+//!   or a PEM key, and the errors of loading keys.
 //! - `jwk.rs`: JWKS documents to verification keys.
-//! - `jwks.rs`: fetching JWKS URLs and the refresh task.
+//! - `jwks.rs`: JWKS URLs and fetching them.
 //! - `issuer.rs`: one trusted issuer, configured and loaded.
-//! - `verify.rs`: [`OAuthVerifier`] and the checks above.
+//! - `verify.rs`: [`OAuthVerifier`], the checks above and the refresh task.
 //!
 //! # Errors
 //!
@@ -81,7 +84,6 @@ mod verify;
 
 pub(crate) use header::is_access_token;
 pub use issuer::{IssuerConfig, IssuerError};
-pub use jwk::JwksError;
 pub use jwks::{FetchError, FetchErrorKind, RefreshError};
-pub use keys::{parse_key_source, KeyLoadError, KeySource, KeySourceError};
+pub use keys::{parse_key_source, JwksError, KeyLoadError, KeySource, KeySourceError};
 pub use verify::{AccessToken, OAuthVerifier, TokenError};

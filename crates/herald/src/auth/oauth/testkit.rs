@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use url::Url;
 
-use super::{IssuerConfig, KeySource, OAuthVerifier};
+use super::issuer::IssuerConfig;
+use super::keys::KeySource;
+use super::verify::OAuthVerifier;
 
 pub(super) const ISS: &str = "https://auth.example.com";
 pub(super) const RESOURCE: &str = "https://hub.example.com/.well-known/mercure";

@@ -6,14 +6,20 @@
 //! the key, then the signature and the registered claims, and last the
 //! authorization details. Verification is synchronous and never waits on
 //! the network: keys of a JWKS URL are read from what the refresh task
-//! (`jwks.rs`) last installed, and an unknown `kid` only asks it to fetch
+//! (below) last installed, and an unknown `kid` only asks it to fetch
 //! again.
+//!
+//! The refresh task ([`OAuthVerifier::start_refresh`]) shares the
+//! verifier's issuers: it fetches every JWKS URL periodically and, within
+//! each URL's rate limit, soon after a token met an unknown `kid`, and
+//! installs the keys it gets; fetching itself is `jwks.rs`'s.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -21,11 +27,14 @@ use herald_protocol::authz::{Authorization, AuthzError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::header::{is_at_jwt, parse_header, MAX_TOKEN_LEN};
 use super::issuer::{Issuer, IssuerConfig, IssuerError, Source};
-use super::jwks::{http_client, MIN_REFRESH_INTERVAL};
+use super::jwks::{
+    fetch_jwks, http_client, FetchError, FetchErrorKind, RefreshError, MIN_REFRESH_INTERVAL,
+};
 use super::keys::KeyEntry;
 
 /// Most keys tried for one token that names no `kid`: each try is a
@@ -395,6 +404,144 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
         | ErrorKind::MissingAlgorithm => TokenError::AlgorithmNotAllowed,
         k if is_key_mismatch(k) => TokenError::BadSignature,
         _ => TokenError::Malformed("invalid token"),
+    }
+}
+
+impl OAuthVerifier {
+    /// Asks the refresh task to fetch `issuer`'s JWKS URL soon.
+    pub(super) fn request_refresh(&self, issuer: &Issuer) {
+        if let Source::JwksUrl(state) = &issuer.source {
+            if !state.wanted.swap(true, Ordering::AcqRel) {
+                self.inner.wake.notify_one();
+            }
+        }
+    }
+
+    /// For issuers with a JWKS URL: fetches now, then every `every` (at
+    /// least ten seconds, `MIN_REFRESH_INTERVAL`) until `shutdown` is
+    /// cancelled, and also soon after [`OAuthVerifier::verify`] meets an
+    /// unknown `kid` for that issuer (at most once per
+    /// `MIN_REFRESH_INTERVAL` per issuer).
+    /// Spawns a tokio task and returns at once; does nothing when no issuer
+    /// has a JWKS URL. A failed fetch keeps the previous keys and logs a
+    /// warning. Call it once, inside a tokio runtime: the task holds the
+    /// verifier until shutdown.
+    pub fn start_refresh(&self, every: Duration, shutdown: CancellationToken) {
+        if self.inner.client.is_none() {
+            return;
+        }
+        let every = every.max(self.inner.min_refresh);
+        tokio::spawn(refresh_loop(Arc::clone(&self.inner), every, shutdown));
+    }
+
+    /// Fetches every JWKS URL once, now (at startup and in tests).
+    ///
+    /// # Errors
+    /// Each issuer and URL whose fetch failed; those issuers keep their
+    /// previous keys, the others are updated.
+    pub async fn refresh_now(&self) -> Result<(), RefreshError> {
+        let fetches = self
+            .inner
+            .issuers
+            .iter()
+            .filter(|i| matches!(i.source, Source::JwksUrl(_)))
+            .map(|i| self.inner.fetch(i));
+        let failures: Vec<FetchError> = futures_util::future::join_all(fetches)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(RefreshError { failures })
+        }
+    }
+}
+
+impl Inner {
+    /// Fetches one issuer's JWKS URL and installs its keys.
+    async fn fetch(&self, issuer: &Issuer) -> Result<usize, FetchError> {
+        let Source::JwksUrl(state) = &issuer.source else {
+            return Ok(0);
+        };
+        *state.last_attempt.lock() = Some(Instant::now());
+        let fail = |kind| FetchError {
+            issuer: issuer.name.clone(),
+            url: state.url.clone(),
+            kind,
+        };
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| fail(FetchErrorKind::NoClient))?;
+        let keys = fetch_jwks(client, &state.url, &issuer.explicit)
+            .await
+            .map_err(fail)?;
+        let count = keys.len();
+        *issuer.keys.write() = Arc::new(keys);
+        Ok(count)
+    }
+
+    /// [`Inner::fetch`], with the outcome logged.
+    async fn fetch_logged(&self, issuer: &Issuer) {
+        match self.fetch(issuer).await {
+            Ok(keys) => tracing::debug!(issuer = %issuer.name, keys, "JWKS refreshed"),
+            Err(error) => tracing::warn!(%error, "JWKS refresh failed; keeping the previous keys"),
+        }
+    }
+}
+
+/// The refresh task: every `every`, all JWKS URLs; in between, the issuers
+/// whose `wanted` flag is set, once their rate limit allows.
+async fn refresh_loop(inner: Arc<Inner>, every: Duration, shutdown: CancellationToken) {
+    let mut next_periodic = Instant::now();
+    loop {
+        let now = Instant::now();
+        let mut due: Vec<&Issuer> = Vec::new();
+        let mut wake_at = next_periodic;
+        if now >= next_periodic {
+            next_periodic = now + every;
+            wake_at = next_periodic;
+            for issuer in &inner.issuers {
+                if let Source::JwksUrl(state) = &issuer.source {
+                    state.wanted.store(false, Ordering::Release);
+                    due.push(issuer);
+                }
+            }
+        } else {
+            for issuer in &inner.issuers {
+                let Source::JwksUrl(state) = &issuer.source else {
+                    continue;
+                };
+                if !state.wanted.load(Ordering::Acquire) {
+                    continue;
+                }
+                let allowed = state
+                    .last_attempt
+                    .lock()
+                    .map_or(now, |t| t + inner.min_refresh);
+                if allowed <= now {
+                    state.wanted.store(false, Ordering::Release);
+                    due.push(issuer);
+                } else {
+                    wake_at = wake_at.min(allowed);
+                }
+            }
+        }
+        if !due.is_empty() {
+            let fetches = futures_util::future::join_all(due.iter().map(|i| inner.fetch_logged(i)));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = fetches => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
+        }
     }
 }
 
