@@ -54,9 +54,9 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
 }
 
 /// The code of a file without comments, strings' contents and its inline
-/// unit-test module (whose `super` is the file itself).
+/// test modules (whose `super` is the file itself), which come last.
 fn code(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod tests") {
+    let text = match text.find("#[cfg(test)]\nmod ") {
         Some(i) => &text[..i],
         None => text,
     };

@@ -182,7 +182,7 @@ impl Hub {
     }
 
     /// The once-a-second samples behind the dashboard, started on first use.
-    pub fn stats_feed(&self) -> Arc<StatsFeed> {
+    pub(crate) fn stats_feed(&self) -> Arc<StatsFeed> {
         self.inner
             .stats_feed
             .get_or_init(|| {

@@ -19,9 +19,9 @@
 pub mod active;
 pub mod feed;
 pub mod handle;
-pub mod heartbeat;
+pub(crate) mod heartbeat;
 pub mod index;
-pub mod stats;
+pub(crate) mod stats;
 pub mod subscriber;
 pub mod wake;
 

@@ -13,5 +13,5 @@
 //! [`crate::hub::Wake`] trait. A new transport is a folder here and a line
 //! in [`server`].
 
-pub mod http1;
+pub(crate) mod http1;
 pub mod server;
