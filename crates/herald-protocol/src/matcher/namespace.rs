@@ -15,7 +15,7 @@
 
 use url::Url;
 
-use super::MatchType;
+use super::kind::MatchType;
 use crate::template::expand_simple;
 
 /// The path under which the hub publishes subscription events.

@@ -6,12 +6,13 @@
 //! where their number is capped, before anything is compiled, and where
 //! the whole `match` parameter namespace is reserved: a misspelled
 //! parameter is refused instead of silently matching nothing. Parsing one
-//! matcher is [`super::Matcher::new`]'s business; this module decides
+//! matcher is [`Matcher::new`]'s business; this module decides
 //! which parameters are matchers, of which type, and how many.
 
 use url::Url;
 
-use super::{MatchType, Matcher, MatcherError};
+use super::kind::{MatchType, MatcherError};
+use super::topic_matcher::Matcher;
 
 /// Default cap on the topic matcher parameters of one subscribe request,
 /// matching the hub's default `max_selectors`. The spec leaves the figure

@@ -7,8 +7,8 @@
 //! bounds that cost and contains that code's failures lives here: the
 //! engine plugged into `urlpattern`, the size and length limits, and the
 //! guards around the parser (section "URL-Pattern Denial of Service").
-//! [`super::Matcher`] holds a [`CompiledPattern`] and knows nothing of how
-//! it matches.
+//! [`Matcher`](super::topic_matcher::Matcher) holds a [`CompiledPattern`]
+//! and knows nothing of how it matches.
 //!
 //! # Reading URL patterns
 //!
@@ -69,7 +69,7 @@
 //! - Inline flags such as `(?i)` are refused, so a custom group cannot turn
 //!   on the case-insensitivity the spec forbids (nor re-enable Unicode).
 //!
-//! [`MAX_MATCHER_LEN`]: super::MAX_MATCHER_LEN
+//! [`MAX_MATCHER_LEN`]: super::kind::MAX_MATCHER_LEN
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -80,7 +80,7 @@ use urlpattern::{
     RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions,
 };
 
-use super::MatcherError;
+use super::kind::MatcherError;
 
 /// Limit on each compiled regular expression of a URL pattern (see
 /// [`RegexBuilder::size_limit`]). A pattern at [`MAX_MATCHER_LEN`] made of
@@ -88,7 +88,7 @@ use super::MatcherError;
 /// repetitions get near this. Matching cost grows with program size, so
 /// this bounds the constant of the linear-time match.
 ///
-/// [`MAX_MATCHER_LEN`]: super::MAX_MATCHER_LEN
+/// [`MAX_MATCHER_LEN`]: super::kind::MAX_MATCHER_LEN
 pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
 
 /// Topics longer than this, in bytes, match no URL pattern and are not
@@ -97,7 +97,7 @@ pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
 /// reliably; a longer topic is no URL that a subscriber selects by pattern.
 /// Exact matchers and `*` are not affected.
 ///
-/// [`MAX_MATCHER_LEN`]: super::MAX_MATCHER_LEN
+/// [`MAX_MATCHER_LEN`]: super::kind::MAX_MATCHER_LEN
 pub const MAX_PATTERN_TOPIC_LEN: usize = 4096;
 
 /// Limit on the nesting depth of a custom regular expression group. The
