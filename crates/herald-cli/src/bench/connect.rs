@@ -13,11 +13,11 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::args::Args;
 use super::progress::Progress;
 use super::report::ChurnOut;
 use super::stats::{self, new_histogram, rate_of, record, Percentiles};
 use super::subscriber;
-use super::Args;
 
 /// How the connection phase went.
 pub(super) struct ConnectStats {

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::args::Args;
 use super::http::Target;
 use super::progress::Progress;
 use super::publisher;
 use super::stats::{new_histogram, rate, BitSet, CpuSample, Shared};
-use super::Args;
 
 /// What publishing produced.
 pub(super) struct Load {

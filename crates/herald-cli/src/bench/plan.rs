@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::bail;
 use herald::auth::MercureClaim;
 
+use super::args::Args;
 use super::http::{Flavor, Target};
 use super::layout::Layout;
 use super::report::fmt_count;
 use super::stats::Proc;
-use super::Args;
 use crate::token;
 
 /// What the run needs from its arguments, checked.

@@ -8,14 +8,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::args::Args;
 use super::connect::ConnectStats;
 use super::load::Load;
 use super::plan::Plan;
 use super::report::{
     ConfigOut, Connections, Deliveries, GeneratorOut, HubOut, MachineOut, PublishOut, Summary,
 };
+use super::run_types::{Connected, Ended, Window};
 use super::stats::{self, rate, CpuUse, Percentiles, Proc, Shared};
-use super::{subscriber, Args, Connected, Ended, Window};
+use super::subscriber;
 
 /// The summary of a run, before [`super::report::warnings`] adds what it
 /// finds in it.
