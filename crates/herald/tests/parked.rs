@@ -10,23 +10,6 @@ use common::*;
 use herald::HubConfig;
 use tokio::io::AsyncWriteExt;
 
-/// Reads from `tcp` until what was read contains `needle`; returns all of it.
-async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !String::from_utf8_lossy(&got).contains(needle) {
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
-            .unwrap();
-        assert!(n > 0, "the hub closed the stream");
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 /// A waiting event stream is parked, with no task of its own: bytes its
 /// client sends are dropped and the stream goes on, and a client that
 /// closes is noticed at once (not at the next heartbeat or update).
@@ -175,24 +158,6 @@ async fn a_client_that_stops_reading_holds_bounded_kernel_buffers() {
         sent < 400,
         "the stuck client was let go only after {sent} updates of 1 KiB"
     );
-}
-
-/// `herald_parked_streams` from `/metrics`.
-async fn parked_gauge(hub: &TestHub) -> i64 {
-    let text = client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("herald_parked_streams "))
-        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Waits until the gauge reads `want`, and returns what it read last.

@@ -23,7 +23,7 @@ use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
 use herald::engine::memory::MemoryEngine;
 use herald::HubConfig;
 use herald_protocol::sse::Item;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -107,43 +107,6 @@ fn raw_request(path: Path, topic: &str) -> String {
     } else {
         format!("GET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n")
     }
-}
-
-/// Reads from `tcp` until what was read contains `needle`.
-async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !String::from_utf8_lossy(&got).contains(needle) {
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
-            .unwrap();
-        assert!(
-            n > 0,
-            "the hub closed the stream: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
-async fn parked_gauge(hub: &TestHub) -> i64 {
-    let text = client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("herald_parked_streams "))
-        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

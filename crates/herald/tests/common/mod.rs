@@ -274,3 +274,38 @@ impl Subscription {
 
 pub const SHORT: Duration = Duration::from_millis(300);
 pub const LONG: Duration = Duration::from_secs(5);
+
+/// Reads from `tcp` until what was read contains `needle`; returns all of it.
+pub async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(n > 0, "the hub closed the stream");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `herald_parked_streams` from `/metrics`.
+pub async fn parked_gauge(hub: &TestHub) -> i64 {
+    let text = client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_parked_streams "))
+        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
