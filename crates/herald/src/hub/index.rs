@@ -124,7 +124,7 @@ impl TopicIndex {
     pub fn wake(&self, sub: &Arc<Subscriber>) {
         if let Some(w) = self.waker.get() {
             if sub.claim_wake() {
-                w.wake(&mut vec![sub.clone()]);
+                w.wake_one(sub);
             }
         }
     }

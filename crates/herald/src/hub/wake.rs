@@ -21,4 +21,9 @@ pub trait Wake: Send + Sync + 'static {
     /// until the transport releases it ([`Subscriber::release_wake`]) and
     /// looks at it. `subs` is left empty.
     fn wake(&self, subs: &mut Vec<Arc<Subscriber>>);
+
+    /// One parked subscriber has work (claimed, as for [`Wake::wake`]).
+    fn wake_one(&self, sub: &Arc<Subscriber>) {
+        self.wake(&mut vec![sub.clone()]);
+    }
 }

@@ -116,12 +116,9 @@ impl Flusher {
     /// Puts a parked subscriber in its flusher's ready list (once until
     /// it is flushed).
     fn schedule(&self, sub: &Arc<Subscriber>) {
-        if !sub.claim_wake() {
-            return;
+        if sub.claim_wake() {
+            self.wake_one(sub);
         }
-        let shard = &self.shards[self.shard_of(sub)];
-        shard.ready.lock().push(sub.clone());
-        shard.notify.notify_one();
     }
 
     /// The shard whose flusher writes this subscriber's frames.
@@ -176,6 +173,12 @@ impl Wake for Flusher {
             }
         }
         subs.clear();
+    }
+
+    fn wake_one(&self, sub: &Arc<Subscriber>) {
+        let shard = &self.shards[self.shard_of(sub)];
+        shard.ready.lock().push(sub.clone());
+        shard.notify.notify_one();
     }
 }
 
