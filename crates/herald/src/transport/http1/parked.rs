@@ -388,7 +388,7 @@ fn write_pending(stream: &std::net::TcpStream, rest: &mut Bytes) -> io::Result<b
 /// Starts the watcher: a task on the current runtime waiting on the
 /// readiness of its epoll instance (which tokio's own epoll reports like
 /// any descriptor), so closes are handled on the runtime's threads with
-/// no thread switch. It stops once the registry is gone.
+/// no thread switch. It stops once the topic index is gone.
 fn start_watcher(index: Weak<TopicIndex>) -> io::Result<mio::Registry> {
     let poll = mio::Poll::new()?;
     let handle = poll.registry().try_clone()?;
