@@ -9,29 +9,6 @@ use common::*;
 use herald::config::MetricsAccess;
 use herald::HubConfig;
 
-/// The value of a sample line `name{labels} value` or `name value`.
-fn value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| {
-            !l.starts_with('#')
-                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-}
-
-async fn scrape(hub: &TestHub) -> String {
-    client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts() {
     let hub = TestHub::start(config()).await;

@@ -292,20 +292,31 @@ pub async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String
     String::from_utf8_lossy(&got).into_owned()
 }
 
-/// `herald_parked_streams` from `/metrics`.
-pub async fn parked_gauge(hub: &TestHub) -> i64 {
-    let text = client()
+/// The value of a sample line `name{labels} value` or `name value`.
+pub fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// The `/metrics` text.
+pub async fn scrape(hub: &TestHub) -> String {
+    client()
         .get(hub.url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("herald_parked_streams "))
-        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
-        .trim()
-        .parse()
         .unwrap()
+}
+
+/// `herald_parked_streams` from `/metrics`.
+pub async fn parked_gauge(hub: &TestHub) -> i64 {
+    value(&scrape(hub).await, "herald_parked_streams") as i64
 }
