@@ -67,12 +67,19 @@ fn code(text: &str) -> String {
             None => line,
         };
         let mut in_str = false;
+        let mut escaped = false;
         for c in line.chars() {
-            if c == '"' {
-                in_str = !in_str;
-                out.push(c);
-            } else if !in_str {
-                out.push(c);
+            if in_str && std::mem::take(&mut escaped) {
+                continue;
+            }
+            match c {
+                '\\' if in_str => escaped = true,
+                '"' => {
+                    in_str = !in_str;
+                    out.push(c);
+                }
+                _ if !in_str => out.push(c),
+                _ => {}
             }
         }
         out.push('\n');

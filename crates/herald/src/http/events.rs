@@ -145,7 +145,7 @@ pub(crate) struct Prepared {
     pub feed: Feed,
     /// The response headers of the stream (see [`super::policy`]), CORS
     /// aside.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 /// Validates, authorizes and registers a subscription request. Shared by
@@ -266,9 +266,7 @@ fn event_stream(prepared: Prepared) -> Response {
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
     for (name, value) in extra {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
+        h.insert(name, value);
     }
     res
 }

@@ -54,18 +54,22 @@ pub const WRITE_STALL: Duration = Duration::from_secs(60);
 pub const MAX_DISCARD: usize = 64 * 1024;
 
 /// The response headers of an event stream, CORS aside: `resumed_from` is
-/// the id the replay starts after, named in the revision's header.
+/// the id the replay starts after, named in the revision's header (left
+/// out if it cannot be a header value).
 pub fn stream_headers(
     revision: Revision,
     resumed_from: Option<String>,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(&'static str, HeaderValue)> {
     let mut out = vec![
-        ("content-type", "text/event-stream".to_owned()),
-        ("cache-control", "no-cache".to_owned()),
-        ("x-accel-buffering", "no".to_owned()),
-        ("accept-query", ACCEPT_QUERY.to_owned()),
+        (
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        ("cache-control", HeaderValue::from_static("no-cache")),
+        ("x-accel-buffering", HeaderValue::from_static("no")),
+        ("accept-query", HeaderValue::from_static(ACCEPT_QUERY)),
     ];
-    if let Some(id) = resumed_from {
+    if let Some(id) = resumed_from.and_then(|id| HeaderValue::from_str(&id).ok()) {
         let name = match revision {
             Revision::Draft07 => "last-event-id",
             Revision::Draft08 => "mercure-last-event-id",

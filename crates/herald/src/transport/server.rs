@@ -65,8 +65,8 @@ const UNSENT_LIMIT: u32 = 64 * 1024;
 /// Time a new connection has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every connection of one server shares.
-#[derive(Clone, Debug)]
+/// What every connection of one server shares (one `Arc` per connection).
+#[derive(Debug)]
 struct Shared {
     hub: Hub,
     app: axum::Router,
@@ -83,15 +83,9 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    shared: Shared,
+    shared: Arc<Shared>,
 ) {
-    let Shared {
-        hub,
-        app,
-        cors,
-        flusher,
-    } = shared;
-    let stop = hub.shutdown_token().clone();
+    let stop = shared.hub.shutdown_token().clone();
     let mut buf = Vec::new();
     let complete = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, head::read_head(&mut stream, &mut buf)) => {
@@ -106,12 +100,14 @@ async fn connection(
         drop(buf);
         // No cancellation token: a direct stream watches its subscriber.
         let ctx = ConnContext { cancel: None, peer };
-        let Some(live) = direct::open(stream, hub, headers, query, ctx, cors.as_ref()).await else {
+        let hub = shared.hub.clone();
+        let Some(live) = direct::open(stream, hub, headers, query, ctx, shared.cors.as_ref()).await
+        else {
             return;
         };
         // Sends the first flush and any history here, then parks the
         // stream: a waiting subscriber keeps no task.
-        live.with_permit(permit).run(flusher).await;
+        live.with_permit(permit).run(shared.flusher.clone()).await;
         return;
     }
     let _permit = permit;
@@ -120,6 +116,7 @@ async fn connection(
         cancel: Some(cancel.clone()),
         peer,
     };
+    let app = shared.app.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
         app.clone().oneshot(req)
@@ -191,17 +188,21 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let hub = self.hub;
-        let flusher = self.parking.then(|| {
-            let flusher = Flusher::start(hub.index(), hub.metrics().clone());
-            hub.index().set_waker(flusher.clone());
-            flusher
+        let flusher = self
+            .parking
+            .then(|| Flusher::start(hub.index(), hub.metrics().clone()));
+        // One transport parks a hub's streams: a second server of the same
+        // hub keeps its streams' tasks.
+        let flusher = flusher.filter(|f| {
+            let registered = hub.index().set_waker(f.clone());
+            std::ptr::addr_eq(Arc::as_ptr(registered), Arc::as_ptr(f))
         });
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             app: router(hub.clone()),
             cors: cors_layer(&hub.config().cors_origins),
             hub: hub.clone(),
             flusher: flusher.clone(),
-        };
+        });
         let permits = Arc::new(Semaphore::new(hub.config().max_connections));
         let tracker = TaskTracker::new();
         let stop = hub.shutdown_token().clone();
