@@ -36,6 +36,11 @@ impl Sink for CountingSink {
     fn deliver(&self, updates: &[Arc<Stored>]) {
         self.0.fetch_add(updates.len() as u64, Ordering::Relaxed);
     }
+
+    /// The local engine never loses history it has not delivered.
+    fn gap(&self, reason: &str) {
+        panic!("unexpected gap: {reason}");
+    }
 }
 
 struct Options {

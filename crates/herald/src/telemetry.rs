@@ -40,6 +40,8 @@ pub struct Metrics {
     pub delivered: Counter,
     pub replayed: Counter,
     pub slow_disconnects: Counter,
+    /// Times the engine lost history this node had not delivered.
+    pub engine_gaps: Counter,
     pub publish_seconds: Histogram,
     pub delivery_seconds: Histogram,
     pub append_seconds: Histogram,
@@ -73,6 +75,7 @@ impl Metrics {
             delivered: Counter::default(),
             replayed: Counter::default(),
             slow_disconnects: Counter::default(),
+            engine_gaps: Counter::default(),
             publish_seconds: Histogram::new(latency_buckets()),
             delivery_seconds: Histogram::new(latency_buckets()),
             append_seconds: Histogram::new(latency_buckets()),
@@ -111,6 +114,11 @@ impl Metrics {
             "updates_delivered",
             "Updates queued to live subscribers",
             m.delivered.clone(),
+        );
+        registry.register(
+            "engine_gaps",
+            "Times the engine lost history this node had not delivered, ending every stream",
+            m.engine_gaps.clone(),
         );
         registry.register(
             "updates_replayed",
@@ -218,5 +226,10 @@ impl Metrics {
 
     pub fn engine_error(&self, what: &'static str, err: &crate::engine::EngineError) {
         tracing::error!(what, "engine error: {err}");
+    }
+
+    /// The engine signalled a gap (the index logs it with its reason).
+    pub fn engine_gap(&self) {
+        self.engine_gaps.inc();
     }
 }

@@ -117,6 +117,8 @@ mod local_only {
                 panic!("sink bug (expected by the test)");
             }
         }
+
+        fn gap(&self, _: &str) {}
     }
 
     /// A bug in the sink must not stop the writer: later appends work.

@@ -6,8 +6,9 @@
 //! [`testkit`] (feature `testkit`), which checks that contract.
 //!
 //! Engines of this crate: [`memory`] (a bounded ring, nothing survives a
-//! restart) and `local` (durable, in one redb file; the default feature
-//! `local`).
+//! restart), `local` (durable, in one redb file; the default feature
+//! `local`) and `redis` (one Redis or Valkey shared by several nodes; the
+//! feature `redis`).
 //!
 //! # The contract
 //!
@@ -20,8 +21,12 @@
 //! appends interleave as the engine commits them, but each caller's own
 //! appends keep their order.
 //!
-//! **[`Engine::start`]** registers the node's [`Sink`]. The hub calls it
-//! once, before the first append.
+//! **Starting.** Opening or connecting an engine is async and can fail
+//! with a clear error (each engine's constructor: a file that cannot be
+//! opened, a server that cannot be reached). [`Engine::start`] then
+//! registers the node's [`Sink`] and starts delivery from the position the
+//! log had when the engine was opened. The hub calls it once, before the
+//! first append.
 //!
 //! **[`Engine::append`]** takes updates that already have their ids and
 //! returns their [`Stored`] form (position, update, encoded SSE frame) in
@@ -36,8 +41,30 @@
 //! in position order, through [`Sink::deliver`] (possibly several updates
 //! per call, possibly those of several appends), and exactly what `append`
 //! returned for it. A single-node engine delivers inside `append`; an
-//! engine shared by several nodes also delivers what other nodes appended.
-//! A panicking sink must not stop the engine.
+//! engine shared by several nodes also delivers what other nodes appended,
+//! following the shared log from its last delivered position. A panicking
+//! sink must not stop the engine.
+//!
+//! **The gap signal.** A shared engine can lose history it has not
+//! delivered yet: entries trimmed while this node was cut off, a failover
+//! to a replica without the tail, a flush of the server. It then calls
+//! [`Sink::gap`] *before* delivering anything that follows the hole, and
+//! goes on from the log's current end. The hub ends every open stream
+//! cleanly; each client reconnects with its `Last-Event-ID`, which either
+//! resolves in the history that exists now or gets the `earliest` answer.
+//! A hub never tells a client it has everything when it does not: without
+//! the signal, an engine must deliver every position, in order.
+//!
+//! **The log's identity (epoch).** A shared log carries an identity made
+//! when it is created. A node compares it (and the update it delivered
+//! last) with the server's each time it reconnects and while it waits: a
+//! log replaced under it (flushed and recreated, failed over to a replica
+//! that lacks the tail) is a gap, never a continuation. Ids resolve only
+//! in the history that exists now, so a resume id from a history that no
+//! longer exists is unknown and gets `earliest`. The `local` and `memory`
+//! logs live and die with their file and process: their epoch changes
+//! only across a restart, when no stream is open, and they never signal a
+//! gap.
 //!
 //! **[`Engine::read_after`]** returns up to `limit` *retained* updates with
 //! a position greater than `after`, in position order, each as it was
@@ -64,10 +91,15 @@
 //! **Errors.** [`EngineError::DuplicateId`] is a refusal: the request is
 //! wrong, retrying it will fail again. [`EngineError::Unavailable`] means
 //! the engine could not do it now (storage full or failing, store being
-//! reopened, a damaged file at open): nothing of the request was
-//! acknowledged, the engine keeps running, and the same request may be
-//! retried (the hub answers `503 Service Unavailable`). A failed read is
-//! `Unavailable` too.
+//! reopened, a damaged file at open, a server that does not answer within
+//! the engine's timeout): nothing of the request was acknowledged, the
+//! engine keeps running, and the same request may be retried (the hub
+//! answers `503 Service Unavailable` with `Retry-After`, and `/readyz`
+//! turns 503 while [`Engine::bounds`] fails). An `Unavailable` append may
+//! still have been stored when the server took it but this node could not
+//! see it delivered: a retry with the same id then gets `409`, never a
+//! second copy. A failed read is `Unavailable` too. No call waits longer
+//! than the engine's timeout.
 //!
 //! **[`Engine::close`]** makes everything acknowledged durable, releases
 //! the engine's resources (a durable engine's files can be opened again
@@ -106,6 +138,10 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod memory;
+#[cfg(any(feature = "local", feature = "redis"))]
+pub(crate) mod records;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -153,6 +189,11 @@ impl Stored {
 /// the module documentation).
 pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     fn deliver(&self, updates: &[Arc<Stored>]);
+
+    /// History this node had not delivered was lost (see "The gap signal"
+    /// in the module documentation): every open stream must end, so its
+    /// client resumes from what exists now.
+    fn gap(&self, reason: &str);
 }
 
 /// What history holds right now.
@@ -214,4 +255,31 @@ pub trait Engine: Send + Sync + 'static {
     /// Flushes and closes; later appends fail with [`EngineError::Closed`].
     /// Closing twice is fine.
     fn close(&self) -> BoxFuture<'_, Result<(), EngineError>>;
+
+    /// Where nodes sharing this engine see each other's subscriptions;
+    /// `None` for an engine of one node.
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        None
+    }
+}
+
+/// The subscriptions of every node sharing an engine, for the
+/// subscriptions API and for the `active: false` events of a node that
+/// died. Entries are opaque text (the hub's encoding of one connection's
+/// subscriptions), keyed by a number unique within the node.
+pub trait Directory: Send + Sync + 'static {
+    /// Records (or replaces) one of this node's entries. Never waits for
+    /// the server: written in the background, and written again after the
+    /// server comes back.
+    fn put(&self, key: u64, entry: String);
+
+    /// Forgets one of this node's entries (in the background too).
+    fn remove(&self, key: u64);
+
+    /// The entries of every other live node.
+    fn others(&self) -> BoxFuture<'_, Result<Vec<String>, EngineError>>;
+
+    /// The entries of nodes that stopped, each handed to exactly one
+    /// caller across all nodes, and forgotten.
+    fn reap(&self) -> BoxFuture<'_, Result<Vec<String>, EngineError>>;
 }

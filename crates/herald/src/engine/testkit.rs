@@ -88,15 +88,25 @@ pub fn run<T>(check: impl Future<Output = T>) -> T {
 #[derive(Debug, Default)]
 pub struct RecordingSink {
     seen: Mutex<Vec<Arc<Stored>>>,
+    gaps: Mutex<Vec<String>>,
 }
 
 impl Sink for RecordingSink {
     fn deliver(&self, updates: &[Arc<Stored>]) {
         self.seen.lock().extend(updates.iter().cloned());
     }
+
+    fn gap(&self, reason: &str) {
+        self.gaps.lock().push(reason.to_owned());
+    }
 }
 
 impl RecordingSink {
+    /// The reasons of the gaps signalled so far.
+    pub fn gaps(&self) -> Vec<String> {
+        self.gaps.lock().clone()
+    }
+
     /// Everything delivered so far, in delivery order.
     pub fn seen(&self) -> Vec<Arc<Stored>> {
         self.seen.lock().clone()
@@ -697,22 +707,30 @@ fn rich_updates() -> Vec<Update> {
 /// factory must implement
 /// [`DurableEngineFactory`](crate::engine::testkit::DurableEngineFactory).
 ///
+/// A last argument `if GUARD` (a `bool` expression) runs each check only
+/// when it is true: for an engine that needs a server, the guard says
+/// whether one was given and prints why the check is skipped otherwise.
+///
 /// ```ignore
 /// herald::engine_conformance!(memory, MemoryFactory);
 /// herald::engine_conformance!(local, LocalFactory::new(), durable);
+/// herald::engine_conformance!(redis, RedisFactory::new(), durable, if redis_url().is_some());
 /// ```
 #[macro_export]
 macro_rules! engine_conformance {
-    (@checks $factory:expr; $($check:ident),+ $(,)?) => {
+    (@checks $factory:expr, $guard:expr; $($check:ident),+ $(,)?) => {
         $(
             #[test]
             fn $check() {
+                if !$guard {
+                    return;
+                }
                 $crate::engine::testkit::run($crate::engine::testkit::$check($factory));
             }
         )+
     };
-    (@common $factory:expr) => {
-        $crate::engine_conformance!(@checks $factory;
+    (@common $factory:expr, $guard:expr) => {
+        $crate::engine_conformance!(@checks $factory, $guard;
             positions_start_at_one_and_increase,
             read_after_paginates,
             resolve_by_id,
@@ -725,19 +743,25 @@ macro_rules! engine_conformance {
             matches_a_simple_model,
         );
     };
-    ($name:ident, $factory:expr, durable $(,)?) => {
+    ($name:ident, $factory:expr, durable, if $guard:expr $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::engine_conformance!(@common $factory);
-            $crate::engine_conformance!(@checks $factory; restart_keeps_history);
+            $crate::engine_conformance!(@common $factory, $guard);
+            $crate::engine_conformance!(@checks $factory, $guard; restart_keeps_history);
         }
     };
-    ($name:ident, $factory:expr $(,)?) => {
+    ($name:ident, $factory:expr, if $guard:expr $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::engine_conformance!(@common $factory);
+            $crate::engine_conformance!(@common $factory, $guard);
         }
+    };
+    ($name:ident, $factory:expr, durable $(,)?) => {
+        $crate::engine_conformance!($name, $factory, durable, if true);
+    };
+    ($name:ident, $factory:expr $(,)?) => {
+        $crate::engine_conformance!($name, $factory, if true);
     };
 }

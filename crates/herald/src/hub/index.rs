@@ -285,4 +285,17 @@ impl Sink for TopicIndex {
             self.dispatch(s);
         }
     }
+
+    /// Ends every open stream: each client reconnects with its
+    /// `Last-Event-ID` and resumes from the history that exists now.
+    fn gap(&self, reason: &str) {
+        tracing::warn!(
+            subscribers = self.len(),
+            "the engine lost history this node had not delivered ({reason}): ending every stream so clients resume"
+        );
+        if let Some(m) = &self.metrics {
+            m.engine_gap();
+        }
+        self.close_all();
+    }
 }

@@ -88,11 +88,12 @@
 //! - `config.rs`: [`LocalConfig`], [`Durability`], [`Retention`];
 //! - `store.rs`: the tables, creating, opening and verifying the file;
 //! - `writer.rs`: the writer thread and group commit;
-//! - `retention.rs`: removing what [`Retention`] no longer allows;
-//! - `records.rs`: the byte layout of one stored update.
+//! - `retention.rs`: removing what [`Retention`] no longer allows.
+//!
+//! The byte layout of one stored update is `engine/records.rs`, shared
+//! with the `redis` engine.
 
 mod config;
-mod records;
 mod retention;
 mod shared;
 mod store;
@@ -111,7 +112,7 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
-use records::{decode_record, encode_record};
+use crate::engine::records::{decode_record, encode_record};
 use shared::{storage_error, Counters, Shared};
 use store::{create_store, load_state, open_store, IDS, UPDATES};
 use writer::{AppendRequest, Command, Pending, Writer};

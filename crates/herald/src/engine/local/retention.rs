@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use redb::ReadableTable;
 
-use super::records::{footprint, now_ms, record_id, record_ts};
 use super::store::{IDS, META, META_BYTES, UPDATES};
 use super::writer::{WriteError, Writer};
+use crate::engine::records::{footprint, now_ms, record_id, record_ts};
 
 /// At most this many updates are removed per retention transaction.
 pub const RETENTION_CHUNK: usize = 2048;

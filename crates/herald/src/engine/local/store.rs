@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::records::record_ts;
 use super::shared::storage_error;
+use crate::engine::records::record_ts;
 use crate::engine::{EngineError, Position};
 
 /// The store file inside [`LocalConfig::path`](super::LocalConfig::path).

@@ -20,9 +20,9 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::config::{Durability, Retention};
-use super::records::{footprint, now_ms, set_record_ts, RecordError};
 use super::shared::Shared;
 use super::store::{load_state, open_store, State, IDS, META, META_BYTES, META_LAST, UPDATES};
+use crate::engine::records::{footprint, now_ms, set_record_ts, RecordError};
 use crate::engine::{EngineError, Stored};
 
 /// A group commit takes at most this many updates...

@@ -1,5 +1,6 @@
-//! The store record of one update: how an [`Update`] and its commit time
-//! are laid out as the bytes of one value in the `updates` table.
+//! The stored record of one update: how an [`Update`] and its commit time
+//! are laid out as bytes, by the `local` engine (one value of its
+//! `updates` table) and the `redis` engine (one field of a stream entry).
 //!
 //! A record is compact, versioned and self-describing enough to be checked:
 //!
@@ -30,7 +31,7 @@ const FLAG_EVENT_TYPE: u8 = 2;
 const FLAG_RETRY: u8 = 4;
 
 /// Encodes an update as a store record, with a zero commit time.
-pub(super) fn encode_record(u: &Update) -> Vec<u8> {
+pub(crate) fn encode_record(u: &Update) -> Vec<u8> {
     let size = 16
         + u.id.len()
         + u.data.len()
@@ -65,13 +66,13 @@ pub(super) fn encode_record(u: &Update) -> Vec<u8> {
     out
 }
 
-pub(super) fn set_record_ts(record: &mut [u8], ts: u64) {
+pub(crate) fn set_record_ts(record: &mut [u8], ts: u64) {
     record[TS_RANGE].copy_from_slice(&ts.to_le_bytes());
 }
 
 /// The commit time written into records: ms since the Unix epoch (0 if the
 /// clock is before it).
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -81,9 +82,9 @@ pub(super) fn now_ms() -> u64 {
 /// A record the decoder cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad record: {0}")]
-pub(super) struct RecordError(&'static str);
+pub(crate) struct RecordError(&'static str);
 
-pub(super) fn record_ts(record: &[u8]) -> Result<u64, RecordError> {
+pub(crate) fn record_ts(record: &[u8]) -> Result<u64, RecordError> {
     if record.first() != Some(&RECORD_V1) {
         return Err(RecordError("unknown version"));
     }
@@ -93,7 +94,7 @@ pub(super) fn record_ts(record: &[u8]) -> Result<u64, RecordError> {
     ))
 }
 
-pub(super) fn record_id(record: &[u8]) -> Result<&str, RecordError> {
+pub(crate) fn record_id(record: &[u8]) -> Result<&str, RecordError> {
     record_ts(record)?;
     let mut r = Reader {
         buf: record,
@@ -103,7 +104,7 @@ pub(super) fn record_id(record: &[u8]) -> Result<&str, RecordError> {
 }
 
 /// Decodes a store record into its commit time and update.
-pub(super) fn decode_record(record: &[u8]) -> Result<(u64, Update), RecordError> {
+pub(crate) fn decode_record(record: &[u8]) -> Result<(u64, Update), RecordError> {
     let ts = record_ts(record)?;
     let mut r = Reader {
         buf: record,
@@ -206,7 +207,7 @@ impl<'a> Reader<'a> {
 
 /// What one update counts for in [`Retention::max_bytes`](super::config::Retention::max_bytes):
 /// its record, its id-index key, and the two `u64`s of keys and index value.
-pub(super) fn footprint(record_len: usize, id_len: usize) -> u64 {
+pub(crate) fn footprint(record_len: usize, id_len: usize) -> u64 {
     (record_len + id_len + 16) as u64
 }
 

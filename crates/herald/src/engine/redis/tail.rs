@@ -1,0 +1,256 @@
+//! Following the shared log: each node reads new entries with `XREAD
+//! BLOCK` on a connection of its own (a blocked read would stall every
+//! other command on a shared one) and hands them to its sink in position
+//! order, once.
+//!
+//! The tail is the only path to the sink, for this node's appends too:
+//! that is what keeps every node's delivery in the one order of the log.
+//! While it waits, and each time it reconnects, it checks that it still
+//! follows the same history (see "The log's identity" in the engine
+//! contract): the epoch, the counter, and where the update it delivered
+//! last sits now. Anything else is a gap, signalled before the next
+//! delivery.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+
+use super::entries::{int, items, text, unavailable, xread_entries};
+use super::state::Inner;
+use crate::engine::{EngineError, Position, Sink, Stored};
+
+/// How long one `XREAD` blocks: also how often an idle tail checks the log.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Most entries read at once.
+const BATCH: usize = 1024;
+
+/// The tail's own view of where it is.
+struct Cursor {
+    delivered: Position,
+    /// The id of the update delivered last, to recognise its history.
+    last_id: Option<String>,
+}
+
+/// Follows the log until the engine closes.
+pub(super) async fn run(inner: Arc<Inner>, sink: Arc<dyn Sink>) {
+    let mut cursor = Cursor {
+        delivered: inner.follow.borrow().delivered,
+        last_id: None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    while !inner.stop.is_cancelled() {
+        match follow(&inner, &sink, &mut cursor).await {
+            Ok(()) => return,
+            Err(e) => {
+                let was_up = inner.tail_up.swap(false, Ordering::AcqRel);
+                let first_failure = !inner.tail_lost.swap(true, Ordering::AcqRel);
+                if was_up || first_failure {
+                    tracing::warn!(engine = "redis", "lost the log, reconnecting: {e}");
+                    backoff = Duration::from_millis(50);
+                }
+            }
+        }
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One connection's worth of following: returns `Ok` when the engine
+/// closes, an error when the connection fails.
+async fn follow(
+    inner: &Arc<Inner>,
+    sink: &Arc<dyn Sink>,
+    cursor: &mut Cursor,
+) -> Result<(), EngineError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(inner.config.timeout))
+        .set_response_timeout(Some(BLOCK + inner.config.timeout));
+    let mut conn = inner
+        .client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(unavailable)?;
+    verify(inner, sink, &mut conn, cursor).await?;
+    if inner.tail_lost.swap(false, Ordering::AcqRel) || !inner.tail_up.swap(true, Ordering::AcqRel)
+    {
+        inner.tail_up.store(true, Ordering::Release);
+        tracing::info!(
+            engine = "redis",
+            position = cursor.delivered,
+            "following the log"
+        );
+    }
+    let mut checked = Instant::now();
+    loop {
+        let mut xread = redis::cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&inner.keys.log)
+            .arg(format!("{}-0", cursor.delivered));
+        let read = xread.query_async::<Value>(&mut conn);
+        let reply = tokio::select! {
+            () = inner.stop.cancelled() => return Ok(()),
+            r = read => r.map_err(unavailable)?,
+        };
+        let entries = xread_entries(&reply)?;
+        if let Some(first) = entries.first() {
+            if first.position != cursor.delivered + 1 {
+                signal_gap(
+                    inner,
+                    sink,
+                    cursor,
+                    first.position - 1,
+                    "updates were trimmed before this node delivered them",
+                );
+            }
+            deliver(inner, sink, cursor, &entries);
+        }
+        if entries.is_empty() || checked.elapsed() >= BLOCK {
+            verify(inner, sink, &mut conn, cursor).await?;
+            checked = Instant::now();
+        }
+    }
+}
+
+/// Hands entries to the sink (a panicking sink does not stop the tail) and
+/// lets the appends waiting for them return.
+fn deliver(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, entries: &[Arc<Stored>]) {
+    let Some(last) = entries.last() else { return };
+    if std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(entries))).is_err() {
+        tracing::error!(engine = "redis", "the sink panicked; delivery goes on");
+    }
+    cursor.delivered = last.position;
+    cursor.last_id = Some(last.update.id.clone());
+    inner.follow.send_modify(|f| f.delivered = last.position);
+}
+
+/// Signals a gap and goes on after `resume_after`.
+fn signal_gap(
+    inner: &Inner,
+    sink: &Arc<dyn Sink>,
+    cursor: &mut Cursor,
+    resume_after: Position,
+    reason: &str,
+) {
+    if std::panic::catch_unwind(AssertUnwindSafe(|| sink.gap(reason))).is_err() {
+        tracing::error!(engine = "redis", "the sink panicked on a gap");
+    }
+    cursor.delivered = resume_after;
+    cursor.last_id = None;
+    inner.follow.send_modify(|f| f.delivered = resume_after);
+}
+
+/// Checks that the log is still the history this node follows; signals a
+/// gap (and adopts the log as it is now) when it is not.
+async fn verify(
+    inner: &Arc<Inner>,
+    sink: &Arc<dyn Sink>,
+    conn: &mut MultiplexedConnection,
+    cursor: &mut Cursor,
+) -> Result<(), EngineError> {
+    let reply: Value = inner
+        .scripts
+        .check
+        .key(&inner.keys.meta)
+        .key(&inner.keys.ids)
+        .arg(cursor.last_id.as_deref().unwrap_or(""))
+        .invoke_async(conn)
+        .await
+        .map_err(unavailable)?;
+    let [epoch, seq, first, at] =
+        items(&reply).ok_or_else(|| super::entries::malformed("check"))?
+    else {
+        return Err(super::entries::malformed("check"));
+    };
+    let (epoch, seq, first, at) = (
+        text(epoch).unwrap_or_default().to_owned(),
+        int(seq).unwrap_or(0).max(0) as Position,
+        int(first).unwrap_or(1).max(1) as Position,
+        int(at).unwrap_or(-1),
+    );
+    let ours = inner.follow.borrow().epoch.clone();
+    let delivered = cursor.delivered;
+    if epoch.is_empty() {
+        // Flushed (or never made): make a new log and follow it.
+        let (new_epoch, seq, _) = inner.init(conn).await?;
+        adopt(inner, sink, cursor, new_epoch, seq, "the log was flushed");
+    } else if *epoch != *ours {
+        adopt(
+            inner,
+            sink,
+            cursor,
+            epoch.into(),
+            seq,
+            "the log was replaced",
+        );
+    } else if seq < delivered {
+        adopt(
+            inner,
+            sink,
+            cursor,
+            ours,
+            seq,
+            "the log went back: a failover lost updates this node delivered",
+        );
+    } else if cursor.last_id.is_some() && first <= delivered && at != delivered as i64 {
+        adopt(
+            inner,
+            sink,
+            cursor,
+            ours,
+            seq,
+            "the update this node delivered last is gone: a failover lost it",
+        );
+    } else if first > delivered + 1 && !entry_exists(inner, conn, delivered + 1).await? {
+        signal_gap(
+            inner,
+            sink,
+            cursor,
+            first - 1,
+            "updates were trimmed before this node delivered them",
+        );
+    }
+    Ok(())
+}
+
+/// Signals a gap and follows `epoch` from its current end `seq`.
+fn adopt(
+    inner: &Inner,
+    sink: &Arc<dyn Sink>,
+    cursor: &mut Cursor,
+    epoch: Arc<str>,
+    seq: Position,
+    reason: &str,
+) {
+    inner.follow.send_modify(|f| f.epoch = epoch);
+    signal_gap(inner, sink, cursor, seq, reason);
+}
+
+/// Whether the entry of a position is still in the stream (`XTRIM ~`
+/// keeps some below `first`; the tail may still deliver those).
+async fn entry_exists(
+    inner: &Inner,
+    conn: &mut MultiplexedConnection,
+    pos: Position,
+) -> Result<bool, EngineError> {
+    let id = format!("{pos}-0");
+    let found: Value = redis::cmd("XRANGE")
+        .arg(&inner.keys.log)
+        .arg(&id)
+        .arg(&id)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(items(&found).is_some_and(|e| !e.is_empty()))
+}
