@@ -10,6 +10,7 @@ use herald::auth::{self, Claims, KeyConfig, MercureClaim};
 use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
+use herald::engine::redis::{RedisConfig, RedisEngine};
 use herald::engine::Engine;
 use herald::{Hub, HubConfig};
 use jsonwebtoken::Algorithm;
@@ -68,6 +69,20 @@ struct Plan {
 enum EngineChoice {
     Memory { capacity: usize },
     Local(LocalConfig),
+    Redis(RedisConfig),
+}
+
+/// An engine URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an invalid URL)".to_owned(),
+    }
 }
 
 /// The key of `{what}_jwt`, read from its PEM file when it names one.
@@ -174,6 +189,24 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
             };
             EngineChoice::Local(local)
         }
+        settings::Engine::Redis(url) => {
+            let namespace: String = s.value("namespace")?;
+            if namespace.is_empty() || namespace.contains(['{', '}']) {
+                bail!("namespace ({namespace:?}): must be non-empty, without braces");
+            }
+            let timeout: std::time::Duration = s.value("redis_timeout")?;
+            if timeout.is_zero() {
+                bail!("redis_timeout: must be more than 0");
+            }
+            EngineChoice::Redis(RedisConfig {
+                namespace,
+                max_updates: s.get("retention_max_updates")?,
+                max_age: s.get("retention_max_age")?,
+                wait_replicas: s.value("redis_wait_replicas")?,
+                timeout,
+                ..RedisConfig::new(url)
+            })
+        }
     };
     let log_json = match s.value::<String>("log_format")?.as_str() {
         "text" => false,
@@ -215,6 +248,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let engine = tokio::task::spawn_blocking(move || LocalEngine::open(cfg))
                 .await?
                 .with_context(|| format!("cannot open the local store in {}", dir.display()))?;
+            Arc::new(engine)
+        }
+        EngineChoice::Redis(cfg) => {
+            let shown = redacted(&cfg.url);
+            let engine = RedisEngine::connect(cfg)
+                .await
+                .with_context(|| format!("cannot use Redis at {shown}"))?;
             Arc::new(engine)
         }
     };

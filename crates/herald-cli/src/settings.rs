@@ -40,8 +40,9 @@ const HUB: &[Setting] = &[
         "longest silence before a heartbeat comment (sent after 3/4 of it to all of it); `0` disables"),
     text("retry", Unset("none"), "`retry:` (ms) sent at the start of every stream"),
     text("engine", Value("local"),
-        "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; a `redis://`, \
-         `rediss://`, `postgres://`, `postgresql://` or `nats://` URL names an engine not in this build yet"),
+        "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; `redis://HOST:PORT/DB` \
+         or `rediss://…`: nodes share one Redis or Valkey; a `postgres://`, `postgresql://` or `nats://` URL \
+         names an engine not in this build yet"),
     text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
     text("max_connections", Value("19000"), "simultaneous connections"),
     text("max_selectors", Value("64"), "selectors per subscription"),
@@ -72,14 +73,19 @@ const HUB: &[Setting] = &[
     text("log_format", Value("text"), "`text` or `json`"),
 ];
 
+/// Retention: the `local` and `redis` engines both apply it.
+#[rustfmt::skip]
+const RETENTION: &[Setting] = &[
+    text("retention_max_updates", Unset("unlimited"), "updates kept"),
+    text("retention_max_age", Unset("unlimited"), "age after which updates are removed, e.g. `7d`"),
+];
+
 /// The `local` engine's settings.
 #[rustfmt::skip]
 const LOCAL: &[Setting] = &[
     text("data_dir", Value("./herald-data"), "directory of the store"),
     text("durability", Value("sync"),
         "`sync`: a publish is acknowledged once on disk; `async`: once committed, the disk flushed within a second"),
-    text("retention_max_updates", Unset("unlimited"), "updates kept"),
-    text("retention_max_age", Unset("unlimited"), "age after which updates are removed, e.g. `7d`"),
     text("retention_max_bytes", Unset("unlimited"), "bytes of updates kept"),
 ];
 
@@ -89,20 +95,39 @@ const MEMORY: &[Setting] = &[
     text("history_size", Value("100000"), "updates kept"),
 ];
 
+/// The `redis` engine's settings.
+#[rustfmt::skip]
+const REDIS: &[Setting] = &[
+    text("namespace", Value("herald"),
+        "prefix of every key herald writes: hubs with different namespaces share one server without seeing each other"),
+    text("redis_timeout", Value("2s"),
+        "the longest a publish, a read or a check waits for Redis before answering `503`"),
+    text("redis_wait_replicas", Value("0"),
+        "replicas that must confirm each publish (`WAIT`) before it is acknowledged; `0` does not wait"),
+];
+
 /// Every setting, by component, in `--help` and README order. A new
 /// engine adds its group here and its variant to [`Engine`].
 pub const GROUPS: &[Group] = &[
     Group {
-        engine: None,
+        engines: &[],
         settings: HUB,
     },
     Group {
-        engine: Some("local"),
+        engines: &["local", "redis"],
+        settings: RETENTION,
+    },
+    Group {
+        engines: &["local"],
         settings: LOCAL,
     },
     Group {
-        engine: Some("memory"),
+        engines: &["memory"],
         settings: MEMORY,
+    },
+    Group {
+        engines: &["redis"],
+        settings: REDIS,
     },
 ];
 
@@ -147,8 +172,8 @@ pub enum Fallback {
 /// The settings of one component.
 #[derive(Debug)]
 pub struct Group {
-    /// The engine they belong to; `None` for the hub's.
-    pub engine: Option<&'static str>,
+    /// The engines they belong to; none for the hub's.
+    pub engines: &'static [&'static str],
     pub settings: &'static [Setting],
 }
 
@@ -197,15 +222,15 @@ impl Setting {
     }
 }
 
-/// Every setting with the engine it belongs to (`None`: the hub's).
-pub fn all() -> impl Iterator<Item = (Option<&'static str>, &'static Setting)> {
+/// Every setting with the engines it belongs to (none: the hub's).
+pub fn all() -> impl Iterator<Item = (&'static [&'static str], &'static Setting)> {
     GROUPS
         .iter()
-        .flat_map(|g| g.settings.iter().map(move |s| (g.engine, s)))
+        .flat_map(|g| g.settings.iter().map(move |s| (g.engines, s)))
 }
 
 /// The declaration named `name`, with its engine.
-pub fn find(name: &str) -> Option<(Option<&'static str>, &'static Setting)> {
+pub fn find(name: &str) -> Option<(&'static [&'static str], &'static Setting)> {
     all().find(|(_, s)| s.name == name)
 }
 
@@ -216,6 +241,8 @@ pub fn find(name: &str) -> Option<(Option<&'static str>, &'static Setting)> {
 pub enum Engine {
     Local,
     Memory,
+    /// A `redis://` or `rediss://` URL.
+    Redis(String),
 }
 
 /// URL schemes and the engine each names.
@@ -233,6 +260,7 @@ impl Engine {
         match self {
             Engine::Local => "local",
             Engine::Memory => "memory",
+            Engine::Redis(_) => "redis",
         }
     }
 }
@@ -249,10 +277,15 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a setting is declared twice");
-        for (engine, s) in all() {
-            if let Some(engine) = engine {
-                let parsed = Engine::read(engine).unwrap();
-                assert_eq!(parsed.name(), engine, "{}", s.name);
+        for (engines, s) in all() {
+            for engine in engines {
+                let text = if *engine == "redis" {
+                    "redis://h"
+                } else {
+                    engine
+                };
+                let parsed = Engine::read(text).unwrap();
+                assert_eq!(parsed.name(), *engine, "{}", s.name);
             }
             assert!(
                 s.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),

@@ -52,6 +52,12 @@ impl Read for u64 {
     }
 }
 
+impl Read for u32 {
+    fn read(text: &str) -> Result<Self, String> {
+        number(text)
+    }
+}
+
 impl Read for usize {
     fn read(text: &str) -> Result<Self, String> {
         number(text)
@@ -102,10 +108,14 @@ impl Read for Engine {
         let named = ENGINE_SCHEMES
             .iter()
             .find(|(s, _)| Some(*s) == scheme.as_deref());
-        if let Some((_, engine)) = named {
-            return Err(format!(
-                "the {engine} engine is not available in this build"
-            ));
+        match named {
+            Some((_, "redis")) => return Ok(Engine::Redis(text.to_owned())),
+            Some((_, engine)) => {
+                return Err(format!(
+                    "the {engine} engine is not available in this build"
+                ))
+            }
+            None => {}
         }
         let schemes: Vec<String> = ENGINE_SCHEMES
             .iter()
@@ -160,9 +170,13 @@ mod tests {
     fn engines_by_name_or_url_scheme() {
         assert_eq!(Engine::read("local"), Ok(Engine::Local));
         assert_eq!(Engine::read("memory"), Ok(Engine::Memory));
+        for url in [
+            "redis://localhost:6379/0",
+            "rediss://:secret@cache.example.com",
+        ] {
+            assert_eq!(Engine::read(url), Ok(Engine::Redis(url.to_owned())));
+        }
         for (url, engine) in [
-            ("redis://localhost:6379/0", "redis"),
-            ("rediss://:secret@cache.example.com", "redis"),
             ("postgres://herald@db/herald", "postgres"),
             ("postgresql://db/herald", "postgres"),
             ("nats://nats.example.com:4222", "nats"),

@@ -28,10 +28,19 @@ fn row(s: &Setting) -> String {
 fn tables() -> String {
     let mut out = String::new();
     for g in GROUPS {
-        if let Some(e) = g.engine {
-            out.push_str(&format!(
+        match g.engines {
+            [] => {}
+            [e] => out.push_str(&format!(
                 "\nSettings of the `{e}` engine, refused with another engine:\n\n"
-            ));
+            )),
+            several => out.push_str(&format!(
+                "\nSettings of the {} engines, refused with another engine:\n\n",
+                several
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )),
         }
         out.push_str("| setting (TOML / `--flag`) | variable | default | meaning |\n");
         out.push_str("|---|---|---|---|\n");

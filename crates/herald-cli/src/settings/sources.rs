@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 /// The clap argument of one declared setting.
-fn arg(engine: Option<&str>, s: &Setting) -> Arg {
+fn arg(engines: &[&str], s: &Setting) -> Arg {
     let help = match s.default {
         Fallback::Value(v) | Fallback::Unset(v) if v != "none" => {
             format!("{} [default: {v}]", s.help)
@@ -63,9 +63,10 @@ fn arg(engine: Option<&str>, s: &Setting) -> Arg {
         .env(s.variable())
         .hide_env_values(s.secret)
         .help(help);
-    let arg = match engine {
-        Some(e) => arg.help_heading(format!("Settings of the {e} engine (--engine {e})")),
-        None => arg,
+    let arg = match engines {
+        [] => arg,
+        [e] => arg.help_heading(format!("Settings of the {e} engine (--engine {e})")),
+        several => arg.help_heading(format!("Settings of the {} engines", several.join(" and "))),
     };
     match s.kind {
         Kind::One => arg.action(ArgAction::Set),
@@ -101,7 +102,7 @@ impl clap::Args for Args {
         GROUPS.iter().fold(cmd, |cmd, g| {
             g.settings
                 .iter()
-                .fold(cmd, |cmd, s| cmd.arg(arg(g.engine, s)))
+                .fold(cmd, |cmd, s| cmd.arg(arg(g.engines, s)))
         })
     }
 
@@ -224,16 +225,24 @@ impl Settings {
         }
         let settings = Settings { values };
         let engine = settings.engine()?;
-        for (owner, s) in all() {
-            let Some(owner) = owner else { continue };
+        for (owners, s) in all() {
+            if owners.is_empty() {
+                continue;
+            }
             let given = settings
                 .values
                 .get(s.name)
                 .is_some_and(|(source, _)| *source != Source::Default);
-            if given && owner != engine.name() {
+            if given && !owners.contains(&engine.name()) {
+                let owner = owners.join(" or ");
+                let (engines, choose) = if owners.len() == 1 {
+                    ("engine", format!("--engine {owner}"))
+                } else {
+                    ("engines", format!("an engine among {}", owners.join(", ")))
+                };
                 bail!(
-                    "{} ({}) is a setting of the {owner} engine; the engine is {} ({}): \
-                     remove it or choose --engine {owner}",
+                    "{} ({}) is a setting of the {owner} {engines}; the engine is {} ({}): \
+                     remove it or choose {choose}",
                     s.name,
                     settings.origin(s.name),
                     engine.name(),
@@ -404,7 +413,18 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("retention_max_age (config file) is a setting of the local engine; the engine is memory (HERALD_ENGINE)"), "{e}");
+        assert!(e.starts_with("retention_max_age (config file) is a setting of the local or redis engines; the engine is memory (HERALD_ENGINE): remove it or choose an engine among local, redis"), "{e}");
+        let e = merged(&["--engine", "redis://h"], &[], "retention_max_bytes = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("retention_max_bytes (config file) is a setting of the local engine; the engine is redis"), "{e}");
+        let s = merged(
+            &["--engine", "redis://h", "--namespace", "a"],
+            &[],
+            "retention_max_age = '1h'\n",
+        )
+        .unwrap();
+        assert_eq!(s.value::<String>("namespace").unwrap(), "a");
         // Its own engine's settings are fine, from anywhere.
         let s = merged(&["--engine", "memory"], &[("HERALD_HISTORY_SIZE", "7")], "").unwrap();
         assert_eq!(s.value::<usize>("history_size").unwrap(), 7);
@@ -418,14 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn engine_urls_are_refused_with_the_engine_named() {
-        let e = merged(&["--engine", "redis://localhost"], &[], "")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "engine (--engine): the redis engine is not available in this build"
-        );
+    fn engine_urls_not_in_this_build_are_refused_with_the_engine_named() {
         let e = merged(&[], &[], "engine = 'postgresql://db/herald'")
             .unwrap_err()
             .to_string();

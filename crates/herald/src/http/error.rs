@@ -51,9 +51,9 @@ impl HttpError {
         format!("{}\n", self.reason)
     }
 
-    /// The response headers: a plain-text body, and a `WWW-Authenticate`
+    /// The response headers: a plain-text body, a `WWW-Authenticate`
     /// challenge on authorization failures (a bare `Bearer` on a `401`
-    /// without one of its own).
+    /// without one of its own), and `Retry-After` on a `503`.
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = vec![(
             header::CONTENT_TYPE,
@@ -68,6 +68,11 @@ impl HttpError {
         };
         if let Some(c) = challenge {
             out.push((header::WWW_AUTHENTICATE, c));
+        }
+        // Every 503 of herald is "not now": the engine is unreachable or
+        // the hub is stopping. A client (or a balancer) retries soon.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            out.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         out
     }

@@ -39,10 +39,10 @@ pub(crate) async fn all(State(hub): State<Hub>, headers: HeaderMap) -> Result<Re
     // is listed and its event comes after the id, never missed.
     let last = last_event_id(&hub).await?;
     if grants.is_access_token() {
-        let docs = table.documents(Filter::Matcher(None), None);
+        let docs = list(table, Filter::Matcher(None), None).await?;
         return Ok(collection08(SUBSCRIPTIONS_PATH, docs, &last, &headers));
     }
-    let docs = table.documents(Filter::Topic(None), None);
+    let docs = list(table, Filter::Topic(None), None).await?;
     Ok(collection07(SUBSCRIPTIONS_PATH.to_owned(), docs, &last))
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn by_topic(
 ) -> Result<Response, HttpError> {
     let (table, _) = authorize(&hub, &subscriptions::topic_collection(&topic), &headers)?;
     let last = last_event_id(&hub).await?;
-    let docs = table.documents(Filter::Topic(Some(&topic)), None);
+    let docs = list(table, Filter::Topic(Some(&topic)), None).await?;
     Ok(collection07(
         subscriptions::topic_collection(&topic),
         docs,
@@ -75,15 +75,15 @@ pub(crate) async fn two_segments(
         );
         let (table, _) = authorize(&hub, &path, &headers)?;
         let last = last_event_id(&hub).await?;
-        let docs = table.documents(Filter::Matcher(Some((match_type, &second))), None);
+        let docs = list(table, Filter::Matcher(Some((match_type, &second))), None).await?;
         return Ok(collection08(&path, docs, &last, &headers));
     }
     let (topic, subscriber) = (first, second);
     let path = subscriptions::subscription_topic(&topic, &subscriber);
     let (table, _) = authorize(&hub, &path, &headers)?;
     let last = last_event_id(&hub).await?;
-    let Some(mut doc) = table
-        .documents(Filter::Topic(Some(&topic)), Some(&subscriber))
+    let Some(mut doc) = list(table, Filter::Topic(Some(&topic)), Some(&subscriber))
+        .await?
         .into_iter()
         .next()
     else {
@@ -108,18 +108,32 @@ pub(crate) async fn one08(
     let path = matcher::subscription_topic(match_type, &value, &subscriber);
     let (table, _) = authorize(&hub, &path, &headers)?;
     let last = last_event_id(&hub).await?;
-    let Some(mut doc) = table
-        .documents(
-            Filter::Matcher(Some((match_type, &value))),
-            Some(&subscriber),
-        )
-        .into_iter()
-        .next()
-    else {
+    let Some(mut doc) = list(
+        table,
+        Filter::Matcher(Some((match_type, &value))),
+        Some(&subscriber),
+    )
+    .await?
+    .into_iter()
+    .next() else {
         return Err(not_found());
     };
     doc["last_event_id"] = json!(last);
     Ok(json08(doc, &last, &headers))
+}
+
+/// The documents of the active subscriptions (of every node, on a shared
+/// engine) that pass `filter`.
+async fn list(
+    table: &ActiveSubscriptions,
+    filter: Filter<'_>,
+    subscriber: Option<&str>,
+) -> Result<Vec<Value>, HttpError> {
+    let all = table
+        .all()
+        .await
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(subscriptions::documents(&all, filter, subscriber))
 }
 
 fn not_found() -> HttpError {

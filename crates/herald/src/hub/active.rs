@@ -24,9 +24,17 @@
 //!
 //! The table of active subscriptions lives here, apart from the topic
 //! index, so a hub with the feature off spends nothing on it.
+//!
+//! On an engine shared by several nodes, each node also writes its
+//! connections to the engine's [`Directory`]: the API lists the
+//! subscriptions of every node, and when a node dies, one surviving node
+//! publishes the `active: false` events of its subscriptions (see
+//! [`ActiveSubscriptions::reap`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use crate::engine::{Directory, EngineError};
 
 use herald_protocol::matcher::{self, MatchType};
 use herald_protocol::template::expand_simple;
@@ -87,6 +95,50 @@ impl Subscription {
                 .map(|(match_type, value, payload)| (Entry::Matcher { match_type, value }, payload))
                 .collect(),
         }
+    }
+
+    /// Its form in the engine's [`Directory`].
+    pub fn encode(&self) -> String {
+        let entries: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|(entry, payload)| match entry {
+                Entry::Topic(t) => json!({ "topic": t, "payload": payload }),
+                Entry::Matcher { match_type, value } => json!({
+                    "match_type": match_type.name(),
+                    "match": value,
+                    "payload": payload,
+                }),
+            })
+            .collect();
+        json!({ "subscriber": self.subscriber, "entries": entries }).to_string()
+    }
+
+    /// Reads what [`Subscription::encode`] wrote (on any node); `None` for
+    /// anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let subscriber = v.get("subscriber")?.as_str()?.to_owned();
+        let entries = v
+            .get("entries")?
+            .as_array()?
+            .iter()
+            .map(|e| {
+                let payload = e.get("payload").filter(|p| !p.is_null()).cloned();
+                let entry = match e.get("topic") {
+                    Some(t) => Entry::Topic(t.as_str()?.to_owned()),
+                    None => Entry::Matcher {
+                        match_type: MatchType::from_name(e.get("match_type")?.as_str()?)?,
+                        value: e.get("match")?.as_str()?.to_owned(),
+                    },
+                };
+                Some((entry, payload))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            subscriber,
+            entries,
+        })
     }
 
     /// The events announcing this subscription (`active: true`) or its end.
@@ -194,45 +246,85 @@ pub enum Filter<'a> {
     Matcher(Option<(MatchType, &'a str)>),
 }
 
-/// The table of active subscriptions, by connection.
-#[derive(Debug, Default)]
+/// The table of active subscriptions, by connection: this node's, and on
+/// a shared engine the directory of every node's.
+#[derive(Default)]
 pub struct ActiveSubscriptions {
     by_connection: Mutex<BTreeMap<u64, Arc<Subscription>>>,
+    directory: Option<Arc<dyn Directory>>,
+}
+
+impl std::fmt::Debug for ActiveSubscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveSubscriptions")
+            .field("local", &self.len())
+            .field("shared", &self.directory.is_some())
+            .finish()
+    }
 }
 
 impl ActiveSubscriptions {
+    /// A table that also writes to (and lists from) a shared directory.
+    pub fn new(directory: Option<Arc<dyn Directory>>) -> Self {
+        Self {
+            by_connection: Mutex::default(),
+            directory,
+        }
+    }
+
     pub fn insert(&self, connection: u64, sub: Arc<Subscription>) {
+        if let Some(d) = &self.directory {
+            d.put(connection, sub.encode());
+        }
         self.by_connection.lock().insert(connection, sub);
     }
 
     pub fn remove(&self, connection: u64) -> Option<Arc<Subscription>> {
-        self.by_connection.lock().remove(&connection)
+        let sub = self.by_connection.lock().remove(&connection);
+        if let (Some(d), Some(_)) = (&self.directory, &sub) {
+            d.remove(connection);
+        }
+        sub
     }
 
-    /// Documents of the active subscriptions that pass `filter` (and, when
-    /// given, belong to `subscriber`), sorted by their ids.
-    pub fn documents(&self, filter: Filter<'_>, subscriber: Option<&str>) -> Vec<Value> {
-        let mut found: Vec<Value> = Vec::new();
-        for sub in self.by_connection.lock().values() {
-            if subscriber.is_some_and(|s| s != sub.subscriber) {
-                continue;
-            }
-            for (entry, payload) in &sub.entries {
-                let wanted = match (filter, entry) {
-                    (Filter::Topic(want), Entry::Topic(t)) => want.is_none_or(|w| w == t),
-                    (Filter::Matcher(want), Entry::Matcher { match_type, value }) => {
-                        want.is_none_or(|(wt, wv)| wt == *match_type && wv == value)
-                    }
-                    _ => false,
-                };
-                if wanted {
-                    found.push(document(entry, &sub.subscriber, true, payload.as_ref()));
-                }
-            }
+    /// Every active subscription: this node's, then every other live
+    /// node's.
+    ///
+    /// # Errors
+    /// The shared directory could not be read.
+    pub async fn all(&self) -> Result<Vec<Arc<Subscription>>, EngineError> {
+        let mut all: Vec<Arc<Subscription>> = self.by_connection.lock().values().cloned().collect();
+        if let Some(d) = &self.directory {
+            all.extend(
+                d.others()
+                    .await?
+                    .iter()
+                    .filter_map(|text| Subscription::decode(text))
+                    .map(Arc::new),
+            );
         }
-        // Every document's `id` is its topic.
-        found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-        found
+        Ok(all)
+    }
+
+    /// The subscriptions of nodes that died, each handed to one node only:
+    /// the caller publishes their `active: false` events.
+    ///
+    /// # Errors
+    /// The shared directory could not be read.
+    pub async fn reap(&self) -> Result<Vec<Subscription>, EngineError> {
+        let Some(d) = &self.directory else {
+            return Ok(Vec::new());
+        };
+        Ok(d.reap()
+            .await?
+            .iter()
+            .filter_map(|text| Subscription::decode(text))
+            .collect())
+    }
+
+    /// Whether the table is shared with other nodes.
+    pub fn is_shared(&self) -> bool {
+        self.directory.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -242,6 +334,36 @@ impl ActiveSubscriptions {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Documents of the subscriptions that pass `filter` (and, when given,
+/// belong to `subscriber`), sorted by their ids.
+pub fn documents(
+    subscriptions: &[Arc<Subscription>],
+    filter: Filter<'_>,
+    subscriber: Option<&str>,
+) -> Vec<Value> {
+    let mut found: Vec<Value> = Vec::new();
+    for sub in subscriptions {
+        if subscriber.is_some_and(|s| s != sub.subscriber) {
+            continue;
+        }
+        for (entry, payload) in &sub.entries {
+            let wanted = match (filter, entry) {
+                (Filter::Topic(want), Entry::Topic(t)) => want.is_none_or(|w| w == t),
+                (Filter::Matcher(want), Entry::Matcher { match_type, value }) => {
+                    want.is_none_or(|(wt, wv)| wt == *match_type && wv == value)
+                }
+                _ => false,
+            };
+            if wanted {
+                found.push(document(entry, &sub.subscriber, true, payload.as_ref()));
+            }
+        }
+    }
+    // Every document's `id` is its topic.
+    found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    found
 }
 
 #[cfg(test)]
@@ -327,6 +449,12 @@ mod tests {
 
     #[test]
     fn the_table_filters_by_topic_and_subscriber() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let docs = |table: &ActiveSubscriptions, f, s: Option<&str>| {
+            documents(&rt.block_on(table.all()).unwrap(), f, s)
+        };
         let table = ActiveSubscriptions::default();
         let a = Arc::new(Subscription::draft07(vec![
             ("t1".into(), None),
@@ -341,31 +469,47 @@ mod tests {
         table.insert(2, b.clone());
         table.insert(3, c.clone());
         let topics = |t| Filter::Topic(t);
-        assert_eq!(table.documents(topics(None), None).len(), 3);
-        assert_eq!(table.documents(topics(Some("t1")), None).len(), 2);
-        assert_eq!(table.documents(topics(Some("t2")), None).len(), 1);
+        assert_eq!(docs(&table, topics(None), None).len(), 3);
+        assert_eq!(docs(&table, topics(Some("t1")), None).len(), 2);
+        assert_eq!(docs(&table, topics(Some("t2")), None).len(), 1);
         assert_eq!(
-            table
-                .documents(topics(Some("t1")), Some(&b.subscriber))
-                .len(),
+            docs(&table, topics(Some("t1")), Some(&b.subscriber)).len(),
             1
         );
-        assert!(table
-            .documents(topics(Some("t2")), Some(&b.subscriber))
-            .is_empty());
-        assert_eq!(table.documents(Filter::Matcher(None), None).len(), 2);
-        let one = table.documents(
+        assert!(docs(&table, topics(Some("t2")), Some(&b.subscriber)).is_empty());
+        assert_eq!(docs(&table, Filter::Matcher(None), None).len(), 2);
+        let one = docs(
+            &table,
             Filter::Matcher(Some((MatchType::UrlPattern, "/t/:x"))),
             Some(&c.subscriber),
         );
         assert_eq!(one.len(), 1);
         assert_eq!(one[0]["match_type"], "urlpattern");
         assert_eq!(one[0]["payload"], json!({"p": 1}));
-        assert!(table
-            .documents(Filter::Matcher(Some((MatchType::Exact, "/t/:x"))), None)
-            .is_empty());
+        assert!(docs(
+            &table,
+            Filter::Matcher(Some((MatchType::Exact, "/t/:x"))),
+            None
+        )
+        .is_empty());
         table.remove(1);
-        assert_eq!(table.documents(topics(None), None).len(), 1);
+        assert_eq!(docs(&table, topics(None), None).len(), 1);
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn subscriptions_survive_the_directory_encoding() {
+        let a = Subscription::draft07(vec![
+            ("t1".into(), Some(json!({"k": [1]}))),
+            ("t2".into(), None),
+        ]);
+        let b = Subscription::draft08(vec![(MatchType::UrlPattern, "/t/:x".into(), None)]);
+        for sub in [a, b] {
+            let back = Subscription::decode(&sub.encode()).unwrap();
+            assert_eq!(back.subscriber, sub.subscriber);
+            assert_eq!(format!("{:?}", back.entries), format!("{:?}", sub.entries));
+        }
+        assert!(Subscription::decode("{}").is_none());
+        assert!(Subscription::decode("not json").is_none());
     }
 }

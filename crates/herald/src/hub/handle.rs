@@ -19,6 +19,9 @@ use crate::config::{ConfigError, HubConfig};
 use crate::engine::{Engine, EngineError, Stored};
 use crate::telemetry::Metrics;
 
+/// How often a node looks for dead nodes' subscriptions.
+pub const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Resolves once a subscription's `active: true` events are appended (or
 /// failed to be).
 pub(crate) type Opened = Shared<BoxFuture<'static, ()>>;
@@ -135,8 +138,10 @@ impl Hub {
             metrics.clone(),
         ));
         engine.start(index.clone());
-        let subscriptions = config.subscriptions.then(ActiveSubscriptions::default);
-        Ok(Self {
+        let subscriptions = config
+            .subscriptions
+            .then(|| ActiveSubscriptions::new(engine.directory()));
+        let hub = Self {
             inner: Arc::new(Inner {
                 config,
                 engine,
@@ -155,7 +160,9 @@ impl Hub {
                 expiries: Arc::default(),
                 events: tokio_util::task::TaskTracker::new(),
             }),
-        })
+        };
+        hub.start_reaper();
+        Ok(hub)
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -388,6 +395,44 @@ impl Hub {
     /// Ends every stream, lets the subscription events still being
     /// published finish (for up to the shutdown grace period), and closes
     /// the engine.
+    /// On a shared engine with subscription events on, publishes every
+    /// [`REAP_INTERVAL`] the `active: false` events of the subscriptions of
+    /// nodes that died (each dead node's are handed to one node only).
+    fn start_reaper(&self) {
+        let Some(table) = self.subscriptions() else {
+            return;
+        };
+        if !table.is_shared() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let hub = Arc::downgrade(&self.inner);
+        let stop = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = hub.upgrade() else { return };
+                let hub = Hub { inner };
+                let Some(table) = hub.subscriptions() else {
+                    return;
+                };
+                match table.reap().await {
+                    Ok(dead) => {
+                        for sub in dead {
+                            if let Err(e) = hub.publish(sub.events(false)).await {
+                                tracing::warn!(subscriber = %sub.subscriber, "end of a dead node's subscription not published: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("dead nodes not reaped: {e}"),
+                }
+            }
+        });
+    }
+
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
         self.inner.events.close();
