@@ -474,7 +474,7 @@ fn settings_of_another_engine_are_refused_from_flags_variables_and_the_file() {
     );
     let err = serve(&["--config", file.to_str().unwrap()], &[]);
     assert!(
-        err.contains("retention_max_age (config file) is a setting of the local engine"),
+        err.contains("retention_max_age (config file) is a setting of the local or redis engines"),
         "{err}"
     );
     // Flags beat variables: the variable's engine is overridden.
@@ -486,10 +486,30 @@ fn settings_of_another_engine_are_refused_from_flags_variables_and_the_file() {
 }
 
 #[test]
+fn an_unreachable_redis_is_a_clear_error_without_the_password() {
+    // Nothing listens on port 1.
+    let o = herald(&[
+        "serve",
+        "--engine",
+        "redis://:hunter2@127.0.0.1:1/0",
+        "--redis-timeout",
+        "1s",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot use Redis at redis://:***@127.0.0.1:1/0"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let o = herald(&["serve", "--engine", "redis://h", "--namespace", "a{b}"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("namespace"), "{}", stderr(&o));
+}
+
+#[test]
 fn engine_urls_name_engines_not_in_this_build() {
     for (url, engine) in [
-        ("redis://localhost:6379", "redis"),
-        ("rediss://:pw@cache.example.com", "redis"),
         ("postgres://db/herald", "postgres"),
         ("postgresql://db/herald", "postgres"),
         ("nats://localhost:4222", "nats"),

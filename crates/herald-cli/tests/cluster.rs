@@ -1,0 +1,675 @@
+//! Three real `herald serve` nodes on one Redis, with failures.
+//!
+//! `three_nodes_survive_a_killed_node_and_a_redis_restart` starts a
+//! throwaway `redis-server` of its own (append-only file, `appendfsync
+//! always`) so it can kill it, and three nodes on it. Six publishers
+//! publish round-robin over the nodes (each update with an id of its own,
+//! retried on another node after a failure: a `409` then means an earlier
+//! try was stored), and two resuming subscribers per node listen to every
+//! topic, reconnecting to the next node with `Last-Event-ID` when their
+//! stream ends. Mid-stream the test kills one node with SIGKILL, then
+//! kills Redis with SIGKILL and restarts it. It checks:
+//!
+//! - while Redis is down, a publish answers `503` with `Retry-After`
+//!   within the timeout (never a hang, never a `200`), `/readyz` answers
+//!   `503`, and the subscribers of the live nodes stay connected
+//!   (heartbeats arrive, no reconnect);
+//! - once Redis is back, `/readyz` answers `200` and publishing goes on;
+//! - every subscriber received exactly the history replayed from
+//!   `earliest` (no gap, no duplicate), and every acknowledged update is
+//!   in it once.
+//!
+//! `a_subscriber_behind_nginx_gets_what_any_node_takes` runs the nginx
+//! configuration shipped in `deploy/nginx/herald.conf` in front of three
+//! nodes: subscribers connect through nginx (no sticky sessions), updates
+//! are published straight to each node.
+//!
+//! Both run when `HERALD_TEST_REDIS_URL` is set (`.ci/run` sets it and
+//! installs `redis-server` and nginx) and say they skipped otherwise.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
+use herald_protocol::sse::{Item, Parser};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+const SECRET: &str = "cluster-test-secret-with-enough-bytes-for-hs256";
+
+fn enabled() -> bool {
+    let on = std::env::var("HERALD_TEST_REDIS_URL").is_ok_and(|v| !v.is_empty());
+    if !on {
+        eprintln!("skipped: HERALD_TEST_REDIS_URL is not set");
+    }
+    on
+}
+
+fn token() -> String {
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: Some(vec!["*".into()]),
+            subscribe: Some(vec!["*".into()]),
+            payload: None,
+        },
+        ..Default::default()
+    };
+    sign(&claims, &KeyConfig::hmac(SECRET)).unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) on drop, with its stderr kept.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throwaway Redis with an append-only file fsynced at every write.
+struct Redis {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    async fn start(dir: &Path, port: u16) -> Redis {
+        let proc = Proc::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--save", "", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(dir),
+        );
+        let redis = Redis {
+            proc,
+            port,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+                {
+                    return redis;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start: {}", redis.proc.stderr());
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn restart(&mut self) {
+        self.proc.kill();
+        *self = Redis::start(&self.dir.clone(), self.port).await;
+    }
+}
+
+/// One `herald serve` node.
+struct Node {
+    proc: Proc,
+    addr: String,
+}
+
+impl Node {
+    async fn start(redis_url: &str, namespace: &str) -> Node {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let proc = Proc::spawn(
+                Command::new(BIN)
+                    .args(["serve", "--addr", &addr, "--engine", redis_url])
+                    .args(["--namespace", namespace, "--redis-timeout", "1s"])
+                    .args(["--heartbeat", "1s", "--log", "warn"])
+                    .args(["--publisher-jwt", SECRET, "--anonymous", "false"])
+                    .env_remove("HERALD_CONFIG"),
+            );
+            let mut node = Node { proc, addr };
+            match node.wait_ready().await {
+                Ok(()) => return node,
+                Err(e) => last = e,
+            }
+        }
+        panic!("a node did not start: {last}");
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let http = client();
+        let url = format!("http://{}/readyz", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.proc.stderr()));
+            }
+            let probe = http.get(&url).timeout(Duration::from_millis(500)).send();
+            if let Ok(res) = probe.await {
+                if res.status() == reqwest::StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(format!("not ready within 15 s: {}", self.proc.stderr()))
+    }
+
+    fn hub_url(&self) -> String {
+        format!("http://{}/.well-known/mercure", self.addr)
+    }
+}
+
+/// What one resuming subscriber saw.
+#[derive(Debug, Default)]
+struct Watch {
+    /// (id, data) in the order received, over every connection.
+    seen: Vec<(String, String)>,
+    /// When each stream after the first was opened.
+    reconnects: Vec<Instant>,
+    /// When each heartbeat comment arrived.
+    heartbeats: Vec<Instant>,
+}
+
+/// Subscribes to every topic on `urls[first]`, and after each end of
+/// stream on the next URL, resuming with the last id seen, until `stop`.
+async fn resuming_subscriber(
+    urls: Vec<String>,
+    first: usize,
+    stop: Arc<AtomicBool>,
+    watch: Arc<Mutex<Watch>>,
+    connected: Arc<AtomicUsize>,
+) {
+    let http = client();
+    let token = token();
+    let mut at = first;
+    let mut opened = 0usize;
+    while !stop.load(Ordering::Acquire) {
+        let url = &urls[at % urls.len()];
+        let last = watch.lock().unwrap().seen.last().map(|(id, _)| id.clone());
+        let mut req = http.get(url).query(&[("topic", "*")]).bearer_auth(&token);
+        if let Some(id) = &last {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = match req.send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => r,
+            _ => {
+                at += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if opened == 0 {
+            connected.fetch_add(1, Ordering::AcqRel);
+        } else {
+            watch.lock().unwrap().reconnects.push(Instant::now());
+        }
+        opened += 1;
+        let mut stream = res.bytes_stream();
+        let mut parser = Parser::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+            match next {
+                Err(_) if stop.load(Ordering::Acquire) => return,
+                Err(_) => continue,
+                Ok(Some(Ok(chunk))) => {
+                    let mut w = watch.lock().unwrap();
+                    for item in parser.feed(&chunk) {
+                        match item {
+                            Item::Event(e) => w.seen.push((e.id, e.data)),
+                            Item::Comment(_) => w.heartbeats.push(Instant::now()),
+                        }
+                    }
+                }
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
+        at += 1;
+    }
+}
+
+/// What one publisher got acknowledged.
+#[derive(Debug, Default)]
+struct Acks {
+    acked: Vec<String>,
+}
+
+/// Publishes `p:0`, `p:1`, … round-robin over the nodes until `stop`,
+/// retrying an update on the next node until it is acknowledged (`200`, or
+/// `409`: an earlier try was stored).
+async fn publisher(p: usize, urls: Vec<String>, stop: Arc<AtomicBool>) -> Acks {
+    let http = client();
+    let token = token();
+    let mut acks = Acks::default();
+    let mut at = p;
+    for seq in 0.. {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let id = format!("urn:cluster:{p}:{seq}");
+        loop {
+            let url = &urls[at % urls.len()];
+            at += 1;
+            let res = http
+                .post(url)
+                .bearer_auth(&token)
+                .form(&[
+                    ("topic", format!("https://example.com/p/{p}").as_str()),
+                    ("id", id.as_str()),
+                    ("data", &format!("{p}:{seq}")),
+                ])
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match res.map(|r| r.status().as_u16()) {
+                Ok(200 | 409) => {
+                    acks.acked.push(id.clone());
+                    break;
+                }
+                _ if stop.load(Ordering::Acquire) => return acks,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    acks
+}
+
+/// Everything retained, replayed from `earliest` until 1.5 s pass without
+/// an event (heartbeats do not count).
+async fn history(hub_url: &str) -> Vec<(String, String)> {
+    let res = client()
+        .get(hub_url)
+        .query(&[("topic", "*")])
+        .header("Last-Event-ID", "earliest")
+        .bearer_auth(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let mut stream = res.bytes_stream();
+    let mut parser = Parser::new();
+    let mut out = Vec::new();
+    let mut last_event = Instant::now();
+    while last_event.elapsed() < Duration::from_millis(1500) {
+        let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_millis(1500), stream.next()).await
+        else {
+            break;
+        };
+        for item in parser.feed(&chunk) {
+            if let Item::Event(e) = item {
+                out.push((e.id, e.data));
+                last_event = Instant::now();
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
+    if !enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path(), free_port()).await;
+    let namespace = "cluster";
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(&redis.url(), namespace).await);
+    }
+    let urls: Vec<String> = nodes.iter().map(Node::hub_url).collect();
+
+    let stop_subs = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut watches = Vec::new();
+    let mut sub_tasks = Vec::new();
+    for i in 0..6 {
+        let watch = Arc::new(Mutex::new(Watch::default()));
+        watches.push((i % 3, watch.clone()));
+        sub_tasks.push(tokio::spawn(resuming_subscriber(
+            urls.clone(),
+            i % 3,
+            stop_subs.clone(),
+            watch,
+            connected.clone(),
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected.load(Ordering::Acquire) < 6 {
+        assert!(Instant::now() < deadline, "subscribers did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stop_pubs = Arc::new(AtomicBool::new(false));
+    let pub_tasks: Vec<_> = (0..6)
+        .map(|p| tokio::spawn(publisher(p, urls.clone(), stop_pubs.clone())))
+        .collect();
+
+    // A node dies mid-stream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[2].proc.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Redis dies mid-stream.
+    redis.proc.kill();
+    let down_at = Instant::now();
+    let http = client();
+    let started = Instant::now();
+    let res = http
+        .post(&urls[0])
+        .bearer_auth(token())
+        .form(&[("topic", "https://example.com/probe"), ("data", "x")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(res.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert!(
+        took < Duration::from_secs(4),
+        "a publish took {took:?} to fail"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = http
+            .get(format!("http://{}/readyz", nodes[1].addr))
+            .send()
+            .await
+            .unwrap();
+        if ready.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {}",
+            ready.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.restart().await;
+    let up_at = Instant::now();
+    for n in &mut nodes[..2] {
+        n.wait_ready().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_pubs.store(true, Ordering::Release);
+    let mut acked = Vec::new();
+    for t in pub_tasks {
+        acked.extend(t.await.unwrap().acked);
+    }
+    assert!(
+        acked.len() > 100,
+        "only {} updates acknowledged",
+        acked.len()
+    );
+
+    let full = history(&urls[0]).await;
+    let ids: Vec<&str> = full.iter().map(|(id, _)| id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "the history holds a duplicate");
+    for id in &acked {
+        assert!(
+            unique.contains(id.as_str()),
+            "acknowledged {id} is not in the history"
+        );
+    }
+    // Each publisher's updates are in its publishing order.
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for (_, data) in &full {
+        if let Some((p, seq)) = data.split_once(':') {
+            let seq: u64 = seq.parse().unwrap();
+            let expected = next.entry(p).or_insert(0);
+            assert!(seq >= *expected, "publisher {p}: {seq} after {expected}");
+            *expected = seq + 1;
+        }
+    }
+
+    // Every subscriber ends with exactly that history.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (_, w) in &watches {
+        while w.lock().unwrap().seen.len() < full.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop_subs.store(true, Ordering::Release);
+    for t in sub_tasks {
+        t.await.unwrap();
+    }
+    for (i, (home, w)) in watches.iter().enumerate() {
+        let w = w.lock().unwrap();
+        assert_eq!(
+            w.seen.len(),
+            full.len(),
+            "subscriber {i} (node {home}) saw {} of {} updates",
+            w.seen.len(),
+            full.len()
+        );
+        assert!(
+            w.seen == full,
+            "subscriber {i} saw another sequence than the history"
+        );
+        if *home != 2 {
+            // The live nodes kept their streams through the Redis outage,
+            // with heartbeats.
+            assert!(
+                w.reconnects.iter().all(|t| *t < down_at || *t > up_at),
+                "subscriber {i} reconnected while Redis was down"
+            );
+            assert!(
+                w.heartbeats.iter().any(|t| *t > down_at && *t < up_at),
+                "subscriber {i} got no heartbeat while Redis was down"
+            );
+        } else {
+            assert!(
+                !w.reconnects.is_empty(),
+                "subscriber {i} of the killed node never moved"
+            );
+        }
+    }
+    eprintln!(
+        "{} updates acknowledged, {} in history, 6 subscribers saw all of them",
+        acked.len(),
+        full.len()
+    );
+}
+
+/// The shipped nginx configuration, pointed at these nodes and this port.
+fn nginx_config(nodes: &[Node], port: u16, prefix: &Path) -> PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/herald.conf");
+    let mut conf = std::fs::read_to_string(&shipped).unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        let placeholder = format!("127.0.0.1:{}", 8081 + i);
+        assert!(
+            conf.contains(&placeholder),
+            "{placeholder} not in {shipped:?}"
+        );
+        conf = conf.replace(&placeholder, &n.addr);
+    }
+    assert!(conf.contains("listen 8080;"));
+    conf = conf.replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
+    let main = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+         error_log {p}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+         {conf}\n}}\n",
+        p = prefix.display()
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, main).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_behind_nginx_gets_what_any_node_takes() {
+    if !enabled() {
+        return;
+    }
+    let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
+    let namespace = format!("nginx-test-{}", std::process::id());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(&url, &namespace).await);
+    }
+    let prefix = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = nginx_config(&nodes, port, prefix.path());
+    let nginx = Proc::spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf),
+    );
+    let front = format!("http://127.0.0.1:{port}/.well-known/mercure");
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let up = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await;
+        if up.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            nginx.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Three subscribers through nginx: round-robin puts them on different
+    // nodes, with no affinity.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let res = http
+            .get(&front)
+            .query(&[("topic", "*")])
+            .bearer_auth(token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        streams.push((res.bytes_stream(), Parser::new(), Vec::<String>::new()));
+    }
+    // One update published straight to each node.
+    for (i, n) in nodes.iter().enumerate() {
+        let res = http
+            .post(n.hub_url())
+            .bearer_auth(token())
+            .form(&[
+                ("topic", "https://example.com/n"),
+                ("data", &format!("via node {i}")),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+    }
+    for (stream, parser, got) in &mut streams {
+        while got.len() < 3 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("an update did not come through nginx in time")
+                .unwrap()
+                .unwrap();
+            for item in parser.feed(&chunk) {
+                if let Item::Event(e) = item {
+                    got.push(e.data);
+                }
+            }
+        }
+        assert_eq!(got, &["via node 0", "via node 1", "via node 2"]);
+    }
+    // The test's namespace leaves nothing behind in the machine's Redis.
+    drop(streams);
+    drop(nginx);
+    drop(nodes);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
