@@ -196,7 +196,7 @@ async fn apply_load(args: &Args, plan: &Plan, run: &Run) -> anyhow::Result<Windo
     });
     let (load, from, to) = load::publish(
         args,
-        &plan.publish_target,
+        &plan.publish_targets,
         plan.publish_token.as_deref(),
         &plan.topics,
         run.epoch,

@@ -15,6 +15,8 @@
 //!   `503`, and the subscribers of the live nodes stay connected
 //!   (heartbeats arrive, no reconnect);
 //! - once Redis is back, `/readyz` answers `200` and publishing goes on;
+//! - while Redis hangs (SIGSTOP), a publish still answers `503` within
+//!   the timeout;
 //! - every subscriber received exactly the history replayed from
 //!   `earliest` (no gap, no duplicate), and every acknowledged update is
 //!   in it once.
@@ -182,6 +184,10 @@ struct Node {
 
 impl Node {
     async fn start(redis_url: &str, namespace: &str) -> Node {
+        Node::start_with(redis_url, namespace, &[]).await
+    }
+
+    async fn start_with(redis_url: &str, namespace: &str, extra: &[&str]) -> Node {
         let mut last = String::new();
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
@@ -191,6 +197,7 @@ impl Node {
                     .args(["--namespace", namespace, "--redis-timeout", "1s"])
                     .args(["--heartbeat", "1s", "--log", "warn"])
                     .args(["--publisher-jwt", SECRET, "--anonymous", "false"])
+                    .args(extra)
                     .env_remove("HERALD_CONFIG"),
             );
             let mut node = Node { proc, addr };
@@ -461,7 +468,29 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
     for n in &mut nodes[..2] {
         n.wait_ready().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Redis hangs (SIGSTOP): nothing refuses the connection, and a publish
+    // still answers 503 within the timeout (1 s) and a little.
+    signal(redis.proc.child.id(), "-STOP");
+    let started = Instant::now();
+    let res = http
+        .post(&urls[1])
+        .bearer_auth(token())
+        .form(&[("topic", "https://example.com/probe"), ("data", "x")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    signal(redis.proc.child.id(), "-CONT");
+    assert_eq!(res.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert!(
+        took < Duration::from_millis(2500),
+        "a publish to a hung Redis took {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     stop_pubs.store(true, Ordering::Release);
     let mut acked = Vec::new();
     for t in pub_tasks {
@@ -541,6 +570,17 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
         acked.len(),
         full.len()
     );
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a process this test started.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// The shipped nginx configuration, pointed at these nodes and this port.
@@ -658,6 +698,104 @@ async fn a_subscriber_behind_nginx_gets_what_any_node_takes() {
     drop(streams);
     drop(nginx);
     drop(nodes);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// The subscriptions API of one node lists another node's subscribers;
+/// when that node is killed, its subscriptions leave the listing within
+/// the documented 10 s (plus a reaper's tick) and a surviving node
+/// publishes their `active: false` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_subscriptions_end_on_the_other_nodes() {
+    if !enabled() {
+        return;
+    }
+    let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
+    let namespace = format!("subs-test-{}", std::process::id());
+    let mut a = Node::start_with(&url, &namespace, &["--subscriptions"]).await;
+    let b = Node::start_with(&url, &namespace, &["--subscriptions"]).await;
+    let http = client();
+    // B watches the subscription events of topic t.
+    let events = http
+        .get(b.hub_url())
+        .query(&[("topic", "/.well-known/mercure/subscriptions/t/{subscriber}")])
+        .bearer_auth(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), reqwest::StatusCode::OK);
+    let mut events = events.bytes_stream();
+    // A subscriber of t on A.
+    let on_a = http
+        .get(a.hub_url())
+        .query(&[("topic", "t")])
+        .bearer_auth(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_a.status(), reqwest::StatusCode::OK);
+    let listed = |hub: String| {
+        let http = http.clone();
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("{hub}/subscriptions/t"))
+                .bearer_auth(token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["subscriptions"].as_array().unwrap().len()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(b.hub_url()).await != 1 {
+        assert!(Instant::now() < deadline, "B never listed A's subscriber");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.proc.kill();
+    let killed = Instant::now();
+    // Out of the listing within LIVENESS (10 s), give or take a refresh.
+    while listed(b.hub_url()).await != 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(13),
+            "still listed after 13 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And B (the only survivor) publishes its active: false event.
+    let mut parser = Parser::new();
+    let mut states = Vec::new();
+    while !states.contains(&false) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("no active: false event within 20 s")
+            .unwrap()
+            .unwrap();
+        for item in parser.feed(&chunk) {
+            if let Item::Event(e) = item {
+                let doc: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                states.push(doc["active"].as_bool().unwrap());
+            }
+        }
+    }
+    assert_eq!(states, [true, false]);
+    drop(on_a);
+    drop(b);
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")

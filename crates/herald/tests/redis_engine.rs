@@ -1,12 +1,14 @@
 //! The `redis` engine against a real Redis: the shared conformance suite,
 //! then what only a shared engine does: two nodes on one log, the gap
-//! signal when the log is flushed or trimmed past a node, retention, the
-//! subscriptions directory, and Redis going away and coming back.
+//! signal when the log is flushed or trimmed past a node (signalled before
+//! anything after the hole), retention by count and age, and the
+//! subscriptions directory with the reaping of a dead node. Redis going
+//! away and coming back is `crates/herald-cli/tests/cluster.rs`, on real
+//! nodes and a throwaway `redis-server`.
 //!
 //! Runs when `HERALD_TEST_REDIS_URL` is set (`.ci/run` sets it), and says
 //! it skipped otherwise. Each check uses a namespace of its own, removed
-//! when it ends. The checks that stop Redis start a throwaway
-//! `redis-server` of their own on a free port.
+//! when it ends.
 #![cfg(feature = "redis")]
 
 use std::sync::Arc;
@@ -261,6 +263,10 @@ async fn retention_by_age_trims_while_idle() {
     );
     assert_eq!(a.engine.resolve("x").await.unwrap(), None);
     assert_eq!(a.engine.bounds().await.unwrap().last, 2);
+    // What is new stays (until it is a second older than max_age).
+    a.engine.append(updates(&["z"])).await.unwrap();
+    assert_eq!(a.engine.resolve("z").await.unwrap(), Some(3));
+    assert_eq!(a.engine.bounds().await.unwrap().first, Some(3));
 }
 
 /// A node cut off while the log was trimmed past it signals a gap before
@@ -274,51 +280,166 @@ async fn trimmed_past_a_node_is_a_gap() {
     let a = ns.node().await;
     a.engine.append(updates(&["a1"])).await.unwrap();
     // What the log looks like after another node appended 2..=4 and
-    // trimmed exactly to 4 while this one was away: written in one
-    // transaction, so the tail cannot read 2 or 3 first. Entry 4 carries
-    // a copy of entry 1's record.
+    // trimmed exactly to 4 while this one was away, written in one
+    // transaction so the tail cannot read 2 or 3 first. Entry 4's record
+    // is one the engine wrote (for "a4", in a namespace of its own).
     let mut conn = raw(&url).await;
-    let log = format!("{{{}}}:log", ns.0.namespace);
-    let meta = format!("{{{}}}:meta", ns.0.namespace);
-    let first: redis::Value = redis::cmd("XRANGE")
-        .arg(&log)
-        .arg("1-0")
-        .arg("1-0")
+    let key = |k: &str| format!("{{{}}}:{k}", ns.0.namespace);
+    let other = Namespace::new(&url);
+    let o = other.node().await;
+    o.engine.append(updates(&["a4"])).await.unwrap();
+    let record = field_of_entry(&mut conn, &format!("{{{}}}:log", other.0.namespace), "r").await;
+    let epoch: String = redis::cmd("HGET")
+        .arg(key("meta"))
+        .arg("epoch")
         .query_async(&mut conn)
         .await
         .unwrap();
-    let record = match first {
-        redis::Value::Array(entries) => match &entries[0] {
-            redis::Value::Array(e) => match &e[1] {
-                redis::Value::Array(fields) => match &fields[1] {
-                    redis::Value::BulkString(b) => b.clone(),
-                    other => panic!("{other:?}"),
-                },
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
-        },
-        other => panic!("{other:?}"),
-    };
     redis::pipe()
         .atomic()
         .cmd("HSET")
-        .arg(&meta)
+        .arg(key("meta"))
         .arg("seq")
         .arg(4)
         .arg("first")
         .arg(4)
         .ignore()
         .cmd("XADD")
-        .arg(&log)
+        .arg(key("log"))
         .arg("4-0")
+        .arg("e")
+        .arg(&epoch)
         .arg("r")
         .arg(record)
+        .ignore()
+        .cmd("XTRIM")
+        .arg(key("log"))
+        .arg("MINID")
+        .arg("4-0")
+        .ignore()
+        .cmd("HDEL")
+        .arg(key("ids"))
+        .arg("a1")
+        .ignore()
+        .cmd("HSET")
+        .arg(key("ids"))
+        .arg("a4")
+        .arg(4)
+        .ignore()
+        .cmd("DEL")
+        .arg(key("order"))
+        .ignore()
+        .cmd("RPUSH")
+        .arg(key("order"))
+        .arg("a4")
         .ignore()
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
     assert!(eventually(Duration::from_secs(5), || async { a.sink.len() == 2 }).await);
-    assert_eq!(a.sink.gaps().len(), 1, "one gap, before position 4");
     assert_eq!(a.sink.positions(), vec![1, 4]);
+    assert_eq!(
+        a.sink.gap_points(),
+        vec![1],
+        "one gap, after 1 and before 4"
+    );
+    // The log is consistent again: the checks of the next seconds find
+    // nothing more.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(a.sink.gap_points(), vec![1]);
+    a.engine.append(updates(&["a5"])).await.unwrap();
+    assert_eq!(a.sink.positions(), vec![1, 4, 5]);
+}
+
+/// A field of the first entry of a stream.
+async fn field_of_entry(
+    conn: &mut redis::aio::MultiplexedConnection,
+    log: &str,
+    name: &str,
+) -> Vec<u8> {
+    let found: redis::Value = redis::cmd("XRANGE")
+        .arg(log)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(entries) = found else {
+        panic!("{found:?}")
+    };
+    let redis::Value::Array(entry) = &entries[0] else {
+        panic!()
+    };
+    let redis::Value::Array(fields) = &entry[1] else {
+        panic!()
+    };
+    fields
+        .chunks(2)
+        .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == name.as_bytes()))
+        .and_then(|kv| match &kv[1] {
+            redis::Value::BulkString(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Every node sees the others' subscriptions; a node that stops
+/// refreshing drops out within LIVENESS, and exactly one reaper gets its
+/// entries, never its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_lists_other_nodes_and_reaps_dead_ones_once() {
+    let Some(url) = redis_url() else {
+        return assert!(!with_redis());
+    };
+    use herald::engine::redis::presence::LIVENESS;
+    let ns = Namespace::new(&url);
+    let a = ns.node().await;
+    let b = ns.node().await;
+    let c = ns.node().await;
+    let (da, db, dc) = (
+        a.engine.directory().unwrap(),
+        b.engine.directory().unwrap(),
+        c.engine.directory().unwrap(),
+    );
+    da.put(1, "a1".into());
+    da.put(2, "a2".into());
+    db.put(1, "b1".into());
+    da.remove(2);
+    let listed = || async {
+        let mut v = dc.others().await.unwrap();
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            listed().await == ["a1", "b1"]
+        })
+        .await
+    );
+    assert_eq!(db.others().await.unwrap(), ["a1"]);
+    // Nothing is dead yet, and a node does not list itself.
+    assert!(db.reap().await.unwrap().is_empty());
+    // A dies without leaving (its tasks stop, nothing removes its entries).
+    drop(da);
+    drop(a);
+    assert!(
+        eventually(LIVENESS + Duration::from_secs(5), || async {
+            listed().await == ["b1"]
+        })
+        .await,
+        "a dead node leaves the listings within LIVENESS"
+    );
+    // One reaper gets A's entries, once.
+    let mut reaped = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reaped.is_empty() && std::time::Instant::now() < deadline {
+        reaped.extend(db.reap().await.unwrap());
+        reaped.extend(dc.reap().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reaped, ["a1"]);
+    assert!(db.reap().await.unwrap().is_empty() && dc.reap().await.unwrap().is_empty());
+    assert_eq!(dc.others().await.unwrap(), ["b1"]);
 }

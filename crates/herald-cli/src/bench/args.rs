@@ -42,9 +42,11 @@ pub struct Args {
     /// Where publications go [default: the hub URL]. Needed by the nchan
     /// flavor (the `nchan_publisher` location, e.g.
     /// http://127.0.0.1:8092/pub) and the pushpin flavor (its control API,
-    /// e.g. http://127.0.0.1:5561/publish/).
-    #[arg(long, value_name = "URL")]
-    pub(super) publish_url: Option<Url>,
+    /// e.g. http://127.0.0.1:5561/publish/). Several, comma-separated (or
+    /// the flag repeated): publisher k publishes to URL k modulo their
+    /// number, e.g. the nodes of a herald cluster.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub(super) publish_url: Vec<Url>,
     /// Number of subscribers (one connection each).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub(super) subscribers: usize,
@@ -210,7 +212,7 @@ mod tests {
         assert_eq!(cli.args.flavor, Flavor::Pushpin);
         assert_eq!(cli.args.pid, [10, 11, 12]);
         assert_eq!(
-            cli.args.publish_url.unwrap().as_str(),
+            cli.args.publish_url[0].as_str(),
             "http://127.0.0.1:5561/publish/"
         );
         assert!(Cli::try_parse_from(["b", "--flavor", "ably"]).is_err());

@@ -40,7 +40,7 @@ pub(super) struct Load {
 /// their tally and CPU samples taken at the window's edges.
 pub(super) async fn publish(
     args: &Args,
-    target: &Target,
+    targets: &[Target],
     token: Option<&str>,
     topics: &[String],
     epoch: Instant,
@@ -54,12 +54,17 @@ pub(super) async fn publish(
     shared.measure_from.store(from_ns, Ordering::Relaxed);
     shared.measure_to.store(to_ns, Ordering::Relaxed);
     let cfg = Arc::new(publisher::Config {
-        target: target.clone(),
-        templates: topics
+        targets: targets
             .iter()
-            .map(|t| target.publish_template(args.flavor, t, token))
+            .map(|target| publisher::Destination {
+                target: target.clone(),
+                templates: topics
+                    .iter()
+                    .map(|t| target.publish_template(args.flavor, t, token))
+                    .collect(),
+                batch_template: (args.batch > 1).then(|| target.batch_template(topics, token)),
+            })
             .collect(),
-        batch_template: (args.batch > 1).then(|| target.batch_template(topics, token)),
         batch: args.batch as usize,
         payload_size: usize::try_from(args.payload_size).unwrap_or(usize::MAX),
         rate: args.rate,

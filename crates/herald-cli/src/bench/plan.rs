@@ -26,7 +26,8 @@ pub(super) struct Plan {
     /// Where subscribers connect.
     pub target: Target,
     /// Where publications go.
-    pub publish_target: Target,
+    /// Where publications go: publisher k uses target k modulo their number.
+    pub publish_targets: Vec<Target>,
     pub publish_token: Option<String>,
     pub subscribe_token: Option<String>,
     /// The hub's processes (`--pid`).
@@ -55,10 +56,16 @@ impl Plan {
         if args.batch > 1 && args.flavor != Flavor::Mercure {
             bail!("--batch is herald's extension: it needs --flavor mercure");
         }
-        let publish_target = match (&args.publish_url, args.flavor) {
-            (Some(url), _) => Target::resolve(url).await?,
-            (None, flavor) if flavor == Flavor::Mercure || args.idle => target.clone(),
-            (None, flavor) => bail!(
+        let mut publish_targets = Vec::with_capacity(args.publish_url.len());
+        for url in &args.publish_url {
+            publish_targets.push(Target::resolve(url).await?);
+        }
+        match args.flavor {
+            _ if !publish_targets.is_empty() => {}
+            flavor if flavor == Flavor::Mercure || args.idle => {
+                publish_targets.push(target.clone())
+            }
+            flavor => bail!(
                 "--flavor {} needs --publish-url: where to POST updates",
                 format!("{flavor:?}").to_lowercase()
             ),
@@ -78,7 +85,7 @@ impl Plan {
         Ok(Self {
             fd_limit,
             target,
-            publish_target,
+            publish_targets,
             publish_token,
             subscribe_token,
             hub_proc,

@@ -24,15 +24,22 @@ use super::payload;
 use super::stats::{new_histogram, record, Shared};
 use super::subscriber::io_error;
 
-/// What every publisher shares.
+/// One place publications go, with its requests.
 #[derive(Debug)]
-pub(super) struct Config {
-    /// Where publications go.
+pub(super) struct Destination {
     pub target: Target,
     /// The publication request of each topic.
     pub templates: Vec<PublishTemplate>,
     /// With `batch > 1`: the batch request (herald's JSON array).
     pub batch_template: Option<BatchTemplate>,
+}
+
+/// What every publisher shares.
+#[derive(Debug)]
+pub(super) struct Config {
+    /// Where publications go: publisher k publishes to destination k
+    /// modulo their number.
+    pub targets: Vec<Destination>,
     /// Updates per request.
     pub batch: usize,
     pub payload_size: usize,
@@ -82,7 +89,8 @@ pub(super) async fn run(cfg: &Config, k: usize) -> Report {
     let mut conn: Option<Conn> = None;
     let mut request = Vec::with_capacity(cfg.payload_size + 512);
     let mut data = Vec::with_capacity(cfg.payload_size);
-    let topics = cfg.templates.len() as u64;
+    let dest = &cfg.targets[k % cfg.targets.len()];
+    let topics = dest.templates.len() as u64;
     let now_ns = || u64::try_from(cfg.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
     sleep_until(now_ns(), cfg.start_ns);
     for j in 0u64.. {
@@ -112,7 +120,7 @@ pub(super) async fn run(cfg: &Config, k: usize) -> Report {
 
         let seq = cfg.shared.next_seq.fetch_add(batch, Ordering::Relaxed);
         request.clear();
-        match &cfg.batch_template {
+        match &dest.batch_template {
             Some(bt) => {
                 data.clear();
                 let size = cfg.payload_size;
@@ -128,13 +136,13 @@ pub(super) async fn run(cfg: &Config, k: usize) -> Report {
             None => {
                 data.clear();
                 payload::encode(&mut data, scheduled, seq, cfg.payload_size);
-                cfg.templates[(seq % topics) as usize].write(&data, &mut request);
+                dest.templates[(seq % topics) as usize].write(&data, &mut request);
             }
         }
 
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Conn::open(&cfg.target).await {
+            None => match Conn::open(&dest.target).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     *report.errors.entry(format!("connect: {e}")).or_default() += 1;

@@ -88,7 +88,8 @@ pub fn run<T>(check: impl Future<Output = T>) -> T {
 #[derive(Debug, Default)]
 pub struct RecordingSink {
     seen: Mutex<Vec<Arc<Stored>>>,
-    gaps: Mutex<Vec<String>>,
+    /// Each gap with how many updates were delivered before it.
+    gaps: Mutex<Vec<(usize, String)>>,
 }
 
 impl Sink for RecordingSink {
@@ -97,14 +98,21 @@ impl Sink for RecordingSink {
     }
 
     fn gap(&self, reason: &str) {
-        self.gaps.lock().push(reason.to_owned());
+        let delivered = self.seen.lock().len();
+        self.gaps.lock().push((delivered, reason.to_owned()));
     }
 }
 
 impl RecordingSink {
     /// The reasons of the gaps signalled so far.
     pub fn gaps(&self) -> Vec<String> {
-        self.gaps.lock().clone()
+        self.gaps.lock().iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// For each gap, how many updates had been delivered before it: where
+    /// in the delivery order it was signalled.
+    pub fn gap_points(&self) -> Vec<usize> {
+        self.gaps.lock().iter().map(|(n, _)| *n).collect()
     }
 
     /// Everything delivered so far, in delivery order.

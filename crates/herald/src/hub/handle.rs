@@ -409,6 +409,10 @@ impl Hub {
         let stop = self.inner.shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
+            // Claimed but not yet published (the engine failed): retried
+            // at the next tick; bounded, the oldest dropped first.
+            let mut pending: std::collections::VecDeque<super::active::Subscription> =
+                std::collections::VecDeque::new();
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -420,14 +424,18 @@ impl Hub {
                     return;
                 };
                 match table.reap().await {
-                    Ok(dead) => {
-                        for sub in dead {
-                            if let Err(e) = hub.publish(sub.events(false)).await {
-                                tracing::warn!(subscriber = %sub.subscriber, "end of a dead node's subscription not published: {e}");
-                            }
-                        }
-                    }
+                    Ok(dead) => pending.extend(dead),
                     Err(e) => tracing::debug!("dead nodes not reaped: {e}"),
+                }
+                while pending.len() > 100_000 {
+                    pending.pop_front();
+                }
+                while let Some(sub) = pending.pop_front() {
+                    if let Err(e) = hub.publish(sub.events(false)).await {
+                        tracing::warn!(subscriber = %sub.subscriber, "end of a dead node's subscription not published yet: {e}");
+                        pending.push_front(sub);
+                        break;
+                    }
                 }
             }
         });

@@ -61,8 +61,24 @@ fn position(entry_id: &str) -> Option<Position> {
     entry_id.strip_suffix("-0")?.parse().ok()
 }
 
-/// Stream entries (`XRANGE`, or one stream of `XREAD`) as stored updates.
+/// One stream entry as the tail reads it: its position, the epoch it was
+/// appended in, and its update (or why it cannot be read).
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub position: Position,
+    pub epoch: Option<String>,
+    pub stored: Result<Arc<Stored>, EngineError>,
+}
+
+/// Stream entries (`XRANGE`) as stored updates; a damaged one fails the
+/// read.
 pub(crate) fn decode_entries(v: &Value) -> Result<Vec<Arc<Stored>>, EngineError> {
+    entries(v)?.into_iter().map(|e| e.stored).collect()
+}
+
+/// Stream entries, each decoded on its own: a damaged record is that
+/// entry's error. Fails only when an entry's id itself is unreadable.
+pub(crate) fn entries(v: &Value) -> Result<Vec<Entry>, EngineError> {
     let Some(list) = items(v) else {
         return match v {
             Value::Nil => Ok(Vec::new()),
@@ -72,41 +88,55 @@ pub(crate) fn decode_entries(v: &Value) -> Result<Vec<Arc<Stored>>, EngineError>
     list.iter().map(decode_entry).collect()
 }
 
-fn decode_entry(v: &Value) -> Result<Arc<Stored>, EngineError> {
+fn decode_entry(v: &Value) -> Result<Entry, EngineError> {
     let [id, fields] = items(v).ok_or_else(|| malformed("entry"))? else {
         return Err(malformed("entry"));
     };
-    let pos = text(id)
+    let position = text(id)
         .and_then(position)
         .ok_or_else(|| malformed("entry id"))?;
-    let fields = items(fields).ok_or_else(|| malformed("entry fields"))?;
-    let record = fields
-        .chunks(2)
-        .find(|kv| kv.first().and_then(bytes) == Some(b"r"))
-        .and_then(|kv| kv.get(1))
-        .and_then(bytes)
-        .ok_or_else(|| malformed("entry without record"))?;
-    let (_, update) = decode_record(record).map_err(|e| {
-        EngineError::Unavailable(format!("entry at position {pos} is damaged: {e}"))
-    })?;
-    Ok(Arc::new(Stored::new(pos, update)))
+    let fields = items(fields).unwrap_or_default();
+    let field = |name: &[u8]| {
+        fields
+            .chunks(2)
+            .find(|kv| kv.first().and_then(bytes) == Some(name))
+            .and_then(|kv| kv.get(1))
+            .and_then(bytes)
+    };
+    let epoch = field(b"e").and_then(|e| std::str::from_utf8(e).ok().map(str::to_owned));
+    let stored = match field(b"r") {
+        None => Err(EngineError::Unavailable(format!(
+            "entry at position {position} has no record"
+        ))),
+        Some(record) => match decode_record(record) {
+            Ok((_, update)) => Ok(Arc::new(Stored::new(position, update))),
+            Err(e) => Err(EngineError::Unavailable(format!(
+                "entry at position {position} is damaged: {e}"
+            ))),
+        },
+    };
+    Ok(Entry {
+        position,
+        epoch,
+        stored,
+    })
 }
 
 /// The entries of the one stream an `XREAD` asked for (`Nil` on timeout).
-pub(crate) fn xread_entries(v: &Value) -> Result<Vec<Arc<Stored>>, EngineError> {
+pub(crate) fn xread_entries(v: &Value) -> Result<Vec<Entry>, EngineError> {
     match v {
         Value::Nil => Ok(Vec::new()),
         Value::Array(streams) => match streams.first() {
             None => Ok(Vec::new()),
             Some(stream) => match items(stream) {
-                Some([_, entries]) => decode_entries(entries),
+                Some([_, list]) => entries(list),
                 _ => Err(malformed("XREAD stream")),
             },
         },
         // RESP3 servers answer with a map of stream → entries.
         Value::Map(streams) => match streams.first() {
             None => Ok(Vec::new()),
-            Some((_, entries)) => decode_entries(entries),
+            Some((_, list)) => entries(list),
         },
         _ => Err(malformed("XREAD")),
     }
@@ -156,6 +186,10 @@ mod tests {
         ] {
             assert!(decode_entries(&v).is_err(), "{v:?}");
         }
+        // The tail reads past a damaged record: it is that entry's error.
+        let one = entries(&Value::Array(vec![entry("7-0", vec![9, 9, 9])])).unwrap();
+        assert_eq!(one[0].position, 7);
+        assert!(one[0].stored.is_err());
         assert!(decode_entries(&Value::Nil).unwrap().is_empty());
         assert!(xread_entries(&Value::Nil).unwrap().is_empty());
     }

@@ -108,10 +108,28 @@ impl RedisEngine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let presence = presence::Presence::new(keys.clone(), node, conn.clone(), config.timeout);
+        let append_conn = if config.wait_replicas > 0 {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1);
+            Some(
+                tokio::time::timeout(
+                    config.timeout * 2,
+                    ConnectionManager::new_with_config(client.clone(), manager),
+                )
+                .await
+                .map_err(|_| EngineError::Unavailable("redis: no answer".into()))?
+                .map_err(unavailable)?,
+            )
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             keys,
             client,
             conn,
+            append_conn,
             scripts: Scripts {
                 init: scripts::init(),
                 append: scripts::append(),
@@ -121,6 +139,8 @@ impl RedisEngine {
             follow: watch::Sender::new(Follow {
                 epoch: Arc::from(""),
                 delivered: 0,
+                gaps: 0,
+                start_id: None,
             }),
             tail_up: AtomicBool::new(false),
             tail_lost: AtomicBool::new(false),
@@ -132,10 +152,17 @@ impl RedisEngine {
             config,
         });
         let mut conn = inner.conn.clone();
-        let (epoch, seq, _) = inner.bounded(inner.init(&mut conn)).await?;
+        let (epoch, seq, start_id) = inner
+            .bounded(async {
+                let (epoch, seq, _) = inner.init(&mut conn).await?;
+                let id = tail::id_at(&inner, &mut conn, seq).await?;
+                Ok((epoch, seq, id))
+            })
+            .await?;
         inner.follow.send_modify(|f| {
             f.epoch = epoch;
             f.delivered = seq;
+            f.start_id = start_id;
         });
         inner.warn_on_eviction().await;
         Ok(Self { inner })
@@ -219,6 +246,16 @@ impl Inner {
 
     /// Runs the append script (no update: only retention).
     async fn run_append(&self, epoch: &str, updates: &[Update]) -> Result<Position, EngineError> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        self.run_append_until(epoch, updates, deadline).await
+    }
+
+    async fn run_append_until(
+        &self,
+        epoch: &str,
+        updates: &[Update],
+        deadline: tokio::time::Instant,
+    ) -> Result<Position, EngineError> {
         let mut inv = self.scripts.append.prepare_invoke();
         for k in self.keys.log_keys() {
             inv.key(k);
@@ -236,10 +273,11 @@ impl Inner {
             set_record_ts(&mut record, ts);
             inv.arg(&u.id).arg(record);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .bounded(async { inv.invoke_async(&mut conn).await.map_err(unavailable) })
-            .await?;
+        let mut conn = self.append_conn.as_ref().unwrap_or(&self.conn).clone();
+        let reply: Value = tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| self.no_answer())?
+            .map_err(unavailable)?;
         match tagged(&reply)? {
             ("ok", last) => Ok(int(last).ok_or_else(|| malformed("position"))?.max(0) as Position),
             ("dup", id) => Err(EngineError::DuplicateId(
@@ -259,27 +297,37 @@ impl Inner {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let epoch = self.follow.borrow().epoch.clone();
-        let last = self.run_append(&epoch, &updates).await?;
+        // One deadline for the whole call: script, WAIT, delivery.
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let (epoch, gaps) = {
+            let f = self.follow.borrow();
+            (f.epoch.clone(), f.gaps)
+        };
+        let last = self.run_append_until(&epoch, &updates, deadline).await?;
         if self.config.wait_replicas > 0 {
-            self.wait_replicas().await?;
+            self.wait_replicas(deadline).await?;
         }
         // Delivered by this node's tail, in the log's order.
         let mut follow = self.follow.subscribe();
-        let seen = tokio::time::timeout(
-            self.config.timeout,
-            follow.wait_for(|f| f.delivered >= last || *f.epoch != *epoch),
+        let seen = tokio::time::timeout_at(
+            deadline,
+            follow.wait_for(|f| f.delivered >= last || f.gaps != gaps),
         )
         .await;
-        let delivered = matches!(&seen, Ok(Ok(f)) if *f.epoch == *epoch);
-        if !delivered {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(EngineError::Closed);
+        match seen {
+            Ok(Ok(f)) if f.gaps == gaps => {}
+            Ok(Ok(_)) => {
+                return Err(EngineError::Unavailable(format!(
+                    "redis: stored at position {last}, but history was lost meanwhile (a failover or a flush): it may be gone, publish it again"
+                )))
             }
-            return Err(EngineError::Unavailable(format!(
-                "redis: stored at position {last}, but this node did not see it delivered within {:?} (a retry with the same id answers 409)",
-                self.config.timeout
-            )));
+            _ if self.closed.load(Ordering::Acquire) => return Err(EngineError::Closed),
+            _ => {
+                return Err(EngineError::Unavailable(format!(
+                    "redis: stored at position {last}, but this node did not see it delivered within {:?} (a retry with the same id answers 409)",
+                    self.config.timeout
+                )))
+            }
         }
         let first = last + 1 - updates.len() as Position;
         Ok(updates
@@ -289,19 +337,24 @@ impl Inner {
             .collect())
     }
 
-    async fn wait_replicas(&self) -> Result<(), EngineError> {
+    fn no_answer(&self) -> EngineError {
+        EngineError::Unavailable(format!("redis: no answer within {:?}", self.config.timeout))
+    }
+
+    async fn wait_replicas(&self, deadline: tokio::time::Instant) -> Result<(), EngineError> {
         let want = self.config.wait_replicas;
-        let mut conn = self.conn.clone();
-        let acked: i64 = self
-            .bounded(async {
-                redis::cmd("WAIT")
-                    .arg(want)
-                    .arg(self.config.timeout.as_millis() as u64 / 2)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable)
-            })
-            .await?;
+        let mut conn = self.append_conn.as_ref().unwrap_or(&self.conn).clone();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let acked: i64 = tokio::time::timeout_at(
+            deadline,
+            redis::cmd("WAIT")
+                .arg(want)
+                .arg((left.as_millis() as u64).saturating_sub(50).max(1))
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| self.no_answer())?
+        .map_err(unavailable)?;
         if acked < i64::from(want) {
             return Err(EngineError::Unavailable(format!(
                 "redis: stored on the primary, but only {acked} of {want} replicas confirmed it (a retry with the same id answers 409)"
@@ -448,12 +501,14 @@ impl Engine for RedisEngine {
             if self.inner.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
             }
-            self.inner.presence.leave().await;
+            // Stop the tail and the presence writer first, so no refresh
+            // puts this node back after it left.
             self.inner.stop.cancel();
             let tasks = std::mem::take(&mut *self.inner.tasks.lock());
             for t in tasks {
                 let _ = t.await;
             }
+            self.inner.presence.leave().await;
             Ok(())
         }
         .boxed()

@@ -11,7 +11,10 @@
 //!   disappear within [`LIVENESS`]** (10 s).
 //! - [`Directory::reap`] hands the entries of each dead node to exactly one
 //!   surviving node (one script removes the node and returns its hash), so
-//!   their `active: false` events are published once.
+//!   their `active: false` events are published once. A node never reaps
+//!   itself, and reaps only once its own writes have succeeded for
+//!   [`LIVENESS`]: after an outage every node first gets its chance to
+//!   refresh.
 //!
 //! Time is the Redis server's (`TIME` in the scripts), so clock skew
 //! between nodes does not matter.
@@ -62,6 +65,10 @@ struct State {
     pending: Mutex<Vec<Change>>,
     /// Rewrite everything at the next pass.
     resync: AtomicBool,
+    /// Since when every write succeeded: a node reaps only after
+    /// [`LIVENESS`] of those, so after an outage the others have had
+    /// their chance to refresh before anyone is declared dead.
+    healthy_since: Mutex<Option<std::time::Instant>>,
     wake: Notify,
     refresh: Script,
     list: Script,
@@ -92,6 +99,7 @@ impl Presence {
                 entries: Mutex::new(BTreeMap::new()),
                 pending: Mutex::new(Vec::new()),
                 resync: AtomicBool::new(true),
+                healthy_since: Mutex::new(None),
                 wake: Notify::new(),
                 // KEYS: nodes, this node's hash. ARGV: node, liveness ms,
                 // keep ms. Returns whether the hash exists.
@@ -119,18 +127,20 @@ end
 return out
 ",
                 ),
-                // KEYS: nodes. ARGV: the node hash prefix. Removes every
-                // dead node and returns its entries (once: the script is
-                // atomic).
+                // KEYS: nodes. ARGV: the node hash prefix, this node.
+                // Removes every other dead node and returns its entries
+                // (once: the script is atomic).
                 reap: Script::new(
                     r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))) do
-  redis.call('ZREM', KEYS[1], n)
-  for _, v in ipairs(redis.call('HVALS', ARGV[1] .. n)) do out[#out + 1] = v end
-  redis.call('DEL', ARGV[1] .. n)
+  if n ~= ARGV[2] then
+    redis.call('ZREM', KEYS[1], n)
+    for _, v in ipairs(redis.call('HVALS', ARGV[1] .. n)) do out[#out + 1] = v end
+    redis.call('DEL', ARGV[1] .. n)
+  end
 end
 return out
 ",
@@ -154,9 +164,18 @@ return out
                 _ = tick.tick() => true,
                 () = self.inner.wake.notified() => false,
             };
-            if let Err(e) = self.inner.write(refresh).await {
-                tracing::debug!(engine = "redis", "subscriptions directory not written: {e}");
-                self.inner.resync.store(true, Ordering::Release);
+            match self.inner.write(refresh).await {
+                Ok(()) => {
+                    self.inner
+                        .healthy_since
+                        .lock()
+                        .get_or_insert_with(std::time::Instant::now);
+                }
+                Err(e) => {
+                    tracing::debug!(engine = "redis", "subscriptions directory not written: {e}");
+                    self.inner.resync.store(true, Ordering::Release);
+                    *self.inner.healthy_since.lock() = None;
+                }
             }
         }
     }
@@ -248,13 +267,10 @@ impl State {
         }
     }
 
-    async fn values(&self, script: &Script, with_self: bool) -> Result<Vec<String>, EngineError> {
+    async fn values(&self, script: &Script) -> Result<Vec<String>, EngineError> {
         let mut conn = self.conn.clone();
         let mut inv = script.key(&self.keys.nodes);
-        inv.arg(self.keys.node(""));
-        if with_self {
-            inv.arg(&self.node);
-        }
+        inv.arg(self.keys.node("")).arg(&self.node);
         let reply: Value = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
             .map_err(|_| EngineError::Unavailable("redis: no answer".into()))?
@@ -281,10 +297,21 @@ impl Directory for Presence {
     }
 
     fn others(&self) -> BoxFuture<'_, Result<Vec<String>, EngineError>> {
-        async move { self.inner.values(&self.inner.list, true).await }.boxed()
+        async move { self.inner.values(&self.inner.list).await }.boxed()
     }
 
     fn reap(&self) -> BoxFuture<'_, Result<Vec<String>, EngineError>> {
-        async move { self.inner.values(&self.inner.reap, false).await }.boxed()
+        async move {
+            let healthy = self
+                .inner
+                .healthy_since
+                .lock()
+                .is_some_and(|t| t.elapsed() >= LIVENESS);
+            if !healthy {
+                return Ok(Vec::new());
+            }
+            self.inner.values(&self.inner.reap).await
+        }
+        .boxed()
     }
 }

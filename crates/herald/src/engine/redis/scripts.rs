@@ -11,7 +11,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{ns}:meta` | hash | `epoch` (the log's identity), `seq` (the last position), `first` (the oldest retained position), `clock` (the second of the newest clock mark) |
-//! | `{ns}:log` | stream | one entry per update, with entry id `<position>-0` and field `r` = the update's record |
+//! | `{ns}:log` | stream | one entry per update, with entry id `<position>-0`, field `e` = the epoch it was appended in and field `r` = the update's record |
 //! | `{ns}:ids` | hash | update id → position, for retained updates |
 //! | `{ns}:order` | list | the ids of retained updates, oldest first (what trimming removes from `ids`) |
 //! | `{ns}:clock` | sorted set | one mark per second with appends: member the first position appended in it, score the server's time of that append in ms (what `max_age` trims by: a mark's updates go once its second is older than `max_age`) |
@@ -21,7 +21,8 @@
 //! Positions are the stream's entry ids, so trimming by count and by age
 //! are both `XTRIM MINID ~`: the oldest position to keep is computed from
 //! the count (`seq - max_updates + 1`) or the clock marks, and the `~`
-//! lets Redis drop whole radix-tree nodes only. The entries it keeps below
+//! lets Redis drop whole radix-tree nodes only (`LIMIT 0`: however many
+//! are due, not Redis's default of 10,000 entries per call). The entries it keeps below
 //! `first` are invisible: reads start at `first`, and their ids have left
 //! the index.
 //!
@@ -67,15 +68,18 @@ impl Keys {
     }
 }
 
-/// Creates the log if it does not exist (a fresh epoch, no updates) and
-/// returns `{epoch, seq, first}`.
+/// Creates the log if it has no identity (new, flushed, or its `meta`
+/// lost), clearing whatever is left of an older one, and returns `{epoch,
+/// seq, first}`.
 ///
-/// KEYS: meta. ARGV: a fresh epoch, used only when the log is new.
+/// KEYS: meta, log, ids, order, clock. ARGV: a fresh epoch, used only when
+/// the log is new.
 pub(crate) fn init() -> Script {
     Script::new(
         r"
 local e = redis.call('HGET', KEYS[1], 'epoch')
 if not e then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0, 'first', 1)
   e = ARGV[1]
 end
@@ -118,7 +122,7 @@ if n > 0 then
   for i = 0, n - 1 do
     local id = ARGV[4 + 2 * i]
     local pos = s(start + i)
-    redis.call('XADD', log, pos .. '-0', 'r', ARGV[5 + 2 * i])
+    redis.call('XADD', log, pos .. '-0', 'e', e, 'r', ARGV[5 + 2 * i])
     redis.call('HSET', ids, id, pos)
     redis.call('RPUSH', order, id)
   end
@@ -154,7 +158,7 @@ if keep > first then
     if gone then redis.call('HDEL', ids, unpack(gone)) end
     k = k - c
   end
-  redis.call('XTRIM', log, 'MINID', '~', s(keep) .. '-0')
+  redis.call('XTRIM', log, 'MINID', '~', s(keep) .. '-0', 'LIMIT', 0)
   redis.call('HSET', meta, 'first', s(keep))
   -- Marks wholly before what is kept go (the one covering `keep` stays).
   while true do

@@ -23,6 +23,11 @@ pub(super) struct Follow {
     pub epoch: Arc<str>,
     /// The last position delivered to the sink.
     pub delivered: Position,
+    /// Gaps signalled so far: an append that sees this change while it
+    /// waits may have been lost, and is not acknowledged.
+    pub gaps: u64,
+    /// The id of the update at `delivered` when the engine connected.
+    pub start_id: Option<String>,
 }
 
 /// The scripts, loaded once per connection by EVALSHA (EVAL on NOSCRIPT).
@@ -40,6 +45,10 @@ pub(super) struct Inner {
     /// Appends, reads and presence: one multiplexed connection that
     /// reconnects by itself.
     pub conn: ConnectionManager,
+    /// With `wait_replicas`: appends and their `WAIT` on a connection of
+    /// their own (`WAIT` blocks its connection, and covers only the
+    /// writes made on it), so reads and `/readyz` never queue behind it.
+    pub append_conn: Option<ConnectionManager>,
     pub scripts: Scripts,
     pub follow: watch::Sender<Follow>,
     /// The tail is connected and checked the log.
@@ -75,10 +84,11 @@ impl Inner {
         conn: &mut C,
     ) -> Result<(Arc<str>, Position, Position), EngineError> {
         let fresh = uuid::Uuid::new_v4().simple().to_string();
-        let reply: Value = self
-            .scripts
-            .init
-            .key(&self.keys.meta)
+        let mut inv = self.scripts.init.prepare_invoke();
+        for k in self.keys.log_keys() {
+            inv.key(k);
+        }
+        let reply: Value = inv
             .arg(fresh)
             .invoke_async(conn)
             .await

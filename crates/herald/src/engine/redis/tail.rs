@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 
-use super::entries::{int, items, text, unavailable, xread_entries};
+use super::entries::{entries, int, items, text, unavailable, xread_entries, Entry};
 use super::state::Inner;
 use crate::engine::{EngineError, Position, Sink, Stored};
 
@@ -31,15 +31,18 @@ const BATCH: usize = 1024;
 /// The tail's own view of where it is.
 struct Cursor {
     delivered: Position,
-    /// The id of the update delivered last, to recognise its history.
+    /// The id of the update at `delivered`, to recognise its history.
     last_id: Option<String>,
 }
 
 /// Follows the log until the engine closes.
 pub(super) async fn run(inner: Arc<Inner>, sink: Arc<dyn Sink>) {
-    let mut cursor = Cursor {
-        delivered: inner.follow.borrow().delivered,
-        last_id: None,
+    let mut cursor = {
+        let f = inner.follow.borrow();
+        Cursor {
+            delivered: f.delivered,
+            last_id: f.start_id.clone(),
+        }
     };
     let mut backoff = Duration::from_millis(50);
     while !inner.stop.is_cancelled() {
@@ -103,24 +106,82 @@ async fn follow(
             () = inner.stop.cancelled() => return Ok(()),
             r = read => r.map_err(unavailable)?,
         };
-        let entries = xread_entries(&reply)?;
-        if let Some(first) = entries.first() {
-            if first.position != cursor.delivered + 1 {
-                signal_gap(
+        let read = xread_entries(&reply)?;
+        let ours = inner.follow.borrow().epoch.clone();
+        if read
+            .iter()
+            .any(|e| e.epoch.as_deref().is_some_and(|e| *e != *ours))
+        {
+            // Entries of another log: it was replaced without this
+            // connection noticing. Nothing of it is delivered before the
+            // gap is signalled and the new log adopted.
+            verify(inner, sink, &mut conn, cursor).await?;
+            if *inner.follow.borrow().epoch == *ours {
+                let (epoch, seq) = current(inner, &mut conn).await?;
+                adopt(
                     inner,
                     sink,
+                    &mut conn,
                     cursor,
-                    first.position - 1,
-                    "updates were trimmed before this node delivered them",
-                );
+                    epoch,
+                    seq,
+                    "the log was replaced",
+                )
+                .await?;
             }
-            deliver(inner, sink, cursor, &entries);
+            checked = Instant::now();
+            continue;
         }
-        if entries.is_empty() || checked.elapsed() >= BLOCK {
+        deliver_entries(inner, sink, cursor, read);
+        if reply_was_empty(&reply) || checked.elapsed() >= BLOCK {
             verify(inner, sink, &mut conn, cursor).await?;
             checked = Instant::now();
         }
     }
+}
+
+fn reply_was_empty(reply: &Value) -> bool {
+    matches!(reply, Value::Nil) || items(reply).is_some_and(<[Value]>::is_empty)
+}
+
+/// Delivers what was read, in order: a hole before an entry (trimmed
+/// before this node read it) or an entry that cannot be read is a gap,
+/// signalled before anything after it.
+fn deliver_entries(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, read: Vec<Entry>) {
+    let mut batch: Vec<Arc<Stored>> = Vec::with_capacity(read.len());
+    for e in read {
+        if e.position <= cursor.delivered {
+            continue;
+        }
+        let expected = cursor.delivered + batch.len() as Position + 1;
+        let hole = e.position != expected;
+        if hole || e.stored.is_err() {
+            deliver(inner, sink, cursor, &std::mem::take(&mut batch));
+        }
+        if hole {
+            signal_gap(
+                inner,
+                sink,
+                cursor,
+                e.position - 1,
+                "updates were trimmed before this node delivered them",
+            );
+        }
+        match e.stored {
+            Ok(s) => batch.push(s),
+            Err(err) => {
+                tracing::error!(engine = "redis", "skipping an entry: {err}");
+                signal_gap(
+                    inner,
+                    sink,
+                    cursor,
+                    e.position,
+                    "an entry could not be read",
+                );
+            }
+        }
+    }
+    deliver(inner, sink, cursor, &batch);
 }
 
 /// Hands entries to the sink (a panicking sink does not stop the tail) and
@@ -135,7 +196,9 @@ fn deliver(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, entries: &[
     inner.follow.send_modify(|f| f.delivered = last.position);
 }
 
-/// Signals a gap and goes on after `resume_after`.
+/// Signals a gap and goes on after `resume_after`. Appends waiting on
+/// this node see the gap and answer `Unavailable`: their update may be
+/// what was lost.
 fn signal_gap(
     inner: &Inner,
     sink: &Arc<dyn Sink>,
@@ -148,7 +211,31 @@ fn signal_gap(
     }
     cursor.delivered = resume_after;
     cursor.last_id = None;
-    inner.follow.send_modify(|f| f.delivered = resume_after);
+    inner.follow.send_modify(|f| {
+        f.delivered = resume_after;
+        f.gaps += 1;
+    });
+}
+
+/// The log's epoch and last position now.
+async fn current(
+    inner: &Inner,
+    conn: &mut MultiplexedConnection,
+) -> Result<(Arc<str>, Position), EngineError> {
+    let (epoch, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        .arg(&inner.keys.meta)
+        .arg("epoch")
+        .arg("seq")
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    match epoch {
+        Some(e) => Ok((e.into(), seq.unwrap_or(0))),
+        None => {
+            let (e, seq, _) = inner.init(conn).await?;
+            Ok((e, seq))
+        }
+    }
 }
 
 /// Checks that the log is still the history this node follows; signals a
@@ -184,34 +271,33 @@ async fn verify(
     if epoch.is_empty() {
         // Flushed (or never made): make a new log and follow it.
         let (new_epoch, seq, _) = inner.init(conn).await?;
-        adopt(inner, sink, cursor, new_epoch, seq, "the log was flushed");
+        adopt(
+            inner,
+            sink,
+            conn,
+            cursor,
+            new_epoch,
+            seq,
+            "the log was flushed",
+        )
+        .await?;
     } else if *epoch != *ours {
         adopt(
             inner,
             sink,
+            conn,
             cursor,
             epoch.into(),
             seq,
             "the log was replaced",
-        );
+        )
+        .await?;
     } else if seq < delivered {
-        adopt(
-            inner,
-            sink,
-            cursor,
-            ours,
-            seq,
-            "the log went back: a failover lost updates this node delivered",
-        );
+        let reason = "the log went back: a failover lost updates this node delivered";
+        adopt(inner, sink, conn, cursor, ours, seq, reason).await?;
     } else if cursor.last_id.is_some() && first <= delivered && at != delivered as i64 {
-        adopt(
-            inner,
-            sink,
-            cursor,
-            ours,
-            seq,
-            "the update this node delivered last is gone: a failover lost it",
-        );
+        let reason = "the update this node delivered last is gone: a failover lost it";
+        adopt(inner, sink, conn, cursor, ours, seq, reason).await?;
     } else if first > delivered + 1 && !entry_exists(inner, conn, delivered + 1).await? {
         signal_gap(
             inner,
@@ -224,26 +310,30 @@ async fn verify(
     Ok(())
 }
 
-/// Signals a gap and follows `epoch` from its current end `seq`.
-fn adopt(
+/// Signals a gap and follows `epoch` from its current end `seq`,
+/// remembering which update sits there.
+async fn adopt(
     inner: &Inner,
     sink: &Arc<dyn Sink>,
+    conn: &mut MultiplexedConnection,
     cursor: &mut Cursor,
     epoch: Arc<str>,
     seq: Position,
     reason: &str,
-) {
+) -> Result<(), EngineError> {
     inner.follow.send_modify(|f| f.epoch = epoch);
     signal_gap(inner, sink, cursor, seq, reason);
+    cursor.last_id = id_at(inner, conn, seq).await?;
+    Ok(())
 }
 
-/// Whether the entry of a position is still in the stream (`XTRIM ~`
+/// The entry of a position, if it is still in the stream (`XTRIM ~`
 /// keeps some below `first`; the tail may still deliver those).
-async fn entry_exists(
+async fn entry_at<C: ConnectionLike + Send>(
     inner: &Inner,
-    conn: &mut MultiplexedConnection,
+    conn: &mut C,
     pos: Position,
-) -> Result<bool, EngineError> {
+) -> Result<Option<Entry>, EngineError> {
     let id = format!("{pos}-0");
     let found: Value = redis::cmd("XRANGE")
         .arg(&inner.keys.log)
@@ -252,5 +342,28 @@ async fn entry_exists(
         .query_async(conn)
         .await
         .map_err(unavailable)?;
-    Ok(items(&found).is_some_and(|e| !e.is_empty()))
+    Ok(entries(&found)?.into_iter().next())
+}
+
+async fn entry_exists(
+    inner: &Inner,
+    conn: &mut MultiplexedConnection,
+    pos: Position,
+) -> Result<bool, EngineError> {
+    Ok(entry_at(inner, conn, pos).await?.is_some())
+}
+
+/// The id of the update at a position, when it is still there.
+pub(super) async fn id_at<C: ConnectionLike + Send>(
+    inner: &Inner,
+    conn: &mut C,
+    pos: Position,
+) -> Result<Option<String>, EngineError> {
+    if pos == 0 {
+        return Ok(None);
+    }
+    Ok(entry_at(inner, conn, pos)
+        .await?
+        .and_then(|e| e.stored.ok())
+        .map(|s| s.update.id.clone()))
 }
