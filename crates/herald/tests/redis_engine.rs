@@ -443,3 +443,33 @@ async fn the_directory_lists_other_nodes_and_reaps_dead_ones_once() {
     assert!(db.reap().await.unwrap().is_empty() && dc.reap().await.unwrap().is_empty());
     assert_eq!(dc.others().await.unwrap(), ["b1"]);
 }
+
+/// With `wait_replicas` and no replica to confirm, a publish is not
+/// acknowledged (within the timeout), and a retry of the same id answers
+/// that it is stored: never a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_missing_replicas_is_unavailable_then_a_duplicate() {
+    let Some(url) = redis_url() else {
+        return assert!(!with_redis());
+    };
+    let mut ns = Namespace::new(&url);
+    ns.0.wait_replicas = 1;
+    ns.0.timeout = Duration::from_millis(500);
+    let a = ns.node().await;
+    let started = std::time::Instant::now();
+    match a.engine.append(updates(&["w"])).await {
+        Err(EngineError::Unavailable(reason)) => assert!(reason.contains("replicas"), "{reason}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    match a.engine.append(updates(&["w"])).await {
+        Err(EngineError::DuplicateId(id)) => assert_eq!(id, "w"),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+    // Reads do not queue behind WAIT.
+    assert_eq!(a.engine.resolve("w").await.unwrap(), Some(1));
+}

@@ -52,7 +52,7 @@ use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 pub use config::{RedisConfig, DEFAULT_NAMESPACE};
 use entries::{decode_entries, int, malformed, tagged, text, unavailable};
 use scripts::Keys;
-use state::{Follow, Inner, Scripts};
+use state::{Follow, Inner, Scripts, Wait, Waiters};
 
 /// The `redis` engine. See the module documentation. Dropping it stops
 /// its background tasks.
@@ -139,9 +139,9 @@ impl RedisEngine {
             follow: watch::Sender::new(Follow {
                 epoch: Arc::from(""),
                 delivered: 0,
-                gaps: 0,
                 start_id: None,
             }),
+            waiters: Mutex::new(Waiters::default()),
             tail_up: AtomicBool::new(false),
             tail_lost: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -164,6 +164,7 @@ impl RedisEngine {
             f.delivered = seq;
             f.start_id = start_id;
         });
+        inner.waiters.lock().delivered = seq;
         inner.warn_on_eviction().await;
         Ok(Self { inner })
     }
@@ -299,24 +300,25 @@ impl Inner {
         }
         // One deadline for the whole call: script, WAIT, delivery.
         let deadline = tokio::time::Instant::now() + self.config.timeout;
-        let (epoch, gaps) = {
-            let f = self.follow.borrow();
-            (f.epoch.clone(), f.gaps)
-        };
+        let epoch = self.follow.borrow().epoch.clone();
+        let gaps = self.waiters.lock().gaps;
         let last = self.run_append_until(&epoch, &updates, deadline).await?;
         if self.config.wait_replicas > 0 {
             self.wait_replicas(deadline).await?;
         }
         // Delivered by this node's tail, in the log's order.
-        let mut follow = self.follow.subscribe();
-        let seen = tokio::time::timeout_at(
-            deadline,
-            follow.wait_for(|f| f.delivered >= last || f.gaps != gaps),
-        )
-        .await;
-        match seen {
-            Ok(Ok(f)) if f.gaps == gaps => {}
-            Ok(Ok(_)) => {
+        let wait = self.waiters.lock().wait(last, gaps);
+        let delivered = match wait {
+            Wait::Done => Some(true),
+            Wait::Gap => Some(false),
+            Wait::Pending(rx) => tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .map(|r| r.unwrap_or(false)),
+        };
+        match delivered {
+            Some(true) => {}
+            Some(false) if !self.closed.load(Ordering::Acquire) => {
                 return Err(EngineError::Unavailable(format!(
                     "redis: stored at position {last}, but history was lost meanwhile (a failover or a flush): it may be gone, publish it again"
                 )))

@@ -193,7 +193,7 @@ fn deliver(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, entries: &[
     }
     cursor.delivered = last.position;
     cursor.last_id = Some(last.update.id.clone());
-    inner.follow.send_modify(|f| f.delivered = last.position);
+    inner.waiters.lock().delivered(last.position);
 }
 
 /// Signals a gap and goes on after `resume_after`. Appends waiting on
@@ -211,10 +211,7 @@ fn signal_gap(
     }
     cursor.delivered = resume_after;
     cursor.last_id = None;
-    inner.follow.send_modify(|f| {
-        f.delivered = resume_after;
-        f.gaps += 1;
-    });
+    inner.waiters.lock().gap(resume_after);
 }
 
 /// The log's epoch and last position now.
