@@ -21,6 +21,16 @@
 //!   `earliest` (no gap, no duplicate), and every acknowledged update is
 //!   in it once.
 //!
+//! `lost_history_ends_streams_and_resumes_with_earliest` deletes the log
+//! under a node: its streams end, a client resuming with an id of the lost
+//! history is told `earliest` and gets the new log, and
+//! `herald_engine_gaps_total` counts it.
+//!
+//! `a_killed_nodes_subscriptions_end_on_the_other_nodes`: the subscriptions
+//! API of one node lists another node's subscriber, and forgets it within
+//! the documented 10 s once that node is killed, when a surviving node
+//! publishes its `active: false` event.
+//!
 //! `a_subscriber_behind_nginx_gets_what_any_node_takes` runs the nginx
 //! configuration shipped in `deploy/nginx/herald.conf` in front of three
 //! nodes: subscribers connect through nginx (no sticky sessions), updates
@@ -798,6 +808,149 @@ async fn a_killed_nodes_subscriptions_end_on_the_other_nodes() {
     drop(b);
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// History lost under a node (here: the namespace's keys deleted, as a
+/// flush would) ends its streams cleanly; a client resuming with its last
+/// id is told `earliest`, and gets what the new log holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_history_ends_streams_and_resumes_with_earliest() {
+    if !enabled() {
+        return;
+    }
+    let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
+    let namespace = format!("gap-test-{}", std::process::id());
+    let node = Node::start(&url, &namespace).await;
+    let http = client();
+    let publish = |data: &'static str| {
+        let http = http.clone();
+        let hub = node.hub_url();
+        async move {
+            let res = http
+                .post(hub)
+                .bearer_auth(token())
+                .form(&[("topic", "https://example.com/g"), ("data", data)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), reqwest::StatusCode::OK);
+            res.text().await.unwrap()
+        }
+    };
+    let stream = http
+        .get(node.hub_url())
+        .query(&[("topic", "*")])
+        .bearer_auth(token())
+        .send()
+        .await
+        .unwrap();
+    let old_id = publish("before").await;
+    let mut body = stream.bytes_stream();
+    let mut parser = Parser::new();
+    let mut seen = Vec::new();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                for item in parser.feed(&chunk) {
+                    if let Item::Event(e) = item {
+                        seen.push(e.data);
+                        // The log disappears under the node.
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{{{namespace}}}:*"))
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        redis::cmd("DEL")
+                            .arg(&keys)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            Ok(None) => break true,
+            Ok(Some(Err(_))) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert_eq!(seen, ["before"]);
+    assert!(ended, "the stream did not end after the history was lost");
+    // Publishing works on the new log.
+    let mut new_id = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while new_id.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no publish accepted on the new log"
+        );
+        let res = http
+            .post(node.hub_url())
+            .bearer_auth(token())
+            .form(&[("topic", "https://example.com/g"), ("data", "after")])
+            .send()
+            .await
+            .unwrap();
+        if res.status() == reqwest::StatusCode::OK {
+            new_id = Some(res.text().await.unwrap());
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Resuming with the id from the lost history: told `earliest`, given
+    // the new log.
+    let res = http
+        .get(node.hub_url())
+        .query(&[("topic", "*")])
+        .header("Last-Event-ID", &old_id)
+        .bearer_auth(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["last-event-id"], "earliest");
+    let mut body = res.bytes_stream();
+    let mut parser = Parser::new();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for item in parser.feed(&chunk) {
+            if let Item::Event(e) = item {
+                got.push((e.id, e.data));
+            }
+        }
+    }
+    assert_eq!(got, [(new_id.unwrap(), "after".to_owned())]);
+    let gaps = http
+        .get(format!("http://{}/metrics", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        gaps.lines()
+            .any(|l| l.starts_with("herald_engine_gaps_total 1")),
+        "{gaps}"
+    );
+    drop(node);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{{{namespace}}}*"))
         .query_async(&mut conn)
