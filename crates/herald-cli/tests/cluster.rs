@@ -36,7 +36,7 @@
 //! nodes: subscribers connect through nginx (no sticky sessions), updates
 //! are published straight to each node.
 //!
-//! Both run when `HERALD_TEST_REDIS_URL` is set (`.ci/run` sets it and
+//! All run when `HERALD_TEST_REDIS_URL` is set (`.ci/run` sets it and
 //! installs `redis-server` and nginx) and say they skipped otherwise.
 
 use std::collections::{HashMap, HashSet};
