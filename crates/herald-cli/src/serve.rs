@@ -10,6 +10,7 @@ use herald::auth::{self, Claims, KeyConfig, MercureClaim};
 use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
+use herald::engine::postgres::{PostgresConfig, PostgresEngine};
 use herald::engine::redis::{RedisConfig, RedisEngine};
 use herald::engine::Engine;
 use herald::{Hub, HubConfig};
@@ -70,6 +71,24 @@ enum EngineChoice {
     Memory { capacity: usize },
     Local(LocalConfig),
     Redis(RedisConfig),
+    Postgres(PostgresConfig),
+}
+
+/// The `namespace` setting, checked: it names Redis keys (inside braces)
+/// and a PostgreSQL schema.
+fn namespace(s: &Settings) -> anyhow::Result<String> {
+    let namespace: String = s.value("namespace")?;
+    if namespace.is_empty()
+        || namespace.len() > 56
+        || !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        bail!(
+            "namespace ({namespace:?}): 1 to 56 characters among letters, digits, `_`, `-` and `.`"
+        );
+    }
+    Ok(namespace)
 }
 
 /// An engine URL without its password, for messages.
@@ -189,11 +208,25 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
             };
             EngineChoice::Local(local)
         }
-        settings::Engine::Redis(url) => {
-            let namespace: String = s.value("namespace")?;
-            if namespace.is_empty() || namespace.contains(['{', '}']) {
-                bail!("namespace ({namespace:?}): must be non-empty, without braces");
+        settings::Engine::Postgres(url) => {
+            let namespace = namespace(&s)?;
+            let timeout: std::time::Duration = s.value("postgres_timeout")?;
+            let poll_interval: std::time::Duration = s.value("postgres_poll_interval")?;
+            if timeout.is_zero() || poll_interval.is_zero() {
+                bail!("postgres_timeout and postgres_poll_interval must be more than 0");
             }
+            EngineChoice::Postgres(PostgresConfig {
+                namespace,
+                max_updates: s.get("retention_max_updates")?,
+                max_age: s.get("retention_max_age")?,
+                max_bytes: s.get("retention_max_bytes")?,
+                timeout,
+                poll_interval,
+                ..PostgresConfig::new(url)
+            })
+        }
+        settings::Engine::Redis(url) => {
+            let namespace = namespace(&s)?;
             let timeout: std::time::Duration = s.value("redis_timeout")?;
             if timeout.is_zero() {
                 bail!("redis_timeout: must be more than 0");
@@ -248,6 +281,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let engine = tokio::task::spawn_blocking(move || LocalEngine::open(cfg))
                 .await?
                 .with_context(|| format!("cannot open the local store in {}", dir.display()))?;
+            Arc::new(engine)
+        }
+        EngineChoice::Postgres(cfg) => {
+            let shown = redacted(&cfg.url);
+            let engine = PostgresEngine::connect(cfg)
+                .await
+                .with_context(|| format!("cannot use PostgreSQL at {shown}"))?;
             Arc::new(engine)
         }
         EngineChoice::Redis(cfg) => {

@@ -41,8 +41,8 @@ const HUB: &[Setting] = &[
     text("retry", Unset("none"), "`retry:` (ms) sent at the start of every stream"),
     text("engine", Value("local"),
         "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; `redis://HOST:PORT/DB` \
-         or `rediss://…`: nodes share one Redis or Valkey; a `postgres://`, `postgresql://` or `nats://` URL \
-         names an engine not in this build yet"),
+         or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
+         `postgresql://`): nodes share one PostgreSQL; a `nats://` URL names an engine not in this build yet"),
     text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
     text("max_connections", Value("19000"), "simultaneous connections"),
     text("max_selectors", Value("64"), "selectors per subscription"),
@@ -73,11 +73,25 @@ const HUB: &[Setting] = &[
     text("log_format", Value("text"), "`text` or `json`"),
 ];
 
-/// Retention: the `local` and `redis` engines both apply it.
+/// Retention by count and age: the `local`, `redis` and `postgres`
+/// engines apply it.
 #[rustfmt::skip]
 const RETENTION: &[Setting] = &[
     text("retention_max_updates", Unset("unlimited"), "updates kept"),
     text("retention_max_age", Unset("unlimited"), "age after which updates are removed, e.g. `7d`"),
+];
+
+/// Retention by size: the `local` and `postgres` engines apply it.
+#[rustfmt::skip]
+const RETENTION_BYTES: &[Setting] = &[
+    text("retention_max_bytes", Unset("unlimited"), "bytes of updates kept"),
+];
+
+/// Settings of the engines shared by several nodes.
+#[rustfmt::skip]
+const SHARED: &[Setting] = &[
+    text("namespace", Value("herald"),
+        "what herald's keys (Redis) or schema (PostgreSQL) are named after: hubs with different namespaces share one server without seeing each other"),
 ];
 
 /// The `local` engine's settings.
@@ -86,7 +100,6 @@ const LOCAL: &[Setting] = &[
     text("data_dir", Value("./herald-data"), "directory of the store"),
     text("durability", Value("sync"),
         "`sync`: a publish is acknowledged once on disk; `async`: once committed, the disk flushed within a second"),
-    text("retention_max_bytes", Unset("unlimited"), "bytes of updates kept"),
 ];
 
 /// The `memory` engine's settings.
@@ -98,8 +111,6 @@ const MEMORY: &[Setting] = &[
 /// The `redis` engine's settings.
 #[rustfmt::skip]
 const REDIS: &[Setting] = &[
-    text("namespace", Value("herald"),
-        "prefix of every key herald writes: hubs with different namespaces share one server without seeing each other"),
     text("redis_timeout", Value("2s"),
         "the longest a publish, a read or a check waits for Redis before answering `503`"),
     text("redis_wait_replicas", Value("0"),
@@ -114,8 +125,12 @@ pub const GROUPS: &[Group] = &[
         settings: HUB,
     },
     Group {
-        engines: &["local", "redis"],
+        engines: &["local", "redis", "postgres"],
         settings: RETENTION,
+    },
+    Group {
+        engines: &["local", "postgres"],
+        settings: RETENTION_BYTES,
     },
     Group {
         engines: &["local"],
@@ -126,9 +141,26 @@ pub const GROUPS: &[Group] = &[
         settings: MEMORY,
     },
     Group {
+        engines: &["redis", "postgres"],
+        settings: SHARED,
+    },
+    Group {
         engines: &["redis"],
         settings: REDIS,
     },
+    Group {
+        engines: &["postgres"],
+        settings: POSTGRES,
+    },
+];
+
+/// The `postgres` engine's settings.
+#[rustfmt::skip]
+const POSTGRES: &[Setting] = &[
+    text("postgres_timeout", Value("2s"),
+        "the longest a publish, a read or a check waits for PostgreSQL before answering `503`"),
+    text("postgres_poll_interval", Value("100ms"),
+        "how often a node reads the log when no NOTIFY woke it (all it has behind PgBouncer in transaction mode)"),
 ];
 
 /// One setting of `herald serve`.
@@ -243,6 +275,8 @@ pub enum Engine {
     Memory,
     /// A `redis://` or `rediss://` URL.
     Redis(String),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
 }
 
 /// URL schemes and the engine each names.
@@ -261,6 +295,7 @@ impl Engine {
             Engine::Local => "local",
             Engine::Memory => "memory",
             Engine::Redis(_) => "redis",
+            Engine::Postgres(_) => "postgres",
         }
     }
 }
@@ -279,10 +314,10 @@ mod tests {
         assert_eq!(names.len(), count, "a setting is declared twice");
         for (engines, s) in all() {
             for engine in engines {
-                let text = if *engine == "redis" {
-                    "redis://h"
-                } else {
-                    engine
+                let text = match *engine {
+                    "redis" => "redis://h",
+                    "postgres" => "postgres://h/db",
+                    other => other,
                 };
                 let parsed = Engine::read(text).unwrap();
                 assert_eq!(parsed.name(), *engine, "{}", s.name);

@@ -110,6 +110,7 @@ impl Read for Engine {
             .find(|(s, _)| Some(*s) == scheme.as_deref());
         match named {
             Some((_, "redis")) => return Ok(Engine::Redis(text.to_owned())),
+            Some((_, "postgres")) => return Ok(Engine::Postgres(text.to_owned())),
             Some((_, engine)) => {
                 return Err(format!(
                     "the {engine} engine is not available in this build"
@@ -176,11 +177,10 @@ mod tests {
         ] {
             assert_eq!(Engine::read(url), Ok(Engine::Redis(url.to_owned())));
         }
-        for (url, engine) in [
-            ("postgres://herald@db/herald", "postgres"),
-            ("postgresql://db/herald", "postgres"),
-            ("nats://nats.example.com:4222", "nats"),
-        ] {
+        for url in ["postgres://herald@db/herald", "postgresql://db/herald"] {
+            assert_eq!(Engine::read(url), Ok(Engine::Postgres(url.to_owned())));
+        }
+        for (url, engine) in [("nats://nats.example.com:4222", "nats")] {
             let e = Engine::read(url).unwrap_err();
             assert_eq!(
                 e,

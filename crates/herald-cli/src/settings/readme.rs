@@ -33,13 +33,12 @@ fn tables() -> String {
             [e] => out.push_str(&format!(
                 "\nSettings of the `{e}` engine, refused with another engine:\n\n"
             )),
-            several => out.push_str(&format!(
-                "\nSettings of the {} engines, refused with another engine:\n\n",
-                several
-                    .iter()
+            [rest @ .., last] => out.push_str(&format!(
+                "\nSettings of the {} and `{last}` engines, refused with another engine:\n\n",
+                rest.iter()
                     .map(|e| format!("`{e}`"))
                     .collect::<Vec<_>>()
-                    .join(" and ")
+                    .join(", ")
             )),
         }
         out.push_str("| setting (TOML / `--flag`) | variable | default | meaning |\n");

@@ -234,7 +234,12 @@ impl Settings {
                 .get(s.name)
                 .is_some_and(|(source, _)| *source != Source::Default);
             if given && !owners.contains(&engine.name()) {
-                let owner = owners.join(" or ");
+                let owner = match owners.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} or {last}", rest.join(", "))
+                    }
+                    _ => owners.join(""),
+                };
                 let (engines, choose) = if owners.len() == 1 {
                     ("engine", format!("--engine {owner}"))
                 } else {
@@ -413,11 +418,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("retention_max_age (config file) is a setting of the local or redis engines; the engine is memory (HERALD_ENGINE): remove it or choose an engine among local, redis"), "{e}");
+        assert!(e.starts_with("retention_max_age (config file) is a setting of the local, redis or postgres engines; the engine is memory (HERALD_ENGINE): remove it or choose an engine among local, redis, postgres"), "{e}");
         let e = merged(&["--engine", "redis://h"], &[], "retention_max_bytes = 5\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("retention_max_bytes (config file) is a setting of the local engine; the engine is redis"), "{e}");
+        assert!(e.starts_with("retention_max_bytes (config file) is a setting of the local or postgres engines; the engine is redis"), "{e}");
         let s = merged(
             &["--engine", "redis://h", "--namespace", "a"],
             &[],
@@ -439,12 +444,12 @@ mod tests {
 
     #[test]
     fn engine_urls_not_in_this_build_are_refused_with_the_engine_named() {
-        let e = merged(&[], &[], "engine = 'postgresql://db/herald'")
+        let e = merged(&[], &[], "engine = 'nats://localhost:4222'")
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
-            "engine (config file): the postgres engine is not available in this build"
+            "engine (config file): the nats engine is not available in this build"
         );
     }
 

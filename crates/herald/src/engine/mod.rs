@@ -7,8 +7,9 @@
 //!
 //! Engines of this crate: [`memory`] (a bounded ring, nothing survives a
 //! restart), `local` (durable, in one redb file; the default feature
-//! `local`) and `redis` (one Redis or Valkey shared by several nodes; the
-//! feature `redis`).
+//! `local`), `redis` (one Redis or Valkey shared by several nodes; the
+//! feature `redis`) and `postgres` (one PostgreSQL shared by several
+//! nodes; the feature `postgres`).
 //!
 //! # The contract
 //!
@@ -138,12 +139,16 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(any(feature = "local", feature = "redis"))]
 pub(crate) mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod waiters;
 
 use std::sync::Arc;
 

@@ -48,11 +48,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::records::{encode_record, now_ms, set_record_ts};
+use super::waiters::{Wait, Waiters};
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 pub use config::{RedisConfig, DEFAULT_NAMESPACE};
 use entries::{decode_entries, int, malformed, tagged, text, unavailable};
 use scripts::Keys;
-use state::{Follow, Inner, Scripts, Wait, Waiters};
+use state::{Follow, Inner, Scripts};
 
 /// The `redis` engine. See the module documentation. Dropping it stops
 /// its background tasks.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::config::RedisConfig;
 use super::entries::{int, malformed, text, unavailable};
 use super::presence;
 use super::scripts::Keys;
+use crate::engine::waiters::Waiters;
 use crate::engine::{EngineError, Position};
 
 /// Where this node's tail is, shared with the appends waiting on it.
@@ -25,66 +26,6 @@ pub(super) struct Follow {
     pub delivered: Position,
     /// The id of the update at `delivered` when the engine connected.
     pub start_id: Option<String>,
-}
-
-/// Appends waiting for the tail to deliver their last position. The tail
-/// completes them in position order, so each delivered batch wakes only
-/// the appends it finished (a watch channel would wake every waiting
-/// append at every batch).
-#[derive(Debug, Default)]
-pub(super) struct Waiters {
-    /// The last position the tail delivered.
-    pub delivered: Position,
-    /// Gaps signalled so far.
-    pub gaps: u64,
-    /// By (position, ticket): `true` once delivered, `false` on a gap.
-    waiting: std::collections::BTreeMap<(Position, u64), oneshot::Sender<bool>>,
-    next: u64,
-}
-
-/// What an append waits on.
-pub(super) enum Wait {
-    /// Already delivered.
-    Done,
-    /// A gap was signalled since the append started: it may be lost.
-    Gap,
-    Pending(oneshot::Receiver<bool>),
-}
-
-impl Waiters {
-    /// Waits for `last`, unless it is already delivered or a gap came
-    /// since `gaps` was read.
-    pub fn wait(&mut self, last: Position, gaps: u64) -> Wait {
-        if self.gaps != gaps {
-            return Wait::Gap;
-        }
-        if self.delivered >= last {
-            return Wait::Done;
-        }
-        let (tx, rx) = oneshot::channel();
-        self.next += 1;
-        self.waiting.insert((last, self.next), tx);
-        Wait::Pending(rx)
-    }
-
-    /// The tail delivered up to `pos`.
-    pub fn delivered(&mut self, pos: Position) {
-        self.delivered = pos;
-        let later = self.waiting.split_off(&(pos + 1, 0));
-        for (_, tx) in std::mem::replace(&mut self.waiting, later) {
-            let _ = tx.send(true);
-        }
-    }
-
-    /// The tail signalled a gap and goes on after `pos`: every waiting
-    /// append may have been lost.
-    pub fn gap(&mut self, pos: Position) {
-        self.gaps += 1;
-        self.delivered = pos;
-        for (_, tx) in std::mem::take(&mut self.waiting) {
-            let _ = tx.send(false);
-        }
-    }
 }
 
 /// The scripts, loaded once per connection by EVALSHA (EVAL on NOSCRIPT).
