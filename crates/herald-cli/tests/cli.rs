@@ -511,17 +511,13 @@ fn an_unreachable_redis_is_a_clear_error_without_the_password() {
 
 #[test]
 fn engine_urls_name_engines_not_in_this_build() {
-    for (url, engine) in [("nats://localhost:4222", "nats")] {
-        let o = herald(&["serve", "--engine", url]);
-        assert_eq!(o.status.code(), Some(1));
-        let err = stderr(&o);
-        assert!(
-            err.ends_with(&format!(
-                "the {engine} engine is not available in this build"
-            )),
-            "{err}"
-        );
-    }
+    let o = herald(&["serve", "--engine", "nats://localhost:4222"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.ends_with("the nats engine is not available in this build"),
+        "{err}"
+    );
     let o = herald(&["serve", "--engine", "ftp://x"]);
     let err = stderr(&o);
     assert!(

@@ -180,13 +180,10 @@ mod tests {
         for url in ["postgres://herald@db/herald", "postgresql://db/herald"] {
             assert_eq!(Engine::read(url), Ok(Engine::Postgres(url.to_owned())));
         }
-        for (url, engine) in [("nats://nats.example.com:4222", "nats")] {
-            let e = Engine::read(url).unwrap_err();
-            assert_eq!(
-                e,
-                format!("the {engine} engine is not available in this build")
-            );
-        }
+        assert_eq!(
+            Engine::read("nats://nats.example.com:4222").unwrap_err(),
+            "the nats engine is not available in this build"
+        );
         let e = Engine::read("mysql://root:hunter2@db").unwrap_err();
         assert!(e.contains("\"mysql\"") && !e.contains("hunter2"), "{e}");
         let e = Engine::read("bogus").unwrap_err();
