@@ -1,8 +1,12 @@
-//! Three real `herald serve` nodes on one Redis, with failures.
+//! Three real `herald serve` nodes on one engine server, with failures.
 //!
 //! `three_nodes_survive_a_killed_node_and_a_redis_restart` starts a
 //! throwaway `redis-server` of its own (append-only file, `appendfsync
-//! always`) so it can kill it, and three nodes on it. Six publishers
+//! always`) so it can kill it, and three nodes on it;
+//! `three_nodes_survive_a_killed_node_and_a_postgres_restart` does the
+//! same on a throwaway PostgreSQL cluster (`initdb`, then `postgres` as the
+//! `postgres` user; killed with every process, restarted through crash
+//! recovery). Six publishers
 //! publish round-robin over the nodes (each update with an id of its own,
 //! retried on another node after a failure: a `409` then means an earlier
 //! try was stored), and two resuming subscribers per node listen to every
@@ -10,12 +14,12 @@
 //! stream ends. Mid-stream the test kills one node with SIGKILL, then
 //! kills Redis with SIGKILL and restarts it. It checks:
 //!
-//! - while Redis is down, a publish answers `503` with `Retry-After`
+//! - while the server is down, a publish answers `503` with `Retry-After`
 //!   within the timeout (never a hang, never a `200`), `/readyz` answers
 //!   `503`, and the subscribers of the live nodes stay connected
 //!   (heartbeats arrive, no reconnect);
 //! - once Redis is back, `/readyz` answers `200` and publishing goes on;
-//! - while Redis hangs (SIGSTOP), a publish still answers `503` within
+//! - while it hangs (SIGSTOP), a publish still answers `503` within
 //!   the timeout;
 //! - every subscriber received exactly the history replayed from
 //!   `earliest` (no gap, no duplicate), and every acknowledged update is
@@ -36,8 +40,9 @@
 //! nodes: subscribers connect through nginx (no sticky sessions), updates
 //! are published straight to each node.
 //!
-//! All run when `HERALD_TEST_REDIS_URL` is set (`.ci/run` sets it and
-//! installs `redis-server` and nginx) and say they skipped otherwise.
+//! The Redis tests run when `HERALD_TEST_REDIS_URL` is set, the PostgreSQL
+//! one when `HERALD_TEST_POSTGRES_URL` is (`.ci/run` sets both and installs
+//! `redis-server` and nginx); they say they skipped otherwise.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -54,6 +59,14 @@ use herald_protocol::sse::{Item, Parser};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 const SECRET: &str = "cluster-test-secret-with-enough-bytes-for-hs256";
+
+fn postgres_enabled() -> bool {
+    let on = std::env::var("HERALD_TEST_POSTGRES_URL").is_ok_and(|v| !v.is_empty());
+    if !on {
+        eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    }
+    on
+}
 
 fn enabled() -> bool {
     let on = std::env::var("HERALD_TEST_REDIS_URL").is_ok_and(|v| !v.is_empty());
@@ -186,6 +199,173 @@ impl Redis {
     }
 }
 
+/// A throwaway PostgreSQL cluster (`initdb`, then `postgres` as the
+/// `postgres` user), durable as PostgreSQL is by default (fsync,
+/// synchronous commit).
+struct Postgres {
+    proc: Proc,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Postgres {
+    /// The server binaries of the newest PostgreSQL installed.
+    fn bin(name: &str) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .collect();
+        dirs.sort();
+        dirs.pop().expect("a PostgreSQL version").join(name)
+    }
+
+    fn ids() -> (u32, u32) {
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        (id("-u"), id("-g"))
+    }
+
+    async fn start(data: &Path, port: u16) -> Postgres {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = Self::ids();
+        if !data.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(data).unwrap();
+            std::os::unix::fs::chown(data, Some(uid), Some(gid)).unwrap();
+            let ok = Command::new(Self::bin("initdb"))
+                .arg("-D")
+                .arg(data)
+                .args(["-U", "postgres", "--auth=trust", "-N"])
+                .uid(uid)
+                .gid(gid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "initdb failed");
+        }
+        let mut last = String::new();
+        for _ in 0..50 {
+            let mut proc = Proc::spawn(
+                Command::new(Self::bin("postgres"))
+                    .arg("-D")
+                    .arg(data)
+                    .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                    .arg("-k")
+                    .arg(data)
+                    .uid(uid)
+                    .gid(gid),
+            );
+            let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = proc.child.try_wait() {
+                    break;
+                }
+                if tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .is_ok()
+                {
+                    return Postgres {
+                        proc,
+                        port,
+                        data: data.to_owned(),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            last = proc.stderr();
+            proc.kill();
+            // The killed server's processes may still hold its memory.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("postgres did not start: {last}");
+    }
+
+    /// The postmaster and its processes.
+    fn pids(&self) -> Vec<u32> {
+        let pid = self.proc.child.id();
+        let out = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        pids.push(pid);
+        pids
+    }
+}
+
+/// The engine server a cluster shares, started, killed and restarted by
+/// the test.
+enum Backend {
+    Redis(Redis),
+    Postgres(Postgres),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Redis(r) => r.url(),
+            Backend::Postgres(p) => format!("postgres://postgres@127.0.0.1:{}/postgres", p.port),
+        }
+    }
+
+    /// SIGKILL (every process of the server).
+    fn kill(&mut self) {
+        match self {
+            Backend::Redis(r) => r.proc.kill(),
+            Backend::Postgres(p) => {
+                // Some of its processes may end before their turn.
+                for pid in p.pids() {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                p.proc.kill();
+            }
+        }
+    }
+
+    async fn restart(&mut self) {
+        match self {
+            Backend::Redis(r) => r.restart().await,
+            Backend::Postgres(p) => {
+                p.proc.kill();
+                *p = Postgres::start(&p.data.clone(), p.port).await;
+            }
+        }
+    }
+
+    /// Hangs the server (SIGSTOP) or resumes it (SIGCONT).
+    fn freeze(&self, on: bool) {
+        let sig = if on { "-STOP" } else { "-CONT" };
+        let pids = match self {
+            Backend::Redis(r) => vec![r.proc.child.id()],
+            Backend::Postgres(p) => p.pids(),
+        };
+        for pid in pids {
+            signal(pid, sig);
+        }
+    }
+}
+
+/// Sends a signal to a process this test started (it may have ended).
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// One `herald serve` node.
 struct Node {
     proc: Proc,
@@ -204,7 +384,12 @@ impl Node {
             let proc = Proc::spawn(
                 Command::new(BIN)
                     .args(["serve", "--addr", &addr, "--engine", redis_url])
-                    .args(["--namespace", namespace, "--redis-timeout", "1s"])
+                    .args(["--namespace", namespace])
+                    .args(if redis_url.starts_with("redis") {
+                        ["--redis-timeout", "1s"]
+                    } else {
+                        ["--postgres-timeout", "1s"]
+                    })
                     .args(["--heartbeat", "1s", "--log", "warn"])
                     .args(["--publisher-jwt", SECRET, "--anonymous", "false"])
                     .args(extra)
@@ -396,11 +581,26 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = Redis::start(dir.path(), free_port()).await;
+    let redis = Redis::start(dir.path(), free_port()).await;
+    three_nodes_survive(Backend::Redis(redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_a_killed_node_and_a_postgres_restart() {
+    if !postgres_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&dir.path().join("data"), free_port()).await;
+    three_nodes_survive(Backend::Postgres(pg)).await;
+}
+
+/// The same run on any engine server: see the module documentation.
+async fn three_nodes_survive(mut server: Backend) {
     let namespace = "cluster";
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(Node::start(&redis.url(), namespace).await);
+        nodes.push(Node::start(&server.url(), namespace).await);
     }
     let urls: Vec<String> = nodes.iter().map(Node::hub_url).collect();
 
@@ -435,8 +635,8 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
     nodes[2].proc.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Redis dies mid-stream.
-    redis.proc.kill();
+    // The engine's server dies mid-stream.
+    server.kill();
     let down_at = Instant::now();
     let http = client();
     let started = Instant::now();
@@ -473,16 +673,16 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    redis.restart().await;
+    server.restart().await;
     let up_at = Instant::now();
     for n in &mut nodes[..2] {
         n.wait_ready().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
-    // Redis hangs (SIGSTOP): nothing refuses the connection, and a publish
+    // The server hangs (SIGSTOP): nothing refuses the connection, and a publish
     // still answers 503 within the timeout (1 s) and a little.
-    signal(redis.proc.child.id(), "-STOP");
+    server.freeze(true);
     let started = Instant::now();
     let res = http
         .post(&urls[1])
@@ -493,7 +693,7 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
         .await
         .unwrap();
     let took = started.elapsed();
-    signal(redis.proc.child.id(), "-CONT");
+    server.freeze(false);
     assert_eq!(res.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
     assert!(
@@ -562,11 +762,11 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
             // with heartbeats.
             assert!(
                 w.reconnects.iter().all(|t| *t < down_at || *t > up_at),
-                "subscriber {i} reconnected while Redis was down"
+                "subscriber {i} reconnected while the server was down"
             );
             assert!(
                 w.heartbeats.iter().any(|t| *t > down_at && *t < up_at),
-                "subscriber {i} got no heartbeat while Redis was down"
+                "subscriber {i} got no heartbeat while the server was down"
             );
         } else {
             assert!(
@@ -580,17 +780,6 @@ async fn three_nodes_survive_a_killed_node_and_a_redis_restart() {
         acked.len(),
         full.len()
     );
-}
-
-/// Sends a signal (`-STOP`, `-CONT`) to a process this test started.
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// The shipped nginx configuration, pointed at these nodes and this port.
