@@ -212,7 +212,7 @@ pub struct Bounds {
 
 /// Engine failures, mapped to HTTP statuses by the hub. See "Errors" in the
 /// module documentation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// Refused: a retained update already has this id, or the request
     /// carries it twice. Nothing of the request was stored (HTTP 409).

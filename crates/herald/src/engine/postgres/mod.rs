@@ -6,9 +6,10 @@
 //! - `schema.rs`: the tables of a namespace (one PostgreSQL schema),
 //!   created and versioned at start; why positions are in commit order;
 //!   `herald_publish`; the NOTIFY trigger.
-//! - An append is one statement: it takes the next positions from `meta`
-//!   (checking the epoch this node follows) and inserts the rows; a
-//!   duplicate id violates the unique index (`409`).
+//! - `writer.rs`: appends are grouped, one statement per group: it takes
+//!   the next positions from `meta` (checking the epoch this node follows)
+//!   and inserts the rows; a duplicate id violates the unique index
+//!   (`409`, for the one append that carries it).
 //! - `tail.rs`: each node reads new rows on a connection of its own,
 //!   woken by NOTIFY and polling, and checks the log's identity in the same
 //!   snapshot; an append returns once its node delivered it.
@@ -27,6 +28,7 @@ mod rows;
 mod schema;
 mod state;
 mod tail;
+mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::waiters::{Wait, Waiters};
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 pub use config::{PostgresConfig, DEFAULT_NAMESPACE};
-use rows::{append_error, stored, unavailable, COLUMNS};
+use rows::{stored, unavailable, COLUMNS};
 pub use schema::SCHEMA_VERSION;
 use schema::{migrate, Names};
 use state::{Inner, Link, Start};
@@ -86,8 +88,10 @@ impl PostgresEngine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let presence = presence::Presence::new(names.clone(), node, link.clone(), config.timeout);
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             names,
+            writer: writer_tx,
             link: Link::new(&config.url, config.timeout),
             epoch: Mutex::new(Arc::from("")),
             start: Mutex::new(Start {
@@ -114,6 +118,8 @@ impl PostgresEngine {
             last_id,
         };
         inner.waiters.lock().delivered = last;
+        let writer = tokio::spawn(writer::run(inner.clone(), writer_rx, inner.stop.clone()));
+        inner.tasks.lock().push(writer);
         Ok(Self { inner, presence })
     }
 
@@ -154,50 +160,19 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let epoch = self.epoch.lock().clone();
         let gaps = self.waiters.lock().gaps;
-        let n = updates.len() as i64;
-        let ids: Vec<&str> = updates.iter().map(|u| u.id.as_str()).collect();
-        let topics: Vec<String> = updates
-            .iter()
-            .map(|u| serde_json::to_string(&u.topics).unwrap_or_default())
-            .collect();
-        let data: Vec<&str> = updates.iter().map(|u| u.data.as_str()).collect();
-        let types: Vec<Option<&str>> = updates.iter().map(|u| u.event_type.as_deref()).collect();
-        // `retry` is a u64; bigint holds its bits (values above i64::MAX
-        // read back as written).
-        let retries: Vec<Option<i64>> = updates.iter().map(|u| u.retry.map(|r| r as i64)).collect();
-        let private: Vec<bool> = updates.iter().map(|u| u.private).collect();
-        let sql = format!(
-            "WITH c AS (UPDATE {meta} SET last = last + $1 WHERE epoch = $2 RETURNING last) \
-             INSERT INTO {updates} (position, id, topics, data, event_type, retry, private) \
-             SELECT c.last - $1 + u.ord, u.id, ARRAY(SELECT json_array_elements_text(u.topics::json)), \
-                    u.data, u.event_type, u.retry, u.private \
-             FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::bool[]) \
-                 WITH ORDINALITY AS u(id, topics, data, event_type, retry, private, ord) \
-             RETURNING position",
-            meta = self.names.meta,
-            updates = self.names.updates,
-        );
-        let client = tokio::time::timeout_at(deadline, self.link.client())
+        let updates = Arc::new(updates);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(state::Request {
+                updates: updates.clone(),
+                epoch,
+                reply,
+            })
+            .map_err(|_| EngineError::Closed)?;
+        let last = tokio::time::timeout_at(deadline, answer)
             .await
-            .map_err(|_| self.no_answer())??;
-        let rows = tokio::time::timeout_at(
-            deadline,
-            client.query(
-                &sql,
-                &[
-                    &n, &&*epoch, &ids, &topics, &data, &types, &retries, &private,
-                ],
-            ),
-        )
-        .await
-        .map_err(|_| self.no_answer())?
-        .map_err(append_error)?;
-        let Some(last) = rows.iter().map(|r| r.get::<_, i64>(0)).max() else {
-            return Err(EngineError::Unavailable(
-                "postgres: the log was replaced; this node is moving to the new one, retry".into(),
-            ));
-        };
-        let last = last.max(0) as Position;
+            .map_err(|_| self.no_answer())?
+            .map_err(|_| EngineError::Closed)??;
         let wait = self.waiters.lock().wait(last, gaps);
         let delivered = match wait {
             Wait::Done => Some(true),
@@ -223,6 +198,7 @@ impl Inner {
             }
         }
         let first = last + 1 - updates.len() as Position;
+        let updates = Arc::try_unwrap(updates).unwrap_or_else(|shared| (*shared).clone());
         Ok(updates
             .into_iter()
             .zip(first..)

@@ -5,7 +5,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use herald_protocol::Update;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +83,14 @@ pub(crate) async fn connect(
     Ok((client, rx))
 }
 
+/// One append waiting for the writer: its updates, the epoch it expects,
+/// and where its last position goes.
+pub(crate) struct Request {
+    pub updates: Arc<Vec<Update>>,
+    pub epoch: Arc<str>,
+    pub reply: oneshot::Sender<Result<Position, EngineError>>,
+}
+
 /// Where this node's tail started.
 #[derive(Debug, Clone)]
 pub(crate) struct Start {
@@ -90,6 +100,8 @@ pub(crate) struct Start {
 
 pub(crate) struct Inner {
     pub config: PostgresConfig,
+    /// Appends, to the group-commit writer.
+    pub writer: tokio::sync::mpsc::UnboundedSender<Request>,
     pub names: Names,
     pub link: Link,
     /// The log this node follows.
