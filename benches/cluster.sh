@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Measures herald on one Redis with 1, 2 and 3 nodes against the local
-# engine, in one run, with the same load generator (`herald bench`).
+# Measures herald on one Redis and on one PostgreSQL with 1, 2 and 3 nodes
+# against the local engine, in one run, with the same load generator
+# (`herald bench`).
 #
 # Every run gets freshly started servers: a throwaway redis-server of its
 # own (port 16390, append-only file with `appendfsync everysec`, Redis's
 # usual production setting) and herald nodes on ports 18101-18103, or one
 # herald on the local engine (`durability = sync`, a fresh data directory)
-# on 18101. Each is stopped by pid when the run ends, and on exit whatever
+# on 18101. The PostgreSQL setups use the machine's server
+# ($HERALD_BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)
+# with a fresh namespace (schema) per run, dropped when the run ends. Each is stopped by pid when the run ends, and on exit whatever
 # happens. Nothing is pinned: on this 2-core machine Redis, the nodes and
 # the generator share both cores, as they would on one small host.
 #
@@ -52,6 +55,8 @@ BIN="$PWD/target/release/herald"
 KEY="bench-cluster-secret-0123456789abcdef0123456789"
 M=/.well-known/mercure
 REDIS_PORT=16390
+PG_URL="${HERALD_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+PG_NS=""
 PIDS=()
 
 stop_all() {
@@ -62,6 +67,10 @@ stop_all() {
     [ -n "$p" ] && wait "$p" 2>/dev/null || true
   done
   PIDS=()
+  if [ -n "$PG_NS" ]; then
+    psql -q "$PG_URL" -c "DROP SCHEMA IF EXISTS \"$PG_NS\" CASCADE" >/dev/null 2>&1 || true
+    PG_NS=""
+  fi
 }
 trap stop_all EXIT
 
@@ -74,7 +83,8 @@ wait_ready() { # URL
   return 1
 }
 
-# start SETUP LOGTAG: SETUP is local, or redisN (N nodes on one Redis).
+# start SETUP LOGTAG: SETUP is local, redisN (N nodes on one Redis) or pgN
+# (N nodes on one PostgreSQL).
 start() {
   local setup="$1" tag="$2" work
   work="$(mktemp -d)"
@@ -83,6 +93,19 @@ start() {
       --publisher-jwt "$KEY" --log warn >"$OUT/logs/$tag-herald.log" 2>&1 &
     PIDS+=($!)
     wait_ready http://127.0.0.1:18101
+    return
+  fi
+  if [ "${setup#pg}" != "$setup" ]; then
+    local nodes="${setup#pg}"
+    PG_NS="bench_$$_$RANDOM"
+    for i in $(seq 1 "$nodes"); do
+      "$BIN" serve --engine "$PG_URL" --namespace "$PG_NS" --addr "127.0.0.1:1810$i" \
+        --publisher-jwt "$KEY" --log warn >"$OUT/logs/$tag-node$i.log" 2>&1 &
+      PIDS+=($!)
+      # The first node creates the schema before the others start.
+      [ "$i" = 1 ] && wait_ready "http://127.0.0.1:18101"
+    done
+    for i in $(seq 1 "$nodes"); do wait_ready "http://127.0.0.1:1810$i"; done
     return
   fi
   local nodes="${setup#redis}"
@@ -122,7 +145,10 @@ publish_urls() { # NODES FROM: node FROM..NODES
 
 run() { # SCENARIO SETUP RUN
   local scenario="$1" setup="$2" r="$3" nodes=1 args=()
-  [ "$setup" = local ] || nodes="${setup#redis}"
+  case "$setup" in
+    redis*) nodes="${setup#redis}" ;;
+    pg*) nodes="${setup#pg}" ;;
+  esac
   case "$scenario" in
     publish) args=(--subscribers 1 --publishers 64 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
     batch) args=(--subscribers 1 --publishers 8 --batch 100 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
@@ -134,19 +160,19 @@ run() { # SCENARIO SETUP RUN
   esac
   local tag="$scenario-$setup-$r" cpu0=""
   start "$setup" "$tag"
-  [ "$setup" = local ] || cpu0="$(redis_cpu)"
+  case "$setup" in redis*) cpu0="$(redis_cpu)" ;; esac
   "$BIN" bench --hub "http://127.0.0.1:18101" --key "$KEY" --duration "$DURATION" \
     --pid "$(hub_pids)" --json "$OUT/$tag.json" "${args[@]}" >"$OUT/$tag.txt" 2>"$OUT/logs/$tag-bench.log"
   # Redis's own CPU over the whole bench (warm-up included), in seconds.
-  [ "$setup" = local ] || echo "$(redis_cpu) - $cpu0" | bc >"$OUT/$tag.redis-cpu"
+  case "$setup" in redis*) echo "$(redis_cpu) - $cpu0" | bc >"$OUT/$tag.redis-cpu" ;; esac
   stop_all
 }
 
 setups_of() {
   case "$1" in
-    publish|batch) echo "local redis1 redis3" ;;
-    fanout) echo "local redis1" ;;
-    latency) echo "local redis1 redis2 redis3" ;;
+    publish|batch) echo "local redis1 redis3 pg1 pg3" ;;
+    fanout) echo "local redis1 pg1" ;;
+    latency) echo "local redis1 redis2 redis3 pg1 pg3" ;;
   esac
 }
 
@@ -169,7 +195,7 @@ for sc in scenarios:
     print(f"\n{sc}")
     print(f"  {'setup':8} {'acked/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} {'errors':>7} {'redis µs/upd':>12} runs")
     setups = sorted({os.path.basename(f).split('-')[1] for f in glob.glob(f"{out}/{sc}-*.json")},
-                    key=lambda s: (s != 'local', s))
+                    key=lambda s: (s != 'local', not s.startswith('redis'), s))
     for st in setups:
         docs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{sc}-{st}-*.json"))]
         acked = med([d['publish']['achieved_rate'] for d in docs if d.get('publish')])
