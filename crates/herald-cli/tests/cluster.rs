@@ -924,6 +924,44 @@ async fn a_killed_nodes_subscriptions_end_on_the_other_nodes() {
     }
     let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
     let namespace = format!("subs-test-{}", std::process::id());
+    killed_nodes_subscriptions_end(&url, &namespace).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// The same on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_subscriptions_end_on_the_other_nodes_postgres() {
+    if !postgres_enabled() {
+        return;
+    }
+    let url = std::env::var("HERALD_TEST_POSTGRES_URL").unwrap();
+    let namespace = format!("subs_test_{}", std::process::id());
+    killed_nodes_subscriptions_end(&url, &namespace).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{namespace}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+async fn killed_nodes_subscriptions_end(url: &str, namespace: &str) {
+    let (url, namespace) = (url.to_owned(), namespace.to_owned());
     let mut a = Node::start_with(&url, &namespace, &["--subscriptions"]).await;
     let b = Node::start_with(&url, &namespace, &["--subscriptions"]).await;
     let http = client();
@@ -995,20 +1033,6 @@ async fn a_killed_nodes_subscriptions_end_on_the_other_nodes() {
     assert_eq!(states, [true, false]);
     drop(on_a);
     drop(b);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{namespace}}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
 }
 
 /// History lost under a node (here: the namespace's keys deleted, as a

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::rows::{stored, unavailable, COLUMNS};
 use super::schema::migrate;
@@ -73,11 +73,12 @@ async fn follow(
         })
         .await?;
     let mut up = false;
+    let mut prepared = None;
     loop {
         // Read until a short page: then wait for a wake-up or the poll.
         loop {
             let full = inner
-                .bounded(step(inner, sink, &mut client, cursor))
+                .bounded(step(inner, sink, &mut client, cursor, &mut prepared))
                 .await?;
             if !up {
                 up = true;
@@ -115,6 +116,7 @@ async fn step(
     sink: &Arc<dyn Sink>,
     client: &mut Client,
     cursor: &mut Cursor,
+    prepared: &mut Option<Statement>,
 ) -> Result<bool, EngineError> {
     let n = &inner.names;
     let sql = format!(
@@ -124,10 +126,25 @@ async fn step(
         updates = n.updates,
         meta = n.meta,
     );
-    let rows = match client
-        .query(&sql, &[&(cursor.delivered as i64), &BATCH])
-        .await
-    {
+    // Prepared once per connection (and again after the schema changed):
+    // the read runs at every wake-up.
+    let read = match prepared.clone() {
+        Some(s) => Ok(s),
+        None => client.prepare(&sql).await,
+    };
+    let result = match read {
+        Ok(stmt) => {
+            *prepared = Some(stmt.clone());
+            client
+                .query(&stmt, &[&(cursor.delivered as i64), &BATCH])
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        *prepared = None;
+    }
+    let rows = match result {
         Ok(rows) => rows,
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
             // The schema is gone: make a new log and follow it.

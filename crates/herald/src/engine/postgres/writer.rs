@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use herald_protocol::Update;
 use tokio::sync::mpsc;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::rows::append_error;
@@ -22,11 +23,15 @@ use crate::engine::{EngineError, Position};
 const MAX_GROUP: usize = 4096;
 
 /// Writes groups until `stop`.
+/// The append statement, prepared on the connection it was prepared on.
+type Prepared = Option<(Arc<Client>, Statement)>;
+
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Request>,
     stop: CancellationToken,
 ) {
+    let mut prepared: Prepared = None;
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -49,11 +54,11 @@ pub(crate) async fn run(
         // An append whose caller gave up (its deadline passed) is not
         // written: it was answered 503 already.
         group.retain(|r| !r.reply.is_closed());
-        write(&inner, group).await;
+        write(&inner, group, &mut prepared).await;
     }
 }
 
-async fn write(inner: &Inner, mut group: Vec<Request>) {
+async fn write(inner: &Inner, mut group: Vec<Request>, prepared: &mut Prepared) {
     // Appends of one statement must expect the same log: a group that
     // straddles an adoption is split.
     while !group.is_empty() {
@@ -63,7 +68,7 @@ async fn write(inner: &Inner, mut group: Vec<Request>) {
             .position(|r| r.epoch != epoch)
             .unwrap_or(group.len());
         let rest = group.split_off(end);
-        write_same_epoch(inner, group, &epoch).await;
+        write_same_epoch(inner, group, &epoch, prepared).await;
         group = rest;
     }
 }
@@ -74,9 +79,14 @@ fn replaced() -> EngineError {
     )
 }
 
-async fn write_same_epoch(inner: &Inner, group: Vec<Request>, epoch: &str) {
+async fn write_same_epoch(
+    inner: &Inner,
+    group: Vec<Request>,
+    epoch: &str,
+    prepared: &mut Prepared,
+) {
     let all: Vec<&Update> = group.iter().flat_map(|r| r.updates.iter()).collect();
-    let result = statement(inner, &all, epoch).await;
+    let result = statement(inner, &all, epoch, prepared).await;
     let total = all.len() as Position;
     drop(all);
     match result {
@@ -96,7 +106,7 @@ async fn write_same_epoch(inner: &Inner, group: Vec<Request>, epoch: &str) {
             // Find out which append carries the duplicate.
             for r in group {
                 let mine: Vec<&Update> = r.updates.iter().collect();
-                let result = match statement(inner, &mine, epoch).await {
+                let result = match statement(inner, &mine, epoch, prepared).await {
                     Ok(Some(last)) => Ok(last),
                     Ok(None) => Err(replaced()),
                     Err(e) => Err(e),
@@ -118,6 +128,7 @@ async fn statement(
     inner: &Inner,
     updates: &[&Update],
     epoch: &str,
+    prepared: &mut Prepared,
 ) -> Result<Option<Position>, EngineError> {
     let n = updates.len() as i64;
     let ids: Vec<&str> = updates.iter().map(|u| u.id.as_str()).collect();
@@ -142,12 +153,20 @@ async fn statement(
         meta = inner.names.meta,
         updates = inner.names.updates,
     );
-    inner
+    let result = inner
         .bounded(async {
             let client = inner.link.client().await?;
+            let stmt = match prepared {
+                Some((c, s)) if Arc::ptr_eq(c, &client) => s.clone(),
+                _ => {
+                    let s = client.prepare(&sql).await.map_err(append_error)?;
+                    *prepared = Some((client.clone(), s.clone()));
+                    s
+                }
+            };
             let rows = client
                 .query(
-                    &sql,
+                    &stmt,
                     &[&n, &epoch, &ids, &topics, &data, &types, &retries, &private],
                 )
                 .await
@@ -157,5 +176,11 @@ async fn statement(
                 .map(|r| r.get::<_, i64>(0).max(0) as Position)
                 .max())
         })
-        .await
+        .await;
+    // A failed statement may have been made stale (a schema dropped and
+    // made again): prepare it anew next time.
+    if matches!(result, Err(EngineError::Unavailable(_))) {
+        *prepared = None;
+    }
+    result
 }
