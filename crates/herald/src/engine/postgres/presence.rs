@@ -164,14 +164,23 @@ impl State {
             if changes.is_empty() && !refresh {
                 return Ok(());
             }
-            let (mut k, mut v, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            // The last change of each key wins: a put then a remove of the
+            // same key is a remove.
+            let mut last: BTreeMap<u64, Option<String>> = BTreeMap::new();
             for c in changes {
                 match c {
-                    Change::Put(key, val) => {
+                    Change::Put(key, val) => last.insert(key, Some(val)),
+                    Change::Remove(key) => last.insert(key, None),
+                };
+            }
+            let (mut k, mut v, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            for (key, val) in last {
+                match val {
+                    Some(val) => {
                         k.push(key as i64);
                         v.push(val);
                     }
-                    Change::Remove(key) => r.push(key as i64),
+                    None => r.push(key as i64),
                 }
             }
             (k, v, r)
@@ -211,11 +220,11 @@ impl State {
                 .await
                 .map_err(unavailable)?;
         }
-        let liveness = format!("{} milliseconds", LIVENESS.as_millis());
+        let liveness = LIVENESS.as_millis() as i64;
         client
             .execute(
                 &format!(
-                    "INSERT INTO {} (node, expires) VALUES ($1, now() + $2::interval) \
+                    "INSERT INTO {} (node, expires) VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond') \
                      ON CONFLICT (node) DO UPDATE SET expires = excluded.expires",
                     n.nodes
                 ),
@@ -245,7 +254,7 @@ impl Directory for Presence {
                 c.query(
                     &format!(
                         "SELECT s.entry FROM {} s JOIN {} n USING (node) \
-                         WHERE n.expires > now() AND s.node <> $1 ORDER BY s.node, s.key",
+                         WHERE n.expires > clock_timestamp() AND s.node <> $1 ORDER BY s.node, s.key",
                         s.names.subscriptions, s.names.nodes
                     ),
                     &[&s.node],
@@ -271,7 +280,7 @@ impl Directory for Presence {
                 s.timeout,
                 c.query(
                     &format!(
-                        "WITH dead AS (DELETE FROM {nodes} WHERE expires < now() AND node <> $1 RETURNING node) \
+                        "WITH dead AS (DELETE FROM {nodes} WHERE expires < clock_timestamp() AND node <> $1 RETURNING node) \
                          DELETE FROM {subs} s USING dead WHERE s.node = dead.node RETURNING s.entry",
                         nodes = s.names.nodes,
                         subs = s.names.subscriptions
