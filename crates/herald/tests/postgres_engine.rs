@@ -382,3 +382,46 @@ async fn the_directory_lists_other_nodes_and_reaps_dead_ones_once() {
     assert!(db.reap().await.unwrap().is_empty() && dc.reap().await.unwrap().is_empty());
     assert_eq!(dc.others().await.unwrap(), ["b1"]);
 }
+
+/// Appends written together in one group: the one PostgreSQL refuses (a
+/// NUL byte in its data, a duplicate id) fails alone, the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_append_fails_alone_in_its_group() {
+    let Some(url) = pg_url() else {
+        return assert!(!with_pg());
+    };
+    let ns = Namespace::new(&url);
+    let a = ns.node().await;
+    a.engine.append(updates(&["taken"])).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let engine = a.engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut u = updates(&[&format!("g{i}")]);
+            if i == 7 {
+                u[0].data = "bad\0data".into();
+            }
+            if i == 13 {
+                u[0].id = "taken".into();
+            }
+            (i, engine.append(u).await)
+        }));
+    }
+    for t in tasks {
+        let (i, result) = t.await.unwrap();
+        match i {
+            7 => assert!(
+                matches!(result, Err(EngineError::Unavailable(_))),
+                "{result:?}"
+            ),
+            13 => assert!(
+                matches!(result, Err(EngineError::DuplicateId(ref id)) if id == "taken"),
+                "{result:?}"
+            ),
+            _ => assert!(result.is_ok(), "append {i}: {result:?}"),
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || async { a.sink.len() == 39 }).await);
+    let positions = a.sink.positions();
+    assert_eq!(positions, (1..=39).collect::<Vec<_>>());
+}

@@ -20,7 +20,9 @@
 //! Behind PgBouncer in transaction mode LISTEN does not work: the tail
 //! then relies on polling alone (every [`PostgresConfig::poll_interval`],
 //! 100 ms by default), so updates arrive up to that much later, and none
-//! is lost. Appends and reads use no session state and work through it.
+//! is lost. Appends and reads use prepared statements, which PgBouncer
+//! keeps across transactions only from version 1.21 with
+//! `max_prepared_statements` set.
 
 mod config;
 pub mod presence;
@@ -93,6 +95,7 @@ impl PostgresEngine {
             names,
             writer: writer_tx,
             link: Link::new(&config.url, config.timeout),
+            writer_link: Link::new(&config.url, config.timeout),
             epoch: Mutex::new(Arc::from("")),
             start: Mutex::new(Start {
                 delivered: 0,

@@ -221,17 +221,36 @@ impl State {
                 .map_err(unavailable)?;
         }
         let liveness = LIVENESS.as_millis() as i64;
-        client
+        let refreshed = client
             .execute(
                 &format!(
-                    "INSERT INTO {} (node, expires) VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond') \
-                     ON CONFLICT (node) DO UPDATE SET expires = excluded.expires",
+                    "UPDATE {} SET expires = clock_timestamp() + $2::int8 * interval '1 millisecond' \
+                     WHERE node = $1",
                     n.nodes
                 ),
                 &[&self.node, &liveness],
             )
             .await
             .map_err(unavailable)?;
+        if refreshed == 0 {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (node, expires) VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond') \
+                         ON CONFLICT (node) DO UPDATE SET expires = excluded.expires",
+                        n.nodes
+                    ),
+                    &[&self.node, &liveness],
+                )
+                .await
+                .map_err(unavailable)?;
+            if !resync {
+                // Reaped while alive (paused past LIVENESS): its rows are
+                // gone, write everything again.
+                self.resync.store(true, Ordering::Release);
+                self.wake.notify_one();
+            }
+        }
         Ok(())
     }
 }

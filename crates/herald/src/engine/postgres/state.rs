@@ -103,7 +103,12 @@ pub(crate) struct Inner {
     /// Appends, to the group-commit writer.
     pub writer: tokio::sync::mpsc::UnboundedSender<Request>,
     pub names: Names,
+    /// Reads, `bounds` and presence.
     pub link: Link,
+    /// The group-commit writer's own connection: a statement waiting for
+    /// the position lock (held by an application's open transaction, say)
+    /// never holds up reads and `/readyz` queued behind it.
+    pub writer_link: Link,
     /// The log this node follows.
     pub epoch: Mutex<Arc<str>>,
     pub start: Mutex<Start>,

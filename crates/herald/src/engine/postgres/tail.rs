@@ -91,7 +91,7 @@ async fn follow(
                     );
                 }
             }
-            if !full {
+            if !full || inner.stop.is_cancelled() {
                 break;
             }
         }

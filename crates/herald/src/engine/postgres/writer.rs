@@ -5,8 +5,8 @@
 //! Positions are taken under a lock held until commit (see `schema.rs`):
 //! one statement per append would cap a namespace at one commit's latency
 //! per append, about 1,500 appends/s on this machine's disk. If a group
-//! fails on a duplicate id, its appends are retried one by one, so only
-//! the one that carries the duplicate is refused.
+//! fails (a duplicate id, data the server refuses), its appends are
+//! retried one by one, so only the one at fault is refused.
 
 use std::sync::Arc;
 
@@ -102,9 +102,13 @@ async fn write_same_epoch(
                 let _ = r.reply.send(Err(replaced()));
             }
         }
-        Err(EngineError::DuplicateId(_)) if group.len() > 1 => {
-            // Find out which append carries the duplicate.
+        Err(_) if group.len() > 1 => {
+            // Find out which append fails (a duplicate id, data the
+            // server refuses): the others are written, that one refused.
             for r in group {
+                if r.reply.is_closed() {
+                    continue;
+                }
                 let mine: Vec<&Update> = r.updates.iter().collect();
                 let result = match statement(inner, &mine, epoch, prepared).await {
                     Ok(Some(last)) => Ok(last),
@@ -155,7 +159,7 @@ async fn statement(
     );
     let result = inner
         .bounded(async {
-            let client = inner.link.client().await?;
+            let client = inner.writer_link.client().await?;
             let stmt = match prepared {
                 Some((c, s)) if Arc::ptr_eq(c, &client) => s.clone(),
                 _ => {
