@@ -9,31 +9,46 @@ use super::Position;
 /// completes them in position order, so each delivered batch wakes only
 /// the appends it finished (a watch channel would wake every waiting
 /// append at every batch).
+///
+/// A gap fails only the appends it may have lost: those in the lost range
+/// of the same log, or every append begun before the node moved to
+/// another log (or to a history that went back). An append past the hole
+/// is still delivered and acknowledged: failing it would make a client
+/// retry, and a retry with a new id would publish a second copy.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
     /// The last position the tail delivered.
     pub delivered: Position,
-    /// Gaps signalled so far.
-    pub gaps: u64,
+    /// Bumped each time the node follows another log: an append begun
+    /// before cannot be trusted.
+    pub generation: u64,
+    /// Ranges `(after, up_to]` of this log the node never delivered,
+    /// newest last (the last few).
+    lost: std::collections::VecDeque<(Position, Position)>,
     /// By (position, ticket): `true` once delivered, `false` on a gap.
     waiting: std::collections::BTreeMap<(Position, u64), oneshot::Sender<bool>>,
     next: u64,
 }
 
+/// Lost ranges remembered: an append is answered long before more holes
+/// than this open in one log.
+const LOST_KEPT: usize = 64;
+
 /// What an append waits on.
 pub(crate) enum Wait {
     /// Already delivered.
     Done,
-    /// A gap was signalled since the append started: it may be lost.
+    /// Its update may be lost: a gap covers it, or the node moved to
+    /// another log since it began.
     Gap,
     Pending(oneshot::Receiver<bool>),
 }
 
 impl Waiters {
-    /// Waits for `last`, unless it is already delivered or a gap came
-    /// since `gaps` was read.
-    pub fn wait(&mut self, last: Position, gaps: u64) -> Wait {
-        if self.gaps != gaps {
+    /// Waits for `last`, appended by an append that began at `generation`.
+    pub fn wait(&mut self, last: Position, generation: u64) -> Wait {
+        let lost = self.lost.iter().any(|&(a, b)| last > a && last <= b);
+        if self.generation != generation || lost {
             return Wait::Gap;
         }
         if self.delivered >= last {
@@ -54,13 +69,70 @@ impl Waiters {
         }
     }
 
-    /// The tail signalled a gap and goes on after `pos`: every waiting
-    /// append may have been lost.
-    pub fn gap(&mut self, pos: Position) {
-        self.gaps += 1;
+    /// Positions after the last delivered one, up to `up_to`, were lost
+    /// from this log: the appends waiting for them fail, the others wait
+    /// on.
+    pub fn lost(&mut self, up_to: Position) {
+        if up_to > self.delivered {
+            if self.lost.len() == LOST_KEPT {
+                self.lost.pop_front();
+            }
+            self.lost.push_back((self.delivered, up_to));
+        }
+        self.delivered = self.delivered.max(up_to);
+        let later = self.waiting.split_off(&(up_to + 1, 0));
+        for (_, tx) in std::mem::replace(&mut self.waiting, later) {
+            let _ = tx.send(false);
+        }
+    }
+
+    /// The node follows another log (or a history that went back) from
+    /// `pos`: every waiting append may have been lost.
+    pub fn replaced(&mut self, pos: Position) {
+        self.generation += 1;
+        self.lost.clear();
         self.delivered = pos;
         for (_, tx) in std::mem::take(&mut self.waiting) {
             let _ = tx.send(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(w: Wait) -> Option<bool> {
+        match w {
+            Wait::Done => Some(true),
+            Wait::Gap => Some(false),
+            Wait::Pending(mut rx) => rx.try_recv().ok(),
+        }
+    }
+
+    #[test]
+    fn a_hole_fails_only_the_appends_inside_it() {
+        let mut w = Waiters::default();
+        let inside = w.wait(3, 0);
+        let past = w.wait(9, 0);
+        w.lost(5);
+        assert_eq!(answer(inside), Some(false));
+        assert!(
+            matches!(answer(w.wait(4, 0)), Some(false)),
+            "a late append inside the hole"
+        );
+        w.delivered(9);
+        assert_eq!(answer(past), Some(true));
+        assert!(matches!(w.wait(7, 0), Wait::Done));
+    }
+
+    #[test]
+    fn another_log_fails_every_append_begun_before() {
+        let mut w = Waiters::default();
+        let waiting = w.wait(3, 0);
+        w.replaced(100);
+        assert_eq!(answer(waiting), Some(false));
+        assert!(matches!(w.wait(50, 0), Wait::Gap));
+        assert!(matches!(w.wait(50, 1), Wait::Done));
     }
 }

@@ -162,7 +162,7 @@ impl Inner {
         }
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let epoch = self.epoch.lock().clone();
-        let gaps = self.waiters.lock().gaps;
+        let generation = self.waiters.lock().generation;
         let updates = Arc::new(updates);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.writer
@@ -176,7 +176,7 @@ impl Inner {
             .await
             .map_err(|_| self.no_answer())?
             .map_err(|_| EngineError::Closed)??;
-        let wait = self.waiters.lock().wait(last, gaps);
+        let wait = self.waiters.lock().wait(last, generation);
         let delivered = match wait {
             Wait::Done => Some(true),
             Wait::Gap => Some(false),

@@ -263,6 +263,9 @@ fn deliver(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, batch: &[Ar
     inner.waiters.lock().delivered(last.position);
 }
 
+/// Signals a gap in this log and goes on after `resume_after`: appends
+/// waiting for a position in the hole answer `Unavailable`, those past it
+/// wait on.
 fn signal_gap(
     inner: &Inner,
     sink: &Arc<dyn Sink>,
@@ -275,7 +278,7 @@ fn signal_gap(
     }
     cursor.delivered = resume_after;
     cursor.last_id = None;
-    inner.waiters.lock().gap(resume_after);
+    inner.waiters.lock().lost(resume_after);
 }
 
 /// Signals a gap and follows `epoch` from `last`.
@@ -289,7 +292,14 @@ async fn adopt(
     reason: &str,
 ) -> Result<(), EngineError> {
     *inner.epoch.lock() = Arc::from(epoch.as_str());
-    signal_gap(inner, sink, cursor, last, reason);
+    if std::panic::catch_unwind(AssertUnwindSafe(|| sink.gap(reason))).is_err() {
+        tracing::error!(engine = "postgres", "the sink panicked on a gap");
+    }
+    cursor.delivered = last;
+    cursor.last_id = None;
+    // Another log (or a history that went back): every waiting append
+    // may be lost.
+    inner.waiters.lock().replaced(last);
     cursor.last_id = inner.id_at(client, last).await?;
     Ok(())
 }

@@ -302,13 +302,13 @@ impl Inner {
         // One deadline for the whole call: script, WAIT, delivery.
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let epoch = self.follow.borrow().epoch.clone();
-        let gaps = self.waiters.lock().gaps;
+        let generation = self.waiters.lock().generation;
         let last = self.run_append_until(&epoch, &updates, deadline).await?;
         if self.config.wait_replicas > 0 {
             self.wait_replicas(deadline).await?;
         }
         // Delivered by this node's tail, in the log's order.
-        let wait = self.waiters.lock().wait(last, gaps);
+        let wait = self.waiters.lock().wait(last, generation);
         let delivered = match wait {
             Wait::Done => Some(true),
             Wait::Gap => Some(false),

@@ -196,9 +196,9 @@ fn deliver(inner: &Inner, sink: &Arc<dyn Sink>, cursor: &mut Cursor, entries: &[
     inner.waiters.lock().delivered(last.position);
 }
 
-/// Signals a gap and goes on after `resume_after`. Appends waiting on
-/// this node see the gap and answer `Unavailable`: their update may be
-/// what was lost.
+/// Signals a gap in this log and goes on after `resume_after`: appends
+/// waiting for a position in the hole answer `Unavailable` (their update
+/// may be what was lost); those past it wait on.
 fn signal_gap(
     inner: &Inner,
     sink: &Arc<dyn Sink>,
@@ -211,7 +211,7 @@ fn signal_gap(
     }
     cursor.delivered = resume_after;
     cursor.last_id = None;
-    inner.waiters.lock().gap(resume_after);
+    inner.waiters.lock().lost(resume_after);
 }
 
 /// The log's epoch and last position now.
@@ -319,7 +319,14 @@ async fn adopt(
     reason: &str,
 ) -> Result<(), EngineError> {
     inner.follow.send_modify(|f| f.epoch = epoch);
-    signal_gap(inner, sink, cursor, seq, reason);
+    if std::panic::catch_unwind(AssertUnwindSafe(|| sink.gap(reason))).is_err() {
+        tracing::error!(engine = "redis", "the sink panicked on a gap");
+    }
+    cursor.delivered = seq;
+    cursor.last_id = None;
+    // Another log (or a history that went back): every waiting append
+    // may be lost.
+    inner.waiters.lock().replaced(seq);
     cursor.last_id = id_at(inner, conn, seq).await?;
     Ok(())
 }
