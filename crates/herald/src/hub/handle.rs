@@ -342,6 +342,33 @@ impl Hub {
         Ok(stored)
     }
 
+    /// Publishes subscription events, retrying for a few seconds while the
+    /// engine is unavailable. The ids are fixed before the first try, so
+    /// a try that was stored but not acknowledged makes the next one a
+    /// duplicate (`409`), which counts as done: never a second copy.
+    async fn publish_event(&self, mut updates: Vec<Update>) -> Result<(), PublishError> {
+        for u in &mut updates {
+            if u.id.is_empty() {
+                u.id = generate_id();
+            }
+        }
+        let mut pause = std::time::Duration::from_millis(100);
+        for attempt in 0.. {
+            match self.publish(updates.clone()).await {
+                Ok(_) | Err(PublishError::Engine(EngineError::DuplicateId(_))) if attempt > 0 => {
+                    return Ok(())
+                }
+                Ok(_) => return Ok(()),
+                Err(PublishError::Engine(EngineError::Unavailable(_))) if attempt < 5 => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The active subscriptions; `None` when subscription events are off.
     pub fn subscriptions(&self) -> Option<&ActiveSubscriptions> {
         self.inner.subscriptions.as_ref()
@@ -359,7 +386,7 @@ impl Hub {
         table.insert(connection, sub.clone());
         let hub = self.clone();
         let task = self.inner.events.spawn(async move {
-            if let Err(e) = hub.publish(sub.events(true)).await {
+            if let Err(e) = hub.publish_event(sub.events(true)).await {
                 tracing::warn!(subscriber = %sub.subscriber, "subscription event not published: {e}");
             }
         });
@@ -385,7 +412,7 @@ impl Hub {
             if let Some(o) = opened {
                 o.await;
             }
-            if let Err(e) = hub.publish(sub.events(false)).await {
+            if let Err(e) = hub.publish_event(sub.events(false)).await {
                 // At shutdown the engine may already be closed.
                 tracing::debug!(subscriber = %sub.subscriber, "subscription end not published: {e}");
             }
@@ -431,7 +458,7 @@ impl Hub {
                     pending.pop_front();
                 }
                 while let Some(sub) = pending.pop_front() {
-                    if let Err(e) = hub.publish(sub.events(false)).await {
+                    if let Err(e) = hub.publish_event(sub.events(false)).await {
                         tracing::warn!(subscriber = %sub.subscriber, "end of a dead node's subscription not published yet: {e}");
                         pending.push_front(sub);
                         break;
