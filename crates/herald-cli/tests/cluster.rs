@@ -357,6 +357,24 @@ impl Backend {
     }
 }
 
+/// Removes every key of a namespace from the machine's Redis.
+async fn remove_redis_namespace(url: &str, namespace: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 /// Sends a signal to a process this test started (it may have ended).
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
@@ -897,20 +915,7 @@ async fn a_subscriber_behind_nginx_gets_what_any_node_takes() {
     drop(streams);
     drop(nginx);
     drop(nodes);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{namespace}}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
+    remove_redis_namespace(&url, &namespace).await;
 }
 
 /// The subscriptions API of one node lists another node's subscribers;
@@ -925,20 +930,7 @@ async fn a_killed_nodes_subscriptions_end_on_the_other_nodes() {
     let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
     let namespace = format!("subs-test-{}", std::process::id());
     killed_nodes_subscriptions_end(&url, &namespace).await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{namespace}}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
+    remove_redis_namespace(&url, &namespace).await;
 }
 
 /// The same on PostgreSQL.
@@ -1164,16 +1156,5 @@ async fn lost_history_ends_streams_and_resumes_with_earliest() {
         "{gaps}"
     );
     drop(node);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{namespace}}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
+    remove_redis_namespace(&url, &namespace).await;
 }

@@ -1,9 +1,15 @@
 //! Appends waiting for their node to deliver what they appended: the part
 //! of a shared engine between an append and its tail (`redis`, `postgres`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_protocol::Update;
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::Position;
+use super::{EngineError, Position, Stored};
 
 /// Appends waiting for the tail to deliver their last position. The tail
 /// completes them in position order, so each delivered batch wakes only
@@ -96,6 +102,51 @@ impl Waiters {
             let _ = tx.send(false);
         }
     }
+}
+
+/// The end of a shared engine's append: waits until this node's tail
+/// delivered `last` (the last position the server gave `updates`, appended
+/// at `generation`), then returns the updates with their positions. A gap
+/// that may have lost them, a deadline passed or a close is an error;
+/// `engine` and `timeout` name them in its message.
+pub(crate) async fn delivered(
+    waiters: &Mutex<Waiters>,
+    last: Position,
+    generation: u64,
+    deadline: tokio::time::Instant,
+    closed: &AtomicBool,
+    (engine, timeout): (&str, Duration),
+    updates: Vec<Update>,
+) -> Result<Vec<Arc<Stored>>, EngineError> {
+    let wait = waiters.lock().wait(last, generation);
+    let delivered = match wait {
+        Wait::Done => Some(true),
+        Wait::Gap => Some(false),
+        Wait::Pending(rx) => tokio::time::timeout_at(deadline, rx)
+            .await
+            .ok()
+            .map(|r| r.unwrap_or(false)),
+    };
+    match delivered {
+        Some(true) => {}
+        Some(false) if !closed.load(Ordering::Acquire) => {
+            return Err(EngineError::Unavailable(format!(
+                "{engine}: stored at position {last}, but history was lost meanwhile (a failover, a flush or a trim): it may be gone, publish it again"
+            )))
+        }
+        _ if closed.load(Ordering::Acquire) => return Err(EngineError::Closed),
+        _ => {
+            return Err(EngineError::Unavailable(format!(
+                "{engine}: stored at position {last}, but this node did not see it delivered within {timeout:?} (a retry with the same id answers 409)"
+            )))
+        }
+    }
+    let first = last + 1 - updates.len() as Position;
+    Ok(updates
+        .into_iter()
+        .zip(first..)
+        .map(|(u, pos)| Arc::new(Stored::new(pos, u)))
+        .collect())
 }
 
 #[cfg(test)]

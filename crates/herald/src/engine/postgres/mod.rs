@@ -41,7 +41,7 @@ use herald_protocol::Update;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::waiters::{Wait, Waiters};
+use super::waiters::Waiters;
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 pub use config::{PostgresConfig, DEFAULT_NAMESPACE};
 use rows::{stored, unavailable, COLUMNS};
@@ -176,37 +176,17 @@ impl Inner {
             .await
             .map_err(|_| self.no_answer())?
             .map_err(|_| EngineError::Closed)??;
-        let wait = self.waiters.lock().wait(last, generation);
-        let delivered = match wait {
-            Wait::Done => Some(true),
-            Wait::Gap => Some(false),
-            Wait::Pending(rx) => tokio::time::timeout_at(deadline, rx)
-                .await
-                .ok()
-                .map(|r| r.unwrap_or(false)),
-        };
-        match delivered {
-            Some(true) => {}
-            Some(false) if !self.closed.load(Ordering::Acquire) => {
-                return Err(EngineError::Unavailable(format!(
-                    "postgres: stored at position {last}, but history was lost meanwhile: it may be gone, publish it again"
-                )))
-            }
-            _ if self.closed.load(Ordering::Acquire) => return Err(EngineError::Closed),
-            _ => {
-                return Err(EngineError::Unavailable(format!(
-                    "postgres: stored at position {last}, but this node did not see it delivered within {:?} (a retry with the same id answers 409)",
-                    self.config.timeout
-                )))
-            }
-        }
-        let first = last + 1 - updates.len() as Position;
         let updates = Arc::try_unwrap(updates).unwrap_or_else(|shared| (*shared).clone());
-        Ok(updates
-            .into_iter()
-            .zip(first..)
-            .map(|(u, pos)| Arc::new(Stored::new(pos, u)))
-            .collect())
+        super::waiters::delivered(
+            &self.waiters,
+            last,
+            generation,
+            deadline,
+            &self.closed,
+            ("postgres", self.config.timeout),
+            updates,
+        )
+        .await
     }
 
     fn no_answer(&self) -> EngineError {

@@ -48,7 +48,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::records::{encode_record, now_ms, set_record_ts};
-use super::waiters::{Wait, Waiters};
+use super::waiters::Waiters;
 use super::{Bounds, Engine, EngineError, Position, Sink, Stored};
 pub use config::{RedisConfig, DEFAULT_NAMESPACE};
 use entries::{decode_entries, int, malformed, tagged, text, unavailable};
@@ -308,36 +308,16 @@ impl Inner {
             self.wait_replicas(deadline).await?;
         }
         // Delivered by this node's tail, in the log's order.
-        let wait = self.waiters.lock().wait(last, generation);
-        let delivered = match wait {
-            Wait::Done => Some(true),
-            Wait::Gap => Some(false),
-            Wait::Pending(rx) => tokio::time::timeout_at(deadline, rx)
-                .await
-                .ok()
-                .map(|r| r.unwrap_or(false)),
-        };
-        match delivered {
-            Some(true) => {}
-            Some(false) if !self.closed.load(Ordering::Acquire) => {
-                return Err(EngineError::Unavailable(format!(
-                    "redis: stored at position {last}, but history was lost meanwhile (a failover or a flush): it may be gone, publish it again"
-                )))
-            }
-            _ if self.closed.load(Ordering::Acquire) => return Err(EngineError::Closed),
-            _ => {
-                return Err(EngineError::Unavailable(format!(
-                    "redis: stored at position {last}, but this node did not see it delivered within {:?} (a retry with the same id answers 409)",
-                    self.config.timeout
-                )))
-            }
-        }
-        let first = last + 1 - updates.len() as Position;
-        Ok(updates
-            .into_iter()
-            .zip(first..)
-            .map(|(u, pos)| Arc::new(Stored::new(pos, u)))
-            .collect())
+        super::waiters::delivered(
+            &self.waiters,
+            last,
+            generation,
+            deadline,
+            &self.closed,
+            ("redis", self.config.timeout),
+            updates,
+        )
+        .await
     }
 
     fn no_answer(&self) -> EngineError {
