@@ -996,6 +996,23 @@ async fn killed_nodes_subscriptions_end(url: &str, namespace: &str) {
         assert!(Instant::now() < deadline, "B never listed A's subscriber");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A's active: true event is out before A dies (A publishes it in the
+    // background, and may retry it while the engine is slow).
+    let mut parser = Parser::new();
+    let mut states = Vec::new();
+    while !states.contains(&true) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("no active: true event within 20 s")
+            .unwrap()
+            .unwrap();
+        for item in parser.feed(&chunk) {
+            if let Item::Event(e) = item {
+                let doc: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                states.push(doc["active"].as_bool().unwrap());
+            }
+        }
+    }
     a.proc.kill();
     let killed = Instant::now();
     // Out of the listing within LIVENESS (10 s), give or take a refresh.
@@ -1007,8 +1024,6 @@ async fn killed_nodes_subscriptions_end(url: &str, namespace: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And B (the only survivor) publishes its active: false event.
-    let mut parser = Parser::new();
-    let mut states = Vec::new();
     while !states.contains(&false) {
         let chunk = tokio::time::timeout(Duration::from_secs(20), events.next())
             .await
