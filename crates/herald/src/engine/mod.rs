@@ -9,7 +9,8 @@
 //! restart), `local` (durable, in one redb file; the default feature
 //! `local`), `redis` (one Redis or Valkey shared by several nodes; the
 //! feature `redis`) and `postgres` (one PostgreSQL shared by several
-//! nodes; the feature `postgres`).
+//! nodes; the feature `postgres`) and `nats` (one NATS JetStream shared by
+//! several nodes; the feature `nats`).
 //!
 //! # The contract
 //!
@@ -139,15 +140,17 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "local", feature = "redis"))]
+#[cfg(any(feature = "local", feature = "redis", feature = "nats"))]
 pub(crate) mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 pub(crate) mod waiters;
 
 use std::sync::Arc;
