@@ -10,6 +10,7 @@ use herald::auth::{self, Claims, KeyConfig, MercureClaim};
 use herald::config::MetricsAccess;
 use herald::engine::local::{LocalConfig, LocalEngine, Retention};
 use herald::engine::memory::MemoryEngine;
+use herald::engine::nats::{NatsConfig, NatsEngine};
 use herald::engine::postgres::{PostgresConfig, PostgresEngine};
 use herald::engine::redis::{RedisConfig, RedisEngine};
 use herald::engine::Engine;
@@ -72,6 +73,7 @@ enum EngineChoice {
     Local(LocalConfig),
     Redis(RedisConfig),
     Postgres(PostgresConfig),
+    Nats(NatsConfig),
 }
 
 /// The `namespace` setting, checked: it names Redis keys (inside braces)
@@ -225,6 +227,21 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
                 ..PostgresConfig::new(url)
             })
         }
+        settings::Engine::Nats(url) => {
+            let namespace = namespace(&s)?;
+            let timeout: std::time::Duration = s.value("nats_timeout")?;
+            if timeout.is_zero() {
+                bail!("nats_timeout: must be more than 0");
+            }
+            EngineChoice::Nats(NatsConfig {
+                namespace,
+                max_updates: s.get("retention_max_updates")?,
+                max_age: s.get("retention_max_age")?,
+                max_bytes: s.get("retention_max_bytes")?,
+                timeout,
+                ..NatsConfig::new(url)
+            })
+        }
         settings::Engine::Redis(url) => {
             let namespace = namespace(&s)?;
             let timeout: std::time::Duration = s.value("redis_timeout")?;
@@ -288,6 +305,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let engine = PostgresEngine::connect(cfg)
                 .await
                 .with_context(|| format!("cannot use PostgreSQL at {shown}"))?;
+            Arc::new(engine)
+        }
+        EngineChoice::Nats(cfg) => {
+            let shown = redacted(&cfg.url);
+            let engine = NatsEngine::connect(cfg)
+                .await
+                .with_context(|| format!("cannot use NATS at {shown}"))?;
             Arc::new(engine)
         }
         EngineChoice::Redis(cfg) => {

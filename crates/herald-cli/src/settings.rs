@@ -42,7 +42,7 @@ const HUB: &[Setting] = &[
     text("engine", Value("local"),
         "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; `redis://HOST:PORT/DB` \
          or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
-         `postgresql://`): nodes share one PostgreSQL; a `nats://` URL names an engine not in this build yet"),
+         `postgresql://`): nodes share one PostgreSQL; `nats://HOST:PORT`: nodes share one NATS with JetStream"),
     text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
     text("max_connections", Value("19000"), "simultaneous connections"),
     text("max_selectors", Value("64"), "selectors per subscription"),
@@ -73,15 +73,15 @@ const HUB: &[Setting] = &[
     text("log_format", Value("text"), "`text` or `json`"),
 ];
 
-/// Retention by count and age: the `local`, `redis` and `postgres`
-/// engines apply it.
+/// Retention by count and age: the `local`, `redis`, `postgres` and
+/// `nats` engines apply it.
 #[rustfmt::skip]
 const RETENTION: &[Setting] = &[
     text("retention_max_updates", Unset("unlimited"), "updates kept"),
     text("retention_max_age", Unset("unlimited"), "age after which updates are removed, e.g. `7d`"),
 ];
 
-/// Retention by size: the `local` and `postgres` engines apply it.
+/// Retention by size: the `local`, `postgres` and `nats` engines apply it.
 #[rustfmt::skip]
 const RETENTION_BYTES: &[Setting] = &[
     text("retention_max_bytes", Unset("unlimited"), "bytes of updates kept"),
@@ -91,7 +91,7 @@ const RETENTION_BYTES: &[Setting] = &[
 #[rustfmt::skip]
 const SHARED: &[Setting] = &[
     text("namespace", Value("herald"),
-        "what herald's keys (Redis) or schema (PostgreSQL) are named after: hubs with different namespaces share one server without seeing each other"),
+        "what herald's keys (Redis), schema (PostgreSQL) or streams (NATS) are named after: hubs with different namespaces share one server without seeing each other"),
 ];
 
 /// The `local` engine's settings.
@@ -125,11 +125,11 @@ pub const GROUPS: &[Group] = &[
         settings: HUB,
     },
     Group {
-        engines: &["local", "redis", "postgres"],
+        engines: &["local", "redis", "postgres", "nats"],
         settings: RETENTION,
     },
     Group {
-        engines: &["local", "postgres"],
+        engines: &["local", "postgres", "nats"],
         settings: RETENTION_BYTES,
     },
     Group {
@@ -141,7 +141,7 @@ pub const GROUPS: &[Group] = &[
         settings: MEMORY,
     },
     Group {
-        engines: &["redis", "postgres"],
+        engines: &["redis", "postgres", "nats"],
         settings: SHARED,
     },
     Group {
@@ -152,6 +152,17 @@ pub const GROUPS: &[Group] = &[
         engines: &["postgres"],
         settings: POSTGRES,
     },
+    Group {
+        engines: &["nats"],
+        settings: NATS,
+    },
+];
+
+/// The `nats` engine's settings.
+#[rustfmt::skip]
+const NATS: &[Setting] = &[
+    text("nats_timeout", Value("2s"),
+        "the longest a publish, a read or a check waits for NATS before answering `503`"),
 ];
 
 /// The `postgres` engine's settings.
@@ -277,6 +288,8 @@ pub enum Engine {
     Redis(String),
     /// A `postgres://` or `postgresql://` URL.
     Postgres(String),
+    /// A `nats://` URL.
+    Nats(String),
 }
 
 /// URL schemes and the engine each names.
@@ -296,6 +309,7 @@ impl Engine {
             Engine::Memory => "memory",
             Engine::Redis(_) => "redis",
             Engine::Postgres(_) => "postgres",
+            Engine::Nats(_) => "nats",
         }
     }
 }
@@ -317,6 +331,7 @@ mod tests {
                 let text = match *engine {
                     "redis" => "redis://h",
                     "postgres" => "postgres://h/db",
+                    "nats" => "nats://h:4222",
                     other => other,
                 };
                 let parsed = Engine::read(text).unwrap();

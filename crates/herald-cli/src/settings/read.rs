@@ -111,6 +111,7 @@ impl Read for Engine {
         match named {
             Some((_, "redis")) => return Ok(Engine::Redis(text.to_owned())),
             Some((_, "postgres")) => return Ok(Engine::Postgres(text.to_owned())),
+            Some((_, "nats")) => return Ok(Engine::Nats(text.to_owned())),
             Some((_, engine)) => {
                 return Err(format!(
                     "the {engine} engine is not available in this build"
@@ -181,8 +182,8 @@ mod tests {
             assert_eq!(Engine::read(url), Ok(Engine::Postgres(url.to_owned())));
         }
         assert_eq!(
-            Engine::read("nats://nats.example.com:4222").unwrap_err(),
-            "the nats engine is not available in this build"
+            Engine::read("nats://nats.example.com:4222"),
+            Ok(Engine::Nats("nats://nats.example.com:4222".to_owned()))
         );
         let e = Engine::read("mysql://root:hunter2@db").unwrap_err();
         assert!(e.contains("\"mysql\"") && !e.contains("hunter2"), "{e}");

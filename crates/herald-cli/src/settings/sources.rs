@@ -418,11 +418,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("retention_max_age (config file) is a setting of the local, redis or postgres engines; the engine is memory (HERALD_ENGINE): remove it or choose an engine among local, redis, postgres"), "{e}");
+        assert!(e.starts_with("retention_max_age (config file) is a setting of the local, redis, postgres or nats engines; the engine is memory (HERALD_ENGINE): remove it or choose an engine among local, redis, postgres, nats"), "{e}");
         let e = merged(&["--engine", "redis://h"], &[], "retention_max_bytes = 5\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("retention_max_bytes (config file) is a setting of the local or postgres engines; the engine is redis"), "{e}");
+        assert!(e.starts_with("retention_max_bytes (config file) is a setting of the local, postgres or nats engines; the engine is redis"), "{e}");
         let s = merged(
             &["--engine", "redis://h", "--namespace", "a"],
             &[],
@@ -443,13 +443,22 @@ mod tests {
     }
 
     #[test]
-    fn engine_urls_not_in_this_build_are_refused_with_the_engine_named() {
-        let e = merged(&[], &[], "engine = 'nats://localhost:4222'")
+    fn a_nats_engine_takes_its_own_settings_only() {
+        let s = merged(
+            &[],
+            &[],
+            "engine = 'nats://localhost:4222'\nnats_timeout = '3s'\nretention_max_bytes = 5\n",
+        )
+        .unwrap();
+        assert_eq!(s.value::<String>("nats_timeout").unwrap(), "3s");
+        let e = merged(&["--engine", "nats://h"], &[], "redis_timeout = '1s'\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(
-            e,
-            "engine (config file): the nats engine is not available in this build"
+        assert!(
+            e.starts_with(
+                "redis_timeout (config file) is a setting of the redis engine; the engine is nats"
+            ),
+            "{e}"
         );
     }
 
