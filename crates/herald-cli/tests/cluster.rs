@@ -40,9 +40,14 @@
 //! nodes: subscribers connect through nginx (no sticky sessions), updates
 //! are published straight to each node.
 //!
+//! `three_nodes_survive_a_killed_node_and_a_nats_restart` runs the same on
+//! a throwaway `nats-server -js` with a store directory of its own.
+//!
 //! The Redis tests run when `HERALD_TEST_REDIS_URL` is set, the PostgreSQL
-//! one when `HERALD_TEST_POSTGRES_URL` is (`.ci/run` sets both and installs
-//! `redis-server` and nginx); they say they skipped otherwise.
+//! ones when `HERALD_TEST_POSTGRES_URL` is, the NATS ones when
+//! `HERALD_TEST_NATS_URL` is (`.ci/run` sets all three and installs
+//! `redis-server`, `nats-server` and nginx); they say they skipped
+//! otherwise.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -64,6 +69,14 @@ fn postgres_enabled() -> bool {
     let on = std::env::var("HERALD_TEST_POSTGRES_URL").is_ok_and(|v| !v.is_empty());
     if !on {
         eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    }
+    on
+}
+
+fn nats_enabled() -> bool {
+    let on = std::env::var("HERALD_TEST_NATS_URL").is_ok_and(|v| !v.is_empty());
+    if !on {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is not set");
     }
     on
 }
@@ -303,11 +316,60 @@ impl Postgres {
     }
 }
 
+/// A throwaway NATS server with JetStream and a store directory of its own.
+struct Nats {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    async fn start(dir: &Path, port: u16) -> Nats {
+        // Debian installs it in /usr/sbin, not always on a user's PATH.
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let proc = Proc::spawn(
+            Command::new(bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir),
+        );
+        let nats = Nats {
+            proc,
+            port,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
+                {
+                    if String::from_utf8_lossy(&buf[..n]).contains("\"jetstream\":true") {
+                        return nats;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start: {}", nats.proc.stderr());
+    }
+
+    async fn restart(&mut self) {
+        self.proc.kill();
+        *self = Nats::start(&self.dir.clone(), self.port).await;
+    }
+}
+
 /// The engine server a cluster shares, started, killed and restarted by
 /// the test.
 enum Backend {
     Redis(Redis),
     Postgres(Postgres),
+    Nats(Nats),
 }
 
 impl Backend {
@@ -315,6 +377,7 @@ impl Backend {
         match self {
             Backend::Redis(r) => r.url(),
             Backend::Postgres(p) => format!("postgres://postgres@127.0.0.1:{}/postgres", p.port),
+            Backend::Nats(n) => format!("nats://127.0.0.1:{}", n.port),
         }
     }
 
@@ -322,6 +385,7 @@ impl Backend {
     fn kill(&mut self) {
         match self {
             Backend::Redis(r) => r.proc.kill(),
+            Backend::Nats(n) => n.proc.kill(),
             Backend::Postgres(p) => {
                 // Some of its processes may end before their turn.
                 for pid in p.pids() {
@@ -337,6 +401,7 @@ impl Backend {
     async fn restart(&mut self) {
         match self {
             Backend::Redis(r) => r.restart().await,
+            Backend::Nats(n) => n.restart().await,
             Backend::Postgres(p) => {
                 p.proc.kill();
                 *p = Postgres::start(&p.data.clone(), p.port).await;
@@ -349,6 +414,7 @@ impl Backend {
         let sig = if on { "-STOP" } else { "-CONT" };
         let pids = match self {
             Backend::Redis(r) => vec![r.proc.child.id()],
+            Backend::Nats(n) => vec![n.proc.child.id()],
             Backend::Postgres(p) => p.pids(),
         };
         for pid in pids {
@@ -405,6 +471,8 @@ impl Node {
                     .args(["--namespace", namespace])
                     .args(if redis_url.starts_with("redis") {
                         ["--redis-timeout", "1s"]
+                    } else if redis_url.starts_with("nats") {
+                        ["--nats-timeout", "1s"]
                     } else {
                         ["--postgres-timeout", "1s"]
                     })
@@ -611,6 +679,16 @@ async fn three_nodes_survive_a_killed_node_and_a_postgres_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start(&dir.path().join("data"), free_port()).await;
     three_nodes_survive(Backend::Postgres(pg)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_a_killed_node_and_a_nats_restart() {
+    if !nats_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), free_port()).await;
+    three_nodes_survive(Backend::Nats(nats)).await;
 }
 
 /// The same run on any engine server: see the module documentation.
@@ -950,6 +1028,25 @@ async fn a_killed_nodes_subscriptions_end_on_the_other_nodes_postgres() {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{namespace}\" CASCADE"))
         .await
         .unwrap();
+}
+
+/// The same on NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_subscriptions_end_on_the_other_nodes_nats() {
+    if !nats_enabled() {
+        return;
+    }
+    let url = std::env::var("HERALD_TEST_NATS_URL").unwrap();
+    let namespace = format!("subs_test_{}", std::process::id());
+    killed_nodes_subscriptions_end(&url, &namespace).await;
+    let config = herald::engine::nats::NatsConfig {
+        namespace,
+        ..herald::engine::nats::NatsConfig::new(url)
+    };
+    let engine = herald::engine::nats::NatsEngine::connect(config)
+        .await
+        .unwrap();
+    engine.destroy_namespace().await.unwrap();
 }
 
 async fn killed_nodes_subscriptions_end(url: &str, namespace: &str) {
