@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measures herald on one Redis and on one PostgreSQL with 1, 2 and 3 nodes
-# against the local engine, in one run, with the same load generator
+# Measures herald on one Redis, one PostgreSQL and one NATS with 1 and 3
+# nodes against the local engine, in one run, with the same load generator
 # (`herald bench`).
 #
 # Every run gets freshly started servers: a throwaway redis-server of its
@@ -9,14 +9,17 @@
 # herald on the local engine (`durability = sync`, a fresh data directory)
 # on 18101. The PostgreSQL setups use the machine's server
 # ($HERALD_BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)
-# with a fresh namespace (schema) per run, dropped when the run ends. Each is stopped by pid when the run ends, and on exit whatever
+# with a fresh namespace (schema) per run, dropped when the run ends. The
+# NATS setups start a throwaway `nats-server -js` (port 14222, JetStream's
+# file store in a fresh directory, its default flushing). Each is stopped by pid when the run ends, and on exit whatever
 # happens. Nothing is pinned: on this 2-core machine Redis, the nodes and
 # the generator share both cores, as they would on one small host.
 #
-# Usage: benches/cluster.sh [--runs N] [--duration S] [--no-build] [--out DIR] SCENARIO...
+# Usage: benches/cluster.sh [--runs N] [--duration S] [--no-build] [--out DIR]
+#                           [--setups "local redis1 redis3 pg1 pg3 nats1 nats3"] SCENARIO...
 #   publish   1 subscriber, 64 publishers flat out, one update per request,
 #             spread round-robin over the nodes
-#   batch     1 subscriber, 8 publishers flat out, 100 updates per request
+#   batch     1 subscriber, 64 publishers flat out, 100 updates per request
 #   fanout    1,000 subscribers on node 1, 4 publishers flat out (on node 1)
 #   latency   100 subscribers on node 1, 1,000 updates/s published on the
 #             other nodes (on node 1 when it is alone): publish on one
@@ -35,12 +38,14 @@ DURATION=5
 BUILD=1
 OUT=""
 SCENARIOS=()
+SETUPS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
     --duration) DURATION="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
+    --setups) SETUPS="$2"; shift 2 ;;
     publish|batch|fanout|latency) SCENARIOS+=("$1"); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -55,6 +60,8 @@ BIN="$PWD/target/release/herald"
 KEY="bench-cluster-secret-0123456789abcdef0123456789"
 M=/.well-known/mercure
 REDIS_PORT=16390
+NATS_PORT=14222
+NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
 PG_URL="${HERALD_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_NS=""
 PIDS=()
@@ -83,8 +90,8 @@ wait_ready() { # URL
   return 1
 }
 
-# start SETUP LOGTAG: SETUP is local, redisN (N nodes on one Redis) or pgN
-# (N nodes on one PostgreSQL).
+# start SETUP LOGTAG: SETUP is local, redisN (N nodes on one Redis), pgN
+# (N nodes on one PostgreSQL) or natsN (N nodes on one NATS).
 start() {
   local setup="$1" tag="$2" work
   work="$(mktemp -d)"
@@ -103,6 +110,24 @@ start() {
         --publisher-jwt "$KEY" --log warn >"$OUT/logs/$tag-node$i.log" 2>&1 &
       PIDS+=($!)
       # The first node creates the schema before the others start.
+      [ "$i" = 1 ] && wait_ready "http://127.0.0.1:18101"
+    done
+    for i in $(seq 1 "$nodes"); do wait_ready "http://127.0.0.1:1810$i"; done
+    return
+  fi
+  if [ "${setup#nats}" != "$setup" ]; then
+    local nodes="${setup#nats}"
+    "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$work/nats" >"$OUT/logs/$tag-nats.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+      timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT && head -1 <&3" 2>/dev/null | grep -q jetstream && break
+      sleep 0.05
+    done
+    for i in $(seq 1 "$nodes"); do
+      "$BIN" serve --engine "nats://127.0.0.1:$NATS_PORT" --addr "127.0.0.1:1810$i" \
+        --publisher-jwt "$KEY" --log warn >"$OUT/logs/$tag-node$i.log" 2>&1 &
+      PIDS+=($!)
+      # The first node creates the streams before the others start.
       [ "$i" = 1 ] && wait_ready "http://127.0.0.1:18101"
     done
     for i in $(seq 1 "$nodes"); do wait_ready "http://127.0.0.1:1810$i"; done
@@ -148,10 +173,11 @@ run() { # SCENARIO SETUP RUN
   case "$setup" in
     redis*) nodes="${setup#redis}" ;;
     pg*) nodes="${setup#pg}" ;;
+    nats*) nodes="${setup#nats}" ;;
   esac
   case "$scenario" in
     publish) args=(--subscribers 1 --publishers 64 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
-    batch) args=(--subscribers 1 --publishers 8 --batch 100 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
+    batch) args=(--subscribers 1 --publishers 64 --batch 100 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
     fanout) args=(--subscribers 1000 --publishers 4 --rate 0) ;;
     latency)
       local from=2
@@ -170,9 +196,7 @@ run() { # SCENARIO SETUP RUN
 
 setups_of() {
   case "$1" in
-    publish|batch) echo "local redis1 redis3 pg1 pg3" ;;
-    fanout) echo "local redis1 pg1" ;;
-    latency) echo "local redis1 redis2 redis3 pg1 pg3" ;;
+    publish|batch|fanout|latency) echo "${SETUPS:-local redis1 redis3 pg1 pg3 nats1 nats3}" ;;
   esac
 }
 
@@ -195,7 +219,7 @@ for sc in scenarios:
     print(f"\n{sc}")
     print(f"  {'setup':8} {'acked/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} {'errors':>7} {'redis µs/upd':>12} runs")
     setups = sorted({os.path.basename(f).split('-')[1] for f in glob.glob(f"{out}/{sc}-*.json")},
-                    key=lambda s: (s != 'local', not s.startswith('redis'), s))
+                    key=lambda s: (s != 'local', not s.startswith('redis'), not s.startswith('pg'), s))
     for st in setups:
         docs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{sc}-{st}-*.json"))]
         acked = med([d['publish']['achieved_rate'] for d in docs if d.get('publish')])

@@ -289,6 +289,26 @@ impl Inner {
         }
     }
 
+    /// The last log message's sequence and end position, in one direct get
+    /// (what the writer needs after another node appended).
+    pub async fn end(&self) -> Result<(u64, Position), EngineError> {
+        match self
+            .log
+            .direct_get_last_for_subject(&self.names.log_subject)
+            .await
+        {
+            Ok(m) => {
+                let g = Group::from_message(m)?;
+                Ok((g.seq, g.end()))
+            }
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => {
+                let h = self.head().await?;
+                Ok((h.last_seq, h.end))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// The log's identity and end, creating the streams when missing.
     pub async fn head(&self) -> Result<Head, EngineError> {
         let info = self.log.get_info().await;

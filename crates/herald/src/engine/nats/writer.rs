@@ -133,11 +133,8 @@ async fn commit(inner: &Inner, end: &mut Option<End>, mut group: Vec<Request>) {
             let at = match *end {
                 Some(e) => e,
                 None => {
-                    let h = inner.head().await?;
-                    End {
-                        seq: h.last_seq,
-                        position: h.end,
-                    }
+                    let (seq, position) = inner.end().await?;
+                    End { seq, position }
                 }
             };
             *end = Some(at);
