@@ -19,7 +19,7 @@
 #                           [--setups "local redis1 redis3 pg1 pg3 nats1 nats3"] SCENARIO...
 #   publish   1 subscriber, 64 publishers flat out, one update per request,
 #             spread round-robin over the nodes
-#   batch     1 subscriber, 64 publishers flat out, 100 updates per request
+#   batch     1 subscriber, 64 publishers flat out, 50 updates per request
 #   fanout    1,000 subscribers on node 1, 4 publishers flat out (on node 1)
 #   latency   100 subscribers on node 1, 1,000 updates/s published on the
 #             other nodes (on node 1 when it is alone): publish on one
@@ -177,7 +177,7 @@ run() { # SCENARIO SETUP RUN
   esac
   case "$scenario" in
     publish) args=(--subscribers 1 --publishers 64 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
-    batch) args=(--subscribers 1 --publishers 64 --batch 100 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
+    batch) args=(--subscribers 1 --publishers 64 --batch 50 --rate 0 --publish-url "$(publish_urls "$nodes" 1)") ;;
     fanout) args=(--subscribers 1000 --publishers 4 --rate 0) ;;
     latency)
       local from=2

@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
 use herald_protocol::sse::{Item, Parser};
 
@@ -1149,7 +1149,63 @@ async fn lost_history_ends_streams_and_resumes_with_earliest() {
     }
     let url = std::env::var("HERALD_TEST_REDIS_URL").unwrap();
     let namespace = format!("gap-test-{}", std::process::id());
-    let node = Node::start(&url, &namespace).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{{{namespace}}}:*");
+    let lose = move || {
+        let (mut conn, pattern) = (conn.clone(), pattern.clone());
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        .boxed()
+    };
+    lost_history_resumes_with_earliest(&url, &namespace, lose).await;
+    remove_redis_namespace(&url, &namespace).await;
+}
+
+/// The same on NATS: the namespace's streams are deleted under the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_history_ends_streams_and_resumes_with_earliest_nats() {
+    if !nats_enabled() {
+        return;
+    }
+    use herald::engine::nats::{NatsConfig, NatsEngine};
+    let url = std::env::var("HERALD_TEST_NATS_URL").unwrap();
+    let namespace = format!("gap_test_{}", std::process::id());
+    let config = NatsConfig {
+        namespace: namespace.clone(),
+        ..NatsConfig::new(url.clone())
+    };
+    let lose = move || {
+        let config = config.clone();
+        async move {
+            let other = NatsEngine::connect(config).await.unwrap();
+            other.destroy_namespace().await.unwrap();
+        }
+        .boxed()
+    };
+    lost_history_resumes_with_earliest(&url, &namespace, lose.clone()).await;
+    lose().await;
+}
+
+/// A node's log is lost while a subscriber listens (`lose`): the stream
+/// ends, publishing goes on in a new log, and a client resuming with an id
+/// of the lost history is told `earliest`.
+async fn lost_history_resumes_with_earliest(
+    url: &str,
+    namespace: &str,
+    lose: impl Fn() -> futures_util::future::BoxFuture<'static, ()>,
+) {
+    let node = Node::start(url, namespace).await;
     let http = client();
     let publish = |data: &'static str| {
         let http = http.clone();
@@ -1177,8 +1233,6 @@ async fn lost_history_ends_streams_and_resumes_with_earliest() {
     let mut body = stream.bytes_stream();
     let mut parser = Parser::new();
     let mut seen = Vec::new();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let ended = loop {
         match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
             Ok(Some(Ok(chunk))) => {
@@ -1186,16 +1240,7 @@ async fn lost_history_ends_streams_and_resumes_with_earliest() {
                     if let Item::Event(e) = item {
                         seen.push(e.data);
                         // The log disappears under the node.
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{{{namespace}}}:*"))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
-                        redis::cmd("DEL")
-                            .arg(&keys)
-                            .query_async::<()>(&mut conn)
-                            .await
-                            .unwrap();
+                        lose().await;
                     }
                 }
             }
@@ -1268,5 +1313,4 @@ async fn lost_history_ends_streams_and_resumes_with_earliest() {
         "{gaps}"
     );
     drop(node);
-    remove_redis_namespace(&url, &namespace).await;
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures_util::{FutureExt, StreamExt};
 
-use super::state::{span, unavailable, Cursor, Group, Head, Inner, RECENT};
+use super::state::{ensure_streams, span, unavailable, Cursor, Group, Head, Inner, RECENT};
 use crate::engine::{EngineError, Position, Sink, Stored};
 
 /// Most log messages handed over in one delivery.
@@ -83,11 +83,20 @@ async fn follow(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut ticks: u64 = 0;
         loop {
             let next = tokio::select! {
                 () = inner.stop.cancelled() => return Ok(()),
                 m = messages.next() => m,
                 _ = tick.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(10) {
+                        // A stream deleted by hand (the ids or the
+                        // directory) is made again.
+                        let _ = inner
+                            .bounded(ensure_streams(&inner.js, &inner.names, &inner.config))
+                            .await;
+                    }
                     let head = inner.bounded(inner.head()).await?;
                     if check(inner, sink, cursor, &head) {
                         // Another log: follow it from its end.

@@ -20,10 +20,14 @@
 //! - that message holds other updates, or was removed: it is stale, and is
 //!   replaced;
 //! - that message is not written yet: its writer may still publish it, at
-//!   exactly that sequence (its expected-last-sequence fixes it). This
-//!   writer replaces the reservation and publishes its own group at that
-//!   same sequence: the server takes only one of the two, and the loser
-//!   finds the id in the winner's message.
+//!   exactly that sequence (its expected-last-sequence fixes it). When this
+//!   writer aims at that same sequence, it replaces the reservation and
+//!   publishes its own group there: the server takes only one of the two,
+//!   the reservation names that message either way, and the loser finds
+//!   the id in the winner's message (this writer checks it before it
+//!   moves its reservations anywhere else). When this writer aims at an
+//!   earlier sequence, its view of the log is behind: it reads the end
+//!   again.
 //!
 //! A resume by id reads the reservation, then the log message it names:
 //! two direct gets, never a scan.
@@ -51,42 +55,54 @@ struct End {
     position: Position,
 }
 
+/// The appends waiting for the writer.
+struct Queue {
+    rx: UnboundedReceiver<Request>,
+    /// One taken off the channel that did not fit in the last group.
+    held: Option<Request>,
+}
+
+impl Queue {
+    /// Moves waiting appends into `group`, up to [`GROUP_BYTES`].
+    fn fill(&mut self, group: &mut Vec<Request>) {
+        let mut size: usize = group.iter().map(payload_size).sum();
+        while size < GROUP_BYTES {
+            let Some(r) = self.held.take().or_else(|| self.rx.try_recv().ok()) else {
+                break;
+            };
+            let s = payload_size(&r);
+            if size + s > GROUP_BYTES && !group.is_empty() {
+                self.held = Some(r);
+                break;
+            }
+            size += s;
+            group.push(r);
+        }
+    }
+}
+
 /// Runs until the engine closes.
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    mut rx: UnboundedReceiver<Request>,
+    rx: UnboundedReceiver<Request>,
     stop: CancellationToken,
 ) {
     let mut end: Option<End> = None;
-    let mut held: Option<Request> = None;
+    let mut queue = Queue { rx, held: None };
     loop {
-        let first = match held.take() {
+        let first = match queue.held.take() {
             Some(r) => r,
             None => tokio::select! {
                 () = stop.cancelled() => break,
-                r = rx.recv() => match r { Some(r) => r, None => break },
+                r = queue.rx.recv() => match r { Some(r) => r, None => break },
             },
         };
-        let mut size = payload_size(&first);
         let mut group = vec![first];
-        while size < GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    let s = payload_size(&r);
-                    if size + s > GROUP_BYTES {
-                        held = Some(r);
-                        break;
-                    }
-                    size += s;
-                    group.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        commit(&inner, &mut end, group).await;
+        queue.fill(&mut group);
+        commit(&inner, &mut end, group, &mut queue).await;
     }
     // Whatever still waits is answered: the engine is closing.
-    while let Ok(mut r) = rx.try_recv() {
+    while let Ok(mut r) = queue.rx.try_recv() {
         answer(&mut r, Err(EngineError::Closed));
     }
 }
@@ -106,8 +122,10 @@ struct Held {
     names: u64,
 }
 
-async fn commit(inner: &Inner, end: &mut Option<End>, mut group: Vec<Request>) {
-    let deadline = tokio::time::Instant::now() + inner.config.timeout;
+/// Publishes `group` as one log message. Each try is bounded by the
+/// timeout; after another node appended first, the appends that arrived
+/// meanwhile join the group, so a node that waits publishes more at once.
+async fn commit(inner: &Inner, end: &mut Option<End>, mut group: Vec<Request>, queue: &mut Queue) {
     let epoch = inner.epoch.lock().clone();
     refuse_duplicates_within(inner, &epoch, &mut group).await;
     let mut ids = Ids::default();
@@ -139,14 +157,21 @@ async fn commit(inner: &Inner, end: &mut Option<End>, mut group: Vec<Request>) {
             };
             *end = Some(at);
             let seq = at.seq + 1;
-            let mut taken = ids.reserve(inner, &epoch, seq, &group).await?;
-            taken.extend(ids.settle_fenced(inner, seq).await?);
+            // First what a replaced reservation's writer may have published
+            // meanwhile, while this writer's reservations still name the
+            // sequence that writer aimed at.
+            let taken = ids.settle_fenced(inner, seq).await?;
             if !taken.is_empty() {
                 return Ok(Outcome::Taken(taken));
             }
+            match ids.reserve(inner, &epoch, seq, &group).await? {
+                Reserved::Taken(taken) => return Ok(Outcome::Taken(taken)),
+                Reserved::Behind => return Ok(Outcome::Moved),
+                Reserved::All => {}
+            }
             publish(inner, &group, at, end).await
         };
-        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
+        let outcome = match tokio::time::timeout(inner.config.timeout, attempt).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 *end = None;
@@ -190,7 +215,11 @@ async fn commit(inner: &Inner, end: &mut Option<End>, mut group: Vec<Request>) {
                     }
                 });
             }
-            Outcome::Moved => *end = None,
+            Outcome::Moved => {
+                *end = None;
+                queue.fill(&mut group);
+                refuse_duplicates_within(inner, &epoch, &mut group).await;
+            }
         }
     }
 }
@@ -267,6 +296,17 @@ async fn stored_already(inner: &Inner, epoch: &str, id: &str) -> Result<bool, En
     }
 }
 
+/// How reserving a group's ids went.
+enum Reserved {
+    /// Every id names the log message about to be published.
+    All,
+    /// These ids are taken by retained updates.
+    Taken(HashSet<String>),
+    /// A reservation names a later log message than this writer's: its end
+    /// is behind.
+    Behind,
+}
+
 /// What a reservation found in place means.
 pub(crate) enum Found {
     /// The log message it names holds the id.
@@ -333,15 +373,14 @@ struct Ids {
 }
 
 impl Ids {
-    /// Makes every id of the group reserved for log message `seq`. Returns
-    /// the ids found taken.
+    /// Makes every id of the group reserved for log message `seq`.
     async fn reserve(
         &mut self,
         inner: &Inner,
         epoch: &str,
         seq: u64,
         group: &[Request],
-    ) -> Result<HashSet<String>, EngineError> {
+    ) -> Result<Reserved, EngineError> {
         let payload = bytes::Bytes::from(format!("{epoch}\n{seq}"));
         loop {
             let todo: Vec<&str> = group
@@ -350,7 +389,7 @@ impl Ids {
                 .filter(|id| self.held.get(*id).is_none_or(|h| h.names != seq))
                 .collect();
             if todo.is_empty() {
-                return Ok(HashSet::new());
+                return Ok(Reserved::All);
             }
             // Every reservation is sent, then every answer awaited: one
             // round trip.
@@ -405,10 +444,14 @@ impl Ids {
                         Found::Stale => {
                             self.expect.insert(id.to_owned(), m.sequence);
                         }
-                        Found::Pending(at) => {
+                        // Replaced only when this writer aims at the same
+                        // message: whichever of the two the server takes
+                        // there, the reservation names where the id is.
+                        Found::Pending(at) if at == seq => {
                             self.expect.insert(id.to_owned(), m.sequence);
                             self.fenced.insert(id.to_owned(), at);
                         }
+                        Found::Pending(_) => return Ok(Reserved::Behind),
                     },
                     Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => {
                         self.expect.insert(id.to_owned(), 0);
@@ -417,7 +460,7 @@ impl Ids {
                 }
             }
             if !taken.is_empty() {
-                return Ok(taken);
+                return Ok(Reserved::Taken(taken));
             }
         }
     }
