@@ -347,6 +347,47 @@ async fn a_hole_in_positions_is_a_gap() {
     assert_eq!(s[0].position, 5);
 }
 
+/// Messages another client publishes on the log's subject (without
+/// herald's headers, or with positions no herald writes) are passed over:
+/// the log goes on, every node delivers what herald wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_messages_on_the_log_are_passed_over() {
+    let Some(url) = nats_url() else {
+        return assert!(!with_nats());
+    };
+    let ns = Namespace::new(&url);
+    let a = ns.node().await;
+    a.engine.append(updates(&["one"])).await.unwrap();
+    let js = raw(&url).await;
+    js.publish(ns.log_subject(), "not herald's".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.send_publish(
+        ns.log_subject(),
+        Publish::build()
+            .payload("x".into())
+            .header("Herald-First", u64::MAX.to_string())
+            .header("Herald-Count", u64::MAX.to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let b = ns.node().await;
+    let s = a.engine.append(updates(&["two"])).await.unwrap();
+    assert_eq!(s[0].position, 2);
+    assert!(eventually(Duration::from_secs(5), || async { b.sink.len() == 1 }).await);
+    assert_eq!(a.sink.ids(), ["one", "two"]);
+    assert_eq!(b.sink.positions(), [2]);
+    assert!(a.sink.gaps().is_empty());
+    let all = read_all(&*b.engine, 1).await;
+    assert_eq!(all.iter().map(|s| s.position).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(b.engine.resolve("two").await.unwrap(), Some(2));
+    assert_eq!(b.engine.bounds().await.unwrap().last, 2);
+}
+
 /// Retention by count removes the oldest messages and frees their ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_count_trims_history_and_ids() {

@@ -233,7 +233,10 @@ impl Inner {
         let (mut lo, mut hi) = (head.first_seq.max(1), head.last_seq);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let after = self.group_at(mid).await?.is_some_and(|g| g.end() >= pos);
+            let after = self
+                .group_from(mid, hi)
+                .await?
+                .is_some_and(|g| g.end() >= pos);
             if after {
                 hi = mid;
             } else {
@@ -332,7 +335,7 @@ impl Engine for NatsEngine {
         let mut tasks = self.inner.tasks.lock();
         tasks.push(tokio::spawn(tail::run(self.inner.clone(), sink)));
         let c = &self.inner.config;
-        if c.max_updates.is_some() || c.max_age.is_some() {
+        if c.max_updates.is_some() || c.max_age.is_some() || c.max_bytes.is_some() {
             tasks.push(tokio::spawn(retention::run(self.inner.clone())));
         }
         tasks.push(tokio::spawn(

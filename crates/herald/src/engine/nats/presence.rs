@@ -43,6 +43,9 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// How long a node is listed after its last refresh.
 pub const LIVENESS: Duration = Duration::from_secs(10);
 
+/// How long a scan waits for its next message.
+const SCAN_IDLE: Duration = Duration::from_millis(300);
+
 /// The payload that marks a node claimed by a reaper.
 const REAPED: &[u8] = b"reaped";
 
@@ -304,7 +307,9 @@ impl State {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(unavailable)?;
-        while let Some(m) = messages.next().await {
+        // A subject purged after the count was taken never comes: a short
+        // wait for the next message ends the scan too.
+        while let Ok(Some(m)) = tokio::time::timeout(SCAN_IDLE, messages.next()).await {
             let m = m.map_err(unavailable)?;
             let info = m.info().map_err(unavailable)?;
             let left = info.pending;
@@ -380,11 +385,9 @@ impl State {
             if node == self.node || seen.time_ns >= now - LIVENESS.as_nanos() as i128 {
                 continue;
             }
-            if &seen.payload[..] == REAPED {
-                continue;
-            }
             // Claim it: only one node's publish expecting this sequence
-            // succeeds.
+            // succeeds. (A claim older than LIVENESS is one whose reaper
+            // failed before it finished: claimed again.)
             let claim = Publish::build()
                 .payload(Bytes::from_static(REAPED))
                 .expected_last_subject_sequence(seen.seq);

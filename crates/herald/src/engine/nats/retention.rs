@@ -64,7 +64,11 @@ async fn search(
     let mut hi = hi + 1;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if inner.group_at(mid).await?.is_some_and(|g| keep(&g)) {
+        if inner
+            .group_from(mid, hi - 1)
+            .await?
+            .is_some_and(|g| keep(&g))
+        {
             hi = mid;
         } else {
             lo = mid + 1;

@@ -197,13 +197,15 @@ pub(crate) fn span(headers: &async_nats::HeaderMap) -> Result<(Position, u64), E
                 EngineError::Unavailable(format!("nats: a log message lacks its {name} header"))
             })
     };
-    let first = num(FIRST)?;
-    if first == 0 {
-        return Err(EngineError::Unavailable(
-            "nats: a log message starts at position 0".into(),
-        ));
+    let (first, count) = (num(FIRST)?, num(COUNT)?);
+    // Bounds no herald message comes near: `first + count` never
+    // overflows.
+    if first == 0 || first > 1 << 62 || count > 1 << 32 {
+        return Err(EngineError::Unavailable(format!(
+            "nats: a log message claims positions {first} and {count} more"
+        )));
     }
-    Ok((first, num(COUNT)?))
+    Ok((first, count))
 }
 
 /// One append waiting for the writer: its updates, the log it expects,
@@ -276,17 +278,30 @@ impl Inner {
             })
     }
 
-    /// The log message at `seq`, `None` when there is none (removed, or
-    /// not written yet).
+    /// The log message at `seq`, `None` when there is none (removed, not
+    /// written yet, or not herald's).
     pub async fn group_at(&self, seq: u64) -> Result<Option<Group>, EngineError> {
         if seq == 0 {
             return Ok(None);
         }
         match self.log.direct_get(seq).await {
-            Ok(m) => Group::from_message(m).map(Some),
+            // One another client published on the log's subject is no
+            // update of herald's.
+            Ok(m) => Ok(Group::from_message(m).ok()),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// The first log message herald wrote at or after `seq` (looking at a
+    /// few, up to `hi`): what a search by sequence probes.
+    pub async fn group_from(&self, seq: u64, hi: u64) -> Result<Option<Group>, EngineError> {
+        for s in seq..=hi.min(seq + 8) {
+            if let Some(g) = self.group_at(s).await? {
+                return Ok(Some(g));
+            }
+        }
+        Ok(None)
     }
 
     /// The last log message's sequence and end position, in one direct get
@@ -297,16 +312,42 @@ impl Inner {
             .direct_get_last_for_subject(&self.names.log_subject)
             .await
         {
-            Ok(m) => {
-                let g = Group::from_message(m)?;
-                Ok((g.seq, g.end()))
-            }
+            Ok(m) => match Group::from_message(m) {
+                Ok(g) => Ok((g.seq, g.end())),
+                // Not herald's: the end is further back.
+                Err(_) => {
+                    let h = self.head().await?;
+                    Ok((h.last_seq, h.end))
+                }
+            },
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => {
                 let h = self.head().await?;
                 Ok((h.last_seq, h.end))
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// The end position of the log whose last message is `last_seq`: the
+    /// end of the last message herald wrote among the last few (one
+    /// published on the log's subject by another client is passed over).
+    async fn end_at(&self, last_seq: u64) -> Result<Position, EngineError> {
+        if last_seq == 0 {
+            return Ok(0);
+        }
+        for seq in (last_seq.saturating_sub(64).max(1)..=last_seq).rev() {
+            match self.log.direct_get(seq).await {
+                Ok(m) => match Group::from_message(m) {
+                    Ok(g) => return Ok(g.end()),
+                    Err(_) => continue,
+                },
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(EngineError::Unavailable(
+            "nats: the log's last message is gone (purged by hand?): positions cannot go on".into(),
+        ))
     }
 
     /// The log's identity and end, creating the streams when missing.
@@ -321,14 +362,7 @@ impl Inner {
         };
         let epoch = info.created.unix_timestamp_nanos().to_string();
         let last_seq = info.state.last_sequence;
-        let end = match self.group_at(last_seq).await? {
-            Some(g) => g.end(),
-            None if last_seq == 0 => 0,
-            None => return Err(EngineError::Unavailable(
-                "nats: the log's last message is gone (purged by hand?): positions cannot go on"
-                    .into(),
-            )),
-        };
+        let end = self.end_at(last_seq).await?;
         Ok(Head {
             epoch,
             first_seq: info.state.first_sequence,

@@ -105,11 +105,23 @@ async fn follow(
                     continue;
                 }
             };
-            let mut groups = vec![group(next)?];
-            while groups.len() < BATCH {
-                match messages.next().now_or_never() {
-                    Some(next) => groups.push(group(next)?),
-                    None => break,
+            let mut groups = Vec::new();
+            let mut next = Some(next);
+            while let Some(item) = next.take() {
+                match group(item)? {
+                    Ok(g) => groups.push(g),
+                    Err((seq, e)) => {
+                        // Not a message herald wrote (another client
+                        // publishing on the log's subject): passed over.
+                        // Had it held updates, the next message shows the
+                        // hole.
+                        handle(inner, sink, cursor, std::mem::take(&mut groups));
+                        tracing::error!(engine = "nats", seq, "skipping a log message: {e}");
+                        cursor.seq = cursor.seq.max(seq);
+                    }
+                }
+                if groups.len() < BATCH {
+                    next = messages.next().now_or_never();
                 }
             }
             handle(inner, sink, cursor, groups);
@@ -117,23 +129,28 @@ async fn follow(
     }
 }
 
+/// The next log message: an error when the consumer failed; inside,
+/// `Err((seq, why))` when the message is not one herald can read.
+#[allow(clippy::type_complexity)]
 fn group(
     next: Option<
         Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
     >,
-) -> Result<Group, EngineError> {
+) -> Result<Result<Group, (u64, EngineError)>, EngineError> {
     let m = next
         .ok_or_else(|| EngineError::Unavailable("nats: the log's consumer ended".into()))?
         .map_err(unavailable)?;
     let seq = m.info().map_err(unavailable)?.stream_sequence;
     let headers = m.message.headers.clone().unwrap_or_default();
-    let (first, count) = span(&headers)?;
-    Ok(Group {
-        seq,
-        first,
-        count,
-        time_ns: 0,
-        payload: m.message.payload.clone(),
+    Ok(match span(&headers) {
+        Ok((first, count)) => Ok(Group {
+            seq,
+            first,
+            count,
+            time_ns: 0,
+            payload: m.message.payload.clone(),
+        }),
+        Err(e) => Err((seq, e)),
     })
 }
 

@@ -90,9 +90,13 @@ pub(crate) async fn run(
     let mut end: Option<End> = None;
     let mut queue = Queue { rx, held: None };
     loop {
+        if stop.is_cancelled() {
+            break;
+        }
         let first = match queue.held.take() {
             Some(r) => r,
             None => tokio::select! {
+                biased;
                 () = stop.cancelled() => break,
                 r = queue.rx.recv() => match r { Some(r) => r, None => break },
             },
@@ -102,6 +106,9 @@ pub(crate) async fn run(
         commit(&inner, &mut end, group, &mut queue).await;
     }
     // Whatever still waits is answered: the engine is closing.
+    if let Some(mut r) = queue.held.take() {
+        answer(&mut r, Err(EngineError::Closed));
+    }
     while let Ok(mut r) = queue.rx.try_recv() {
         answer(&mut r, Err(EngineError::Closed));
     }
@@ -326,37 +333,45 @@ pub(crate) async fn check(
     id: &str,
     reservation: &[u8],
 ) -> Result<Found, EngineError> {
-    let Some(seq) = reserved_seq(epoch, reservation) else {
+    let Some((theirs, seq)) = parse_reservation(reservation) else {
         return Ok(Found::Stale);
     };
+    if theirs != epoch {
+        // Of an older log, or of a newer one this node has not moved to
+        // yet: then it must not be replaced from here.
+        if theirs == inner.head().await?.epoch {
+            return Err(EngineError::Unavailable(
+                "nats: the log was replaced; this node is moving to the new one".into(),
+            ));
+        }
+        return Ok(Found::Stale);
+    }
+    // The end first, then the message: a message missing below the end
+    // was removed, not yet to come.
+    let last = inner
+        .log
+        .get_info()
+        .await
+        .map_err(unavailable)?
+        .state
+        .last_sequence;
     match inner.group_at(seq).await? {
         Some(g) if g.find(id)?.is_some() => Ok(Found::Taken),
         Some(_) => Ok(Found::Stale),
-        None => {
-            let last = inner
-                .log
-                .get_info()
-                .await
-                .map_err(unavailable)?
-                .state
-                .last_sequence;
-            Ok(if seq > last {
-                Found::Pending(seq)
-            } else {
-                Found::Stale
-            })
-        }
+        None if seq > last => Ok(Found::Pending(seq)),
+        None => Ok(Found::Stale),
     }
+}
+
+fn parse_reservation(reservation: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(reservation).ok()?;
+    let (e, seq) = text.split_once('\n')?;
+    Some((e, seq.parse().ok()?))
 }
 
 /// The log message a reservation names, if it is of this log.
 pub(crate) fn reserved_seq(epoch: &str, reservation: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(reservation).ok()?;
-    let (e, seq) = text.split_once('\n')?;
-    if e != epoch {
-        return None;
-    }
-    seq.parse().ok()
+    parse_reservation(reservation).and_then(|(e, seq)| (e == epoch).then_some(seq))
 }
 
 /// The reservations of one group, across its tries.
