@@ -475,7 +475,7 @@ fn settings_of_another_engine_are_refused_from_flags_variables_and_the_file() {
     let err = serve(&["--config", file.to_str().unwrap()], &[]);
     assert!(
         err.contains(
-            "retention_max_age (config file) is a setting of the local, redis or postgres engines"
+            "retention_max_age (config file) is a setting of the local, redis, postgres or nats engines"
         ),
         "{err}"
     );
