@@ -44,7 +44,8 @@ const HUB: &[Setting] = &[
          or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
          `postgresql://`): nodes share one PostgreSQL; `nats://HOST:PORT`: nodes share one NATS with JetStream"),
     text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
-    text("max_connections", Value("19000"), "simultaneous connections"),
+    text("max_connections", Value("19000"),
+        "simultaneous event streams (`503` beyond); other connections (publishing, health, the API) have as many of their own"),
     text("max_selectors", Value("64"), "selectors per subscription"),
     text("max_topics_per_update", Value("64"), "topics per update"),
     text("queue_frames", Value("4096"), "per-subscriber queue bound, in events"),

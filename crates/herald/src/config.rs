@@ -49,7 +49,10 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Name of the authorization cookie.
     pub cookie_name: String,
-    /// Most simultaneous connections (a permit is taken before `accept`).
+    /// Most simultaneous event streams. Other connections (publishing,
+    /// health checks, the API) have a pool of their own, as large, so they
+    /// get through while subscribers are at their limit. A connection
+    /// past a limit is answered `503` with `Retry-After` at once.
     pub max_connections: usize,
     /// How long shutdown waits for connections to end.
     pub shutdown_grace: Duration,

@@ -20,6 +20,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// What a refused connection wanted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub kind: &'static str,
+}
+
 /// Action label of authorization failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
@@ -47,6 +53,8 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub replay_seconds: Histogram,
     pub auth_failures: Family<AuthLabels, Counter>,
+    /// Connections answered `503` at a connection limit.
+    pub refused: Family<RefusedLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
     pub published_count: AtomicU64,
     pub delivered_count: AtomicU64,
@@ -81,6 +89,7 @@ impl Metrics {
             append_seconds: Histogram::new(latency_buckets()),
             replay_seconds: Histogram::new(latency_buckets()),
             auth_failures: Family::default(),
+            refused: Family::default(),
             published_count: AtomicU64::new(0),
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
@@ -155,6 +164,11 @@ impl Metrics {
             "Refused tokens and rights, by action and reason",
             m.auth_failures.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 at a limit, by kind (streams: event streams at max_connections; requests: other connections)",
+            m.refused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -226,6 +240,12 @@ impl Metrics {
 
     pub fn engine_error(&self, what: &'static str, err: &crate::engine::EngineError) {
         tracing::error!(what, "engine error: {err}");
+    }
+
+    /// A connection was refused at a limit (`kind`: `streams` or
+    /// `requests`).
+    pub fn refused(&self, kind: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { kind }).inc();
     }
 
     /// The engine signalled a gap (the index logs it with its reason).

@@ -218,13 +218,32 @@ async fn bad_subscriber_tokens_get_401() {
         .await;
         assert_eq!(s.status, 401, "{name}");
     }
-    // A malformed presentation is a bad request (RFC 6750 invalid_request).
+    // Credentials of another scheme are no bearer token: 401 with a bare
+    // challenge, no error code (RFC 6750, 3.1).
     let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", "Basic abc")]).await;
-    assert_eq!(s.status, 400, "malformed header");
-    assert!(s.headers["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .starts_with("Bearer error=\"invalid_request\""));
+    assert_eq!(s.status, 401, "another scheme");
+    let c = s.headers["www-authenticate"].to_str().unwrap();
+    assert!(c.starts_with("Bearer") && !c.contains("error="), "{c}");
+    let res = client()
+        .post(hub.hub_url())
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .form(&[("topic", "t"), ("data", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "a publish with Basic credentials");
+    let c = res.headers()["www-authenticate"].to_str().unwrap();
+    assert!(c.starts_with("Bearer") && !c.contains("error="), "{c}");
+    // A malformed bearer presentation is a bad request (RFC 6750
+    // invalid_request).
+    for bad in ["Bearer", "Bearer ", "Bearer, x"] {
+        let s = Subscription::open(&hub, &[("topic", "t")], &[("Authorization", bad)]).await;
+        assert_eq!(s.status, 400, "malformed header {bad:?}");
+        assert!(s.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_request\""));
+    }
 }
 
 fn b64(s: &str) -> String {

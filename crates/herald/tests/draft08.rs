@@ -476,13 +476,23 @@ async fn access_tokens_from_each_issuer_and_every_refusal() {
     // A malformed presentation.
     let res = client()
         .post(hub.hub_url())
-        .header("authorization", "Basic abc")
+        .header("authorization", "Bearer")
         .form(&fields)
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
     assert!(challenge(&res).starts_with("Bearer error=\"invalid_request\""));
+    // Credentials of another scheme: no bearer token (RFC 6750, 3.1).
+    let res = client()
+        .post(hub.hub_url())
+        .header("authorization", "Basic abc")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(challenge(&res).starts_with("Bearer") && !challenge(&res).contains("error="));
 
     // Subscribers with an invalid token are refused before any stream.
     let bad = Subscription::open(

@@ -8,6 +8,10 @@
 pub enum AuthError {
     #[error("malformed Authorization header: expected \"Bearer <token>\"")]
     MalformedHeader,
+    /// Credentials of another scheme (`Basic`, ...): no bearer token, so
+    /// `401` with a bare `Bearer` challenge (RFC 6750, 3.1).
+    #[error("the Authorization header uses another scheme: a bearer token is required")]
+    OtherScheme,
     #[error("invalid token: {0}")]
     InvalidToken(String),
     #[error("token expired")]
@@ -52,7 +56,7 @@ impl AuthError {
     /// `invalid_request` when the request is malformed.
     pub fn bearer_error(&self) -> Option<&'static str> {
         match self {
-            Self::Missing => None,
+            Self::Missing | Self::OtherScheme => None,
             Self::MalformedHeader | Self::TokenInQuery => Some("invalid_request"),
             // Not a token problem: a cross-site publish refused.
             Self::NoOrigin | Self::OriginNotAllowed(_) => None,
@@ -81,6 +85,7 @@ impl AuthError {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::Missing => "missing",
+            Self::OtherScheme => "other_scheme",
             Self::NoOrigin => "no_origin",
             Self::OriginNotAllowed(_) => "origin_not_allowed",
             Self::NoPublishClaim => "no_publish_claim",

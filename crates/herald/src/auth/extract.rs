@@ -25,7 +25,17 @@ pub(crate) fn extract_token(
             return Err(AuthError::MalformedHeader);
         }
         let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
-        // The scheme name is case-insensitive (RFC 7235).
+        // The scheme name is case-insensitive (RFC 7235). Another scheme
+        // (`Basic ...`) carries no bearer token at all.
+        let scheme = value.split(' ').next().unwrap_or_default();
+        let is_token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if is_token(scheme) && !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::OtherScheme);
+        }
         let token = value
             .get(..7)
             .filter(|p| p.eq_ignore_ascii_case("bearer "))

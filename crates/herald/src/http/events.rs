@@ -201,6 +201,7 @@ pub(crate) async fn subscribe(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let permit = stream_permit(&hub)?;
     let prepared = prepare(
         &hub,
         &headers,
@@ -209,7 +210,17 @@ pub(crate) async fn subscribe(
         conn.map(|Extension(c)| c),
     )
     .await?;
-    Ok(event_stream(prepared))
+    Ok(event_stream(prepared, permit))
+}
+
+/// A place for one more event stream, or `503` at `max_connections`.
+fn stream_permit(hub: &Hub) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
+    hub.stream_permit().ok_or_else(|| {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is at its limit of event streams; retry shortly",
+        )
+    })
 }
 
 /// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
@@ -244,18 +255,22 @@ pub(crate) async fn subscribe_query(
         )));
     }
     let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
+    let permit = stream_permit(&hub)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
-    Ok(event_stream(prepared))
+    Ok(event_stream(prepared, permit))
 }
 
 /// The axum response of an event stream: the feed's frames as the body,
-/// with the stream policy's headers (CORS is the router's layer's).
-fn event_stream(prepared: Prepared) -> Response {
+/// with the stream policy's headers (CORS is the router's layer's), holding
+/// its place among the hub's streams.
+fn event_stream(prepared: Prepared, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
     let Prepared {
         mut feed,
         headers: extra,
     } = prepared;
     let stream = async_stream::stream! {
+        // The stream's place in `max_connections`, until it ends.
+        let _permit = permit;
         let mut out = Vec::new();
         while feed.next(&mut out).await {
             for frame in out.drain(..) {

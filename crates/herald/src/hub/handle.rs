@@ -89,6 +89,8 @@ struct Inner {
     /// Subscription events being published, awaited before the engine
     /// closes so the last `active: false` events are kept.
     events: tokio_util::task::TaskTracker,
+    /// Event streams open now, on every transport (`max_connections`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for dyn Engine {
@@ -116,6 +118,7 @@ impl Hub {
     /// An invalid setting, such as a key that does not parse.
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let max_streams = config.max_connections;
         let publisher = config
             .publisher_jwt
             .as_ref()
@@ -159,6 +162,7 @@ impl Hub {
                 ticker: std::sync::OnceLock::new(),
                 expiries: Arc::default(),
                 events: tokio_util::task::TaskTracker::new(),
+                streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
             }),
         };
         hub.start_reaper();
@@ -307,6 +311,17 @@ impl Hub {
     /// Cancelled when the hub shuts down; streams end on it.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// A place for one more event stream, held for as long as the stream
+    /// lasts; `None` (counted in `herald_connections_refused_total`) when
+    /// `max_connections` streams are open.
+    pub(crate) fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.inner.streams.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.inner.metrics.refused("streams");
+        }
+        permit
     }
 
     /// Validates updates, gives an id to those without one, appends them in

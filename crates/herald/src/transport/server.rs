@@ -1,32 +1,49 @@
 //! Runs the hub's routes on a listener.
 //!
 //! The library takes an already-bound listener and a shutdown future, so
-//! tests and embedders bind port 0 and stop the hub at will. A permit is
-//! taken before each `accept` (the connection limit), every connection
-//! served by hyper gets a cancellation token that the dispatcher fires
-//! when the subscriber's queue overflows, and shutdown drains with a
-//! deadline.
+//! tests and embedders bind port 0 and stop the hub at will. Every
+//! connection served by hyper gets a cancellation token that the
+//! dispatcher fires when the subscriber's queue overflows, and shutdown
+//! drains with a deadline.
+//!
+//! **Admission.** A full hub still answers. Connections are always
+//! accepted; the limit is applied once the first request head shows what
+//! the connection is for:
+//!
+//! - an event stream takes one of the hub's `max_connections` stream
+//!   permits (a stream served by hyper and the router too, on a kept-alive
+//!   connection that began with another request);
+//! - anything else (publishing, health checks, the API, the dashboard)
+//!   takes a permit of a pool of its own, of the same size, so publishers
+//!   and probes get through while subscribers are at their limit.
+//!
+//! Without a permit the connection gets `503` with `Retry-After` at once
+//! and is closed. A request head must arrive within [`HEAD_TIMEOUT`], so a
+//! client that sends half a head and stalls (slowloris) holds a socket for
+//! that long and no permit at all.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use tower_http::cors::CorsLayer;
 
-use super::http1::direct;
+use super::http1::direct::{self, error_response};
 use super::http1::head::{self, Head};
 use super::http1::parked::Flusher;
 use super::http1::rewind::Rewind;
 use crate::http::conn::ConnContext;
+use crate::http::error::HttpError;
 use crate::http::policy::cors_layer;
 use crate::http::router::router;
 use crate::hub::handle::Hub;
@@ -62,8 +79,8 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(target_os = "linux")]
 const UNSENT_LIMIT: u32 = 64 * 1024;
 
-/// Time a new connection has to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a connection has to send a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection of one server shares (one `Arc` per connection).
 #[derive(Debug)]
@@ -74,17 +91,32 @@ struct Shared {
     cors: Option<CorsLayer>,
     /// Writes parked streams; `None` when streams keep their tasks.
     flusher: Option<Arc<Flusher>>,
+    /// Connections of every other kind (as many as `max_connections`;
+    /// event streams take the hub's own permits).
+    requests: Arc<Semaphore>,
+}
+
+/// Answers `503` with `Retry-After` on a connection the hub has no room
+/// for, and closes it.
+async fn refuse(mut stream: TcpStream, what: &str) {
+    use tokio::io::AsyncWriteExt;
+    let e = HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the hub is at its limit of {what}; retry shortly"),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream
+            .write_all(&error_response(&e, &HeaderMap::new()))
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// One accepted connection: its first request head decides whether it is
 /// an event stream served directly (see [`super::http1::direct`]) or a
 /// connection for hyper and the router.
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
-) {
+async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let stop = shared.hub.shutdown_token().clone();
     let mut buf = Vec::new();
     let complete = tokio::select! {
@@ -98,6 +130,10 @@ async fn connection(
     }
     if let Head::Subscribe { headers, query } = head::classify(&buf) {
         drop(buf);
+        let Some(permit) = shared.hub.stream_permit() else {
+            refuse(stream, "event streams").await;
+            return;
+        };
         // No cancellation token: a direct stream watches its subscriber.
         let ctx = ConnContext { cancel: None, peer };
         let hub = shared.hub.clone();
@@ -110,7 +146,11 @@ async fn connection(
         live.with_permit(permit).run(shared.flusher.clone()).await;
         return;
     }
-    let _permit = permit;
+    let Ok(_permit) = shared.requests.clone().try_acquire_owned() else {
+        shared.hub.metrics().refused("requests");
+        refuse(stream, "connections").await;
+        return;
+    };
     let cancel = CancellationToken::new();
     let ctx = ConnContext {
         cancel: Some(cancel.clone()),
@@ -202,8 +242,8 @@ impl Server {
             cors: cors_layer(&hub.config().cors_origins),
             hub: hub.clone(),
             flusher: flusher.clone(),
+            requests: Arc::new(Semaphore::new(hub.config().max_connections)),
         });
-        let permits = Arc::new(Semaphore::new(hub.config().max_connections));
         let tracker = TaskTracker::new();
         let stop = hub.shutdown_token().clone();
         if let Some(oauth) = hub.oauth() {
@@ -213,10 +253,6 @@ impl Server {
         tokio::pin!(shutdown);
 
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p?,
-                () = &mut shutdown => break,
-            };
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -234,7 +270,7 @@ impl Server {
             if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT) {
                 tracing::debug!(%peer, "cannot bound unsent bytes: {e}");
             }
-            tracker.spawn(connection(stream, peer, permit, shared.clone()));
+            tracker.spawn(connection(stream, peer, shared.clone()));
         }
 
         drop(listener);

@@ -198,7 +198,7 @@ impl Live {
 /// A complete error response that closes the connection: the same status,
 /// headers and body as the router's (see [`HttpError`]), with `extra`
 /// headers (CORS).
-pub(super) fn error_response(e: &HttpError, extra: &HeaderMap) -> Vec<u8> {
+pub(crate) fn error_response(e: &HttpError, extra: &HeaderMap) -> Vec<u8> {
     let body = e.body();
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
