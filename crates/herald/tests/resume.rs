@@ -90,6 +90,52 @@ async fn unknown_id_replays_everything_and_says_earliest() {
     assert_eq!(got, ["a"]);
 }
 
+/// With `gap_event=1`, a client whose resume id is not in history learns
+/// it inside the stream: a named `herald-gap` event (which `onmessage`
+/// never sees) before the replay. Without it, or with a known id, or with
+/// `earliest` asked for, there is none.
+#[tokio::test]
+async fn an_unknown_id_opens_the_stream_with_a_gap_event_when_asked() {
+    let hub = TestHub::start(config()).await;
+    let c = client();
+    let known = publish_ok(&c, &hub, &[("topic", "t"), ("data", "a")]).await;
+    publish_ok(&c, &hub, &[("topic", "t"), ("data", "b")]).await;
+    let mut s = Subscription::open(
+        &hub,
+        &[("topic", "t"), ("gap_event", "1")],
+        &[("Last-Event-ID", "urn:never:seen")],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let got = s.drain_events(SHORT).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].event, "herald-gap");
+    let gap: serde_json::Value = serde_json::from_str(&got[0].data).unwrap();
+    assert_eq!(gap["last_event_id"], "urn:never:seen");
+    assert_eq!(gap["resumed_from"], "earliest");
+    // No id on the gap event (a fresh parser's last id stays empty): a
+    // browser keeps the id it resumed with until the replay moves it.
+    assert_eq!(got[0].id, "");
+    let rest: Vec<(&str, &str)> = got[1..]
+        .iter()
+        .map(|e| (e.event.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(rest, [("message", "a"), ("message", "b")]);
+
+    for (query, last) in [
+        (vec![("topic", "t")], "urn:never:seen"),
+        (vec![("topic", "t"), ("gap_event", "1")], known.as_str()),
+        (vec![("topic", "t"), ("gap_event", "1")], "earliest"),
+    ] {
+        let mut s = Subscription::open(&hub, &query, &[("Last-Event-ID", last)]).await;
+        let got = s.drain_events(SHORT).await;
+        assert!(
+            got.iter().all(|e| e.event == "message") && !got.is_empty(),
+            "{query:?} {last}: {got:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn malformed_last_event_id_is_refused() {
     let hub = TestHub::start(config()).await;

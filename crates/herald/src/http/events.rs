@@ -34,6 +34,9 @@ struct Request {
     matchers: Vec<Matcher>,
     last_event_id: Option<String>,
     query_token: Option<String>,
+    /// `gap_event=1`: an in-stream event when the resume id is not in
+    /// history.
+    gap_event: bool,
 }
 
 fn parse_request(
@@ -49,12 +52,14 @@ fn parse_request(
     let (mut v8_last_id, mut v7_last_id) = (None, None);
     let mut query_token = None;
     let mut access_token_param = false;
+    let mut gap_event = false;
     for (k, v) in pairs {
         match k.as_str() {
             "topic" => raw_selectors.push(v),
             "last_event_id" => v8_last_id = Some(v),
             "lastEventID" | "Last-Event-ID" => v7_last_id = Some(v),
             "authorization" => query_token = Some(v),
+            "gap_event" => gap_event = matches!(v.as_str(), "1" | "true" | ""),
             "access_token" => access_token_param = true,
             _ => {}
         }
@@ -124,6 +129,7 @@ fn parse_request(
         matchers,
         last_event_id,
         query_token,
+        gap_event,
     })
 }
 
@@ -184,6 +190,7 @@ pub(crate) async fn prepare(
             matchers: req.matchers,
             grants,
             last_event_id: req.last_event_id,
+            gap_event: req.gap_event,
             peer,
             cancel,
         })

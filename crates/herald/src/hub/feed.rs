@@ -48,6 +48,10 @@ pub struct SubscribeRequest {
     pub grants: Option<Grants>,
     /// The id to resume after (`earliest` for all retained history).
     pub last_event_id: Option<String>,
+    /// The client asked (`gap_event=1`) to learn inside the stream when
+    /// its `last_event_id` is not in history: the stream then opens with
+    /// a [`GAP_EVENT`] event, which `onmessage` handlers never see.
+    pub gap_event: bool,
     /// The client's address, for the logs.
     pub peer: Option<SocketAddr>,
     /// Cancelled when the subscriber's queue overflows, for a transport
@@ -160,8 +164,36 @@ impl Hub {
             req.last_event_id.as_deref(),
         );
         guard.counted = true;
-        Ok((Feed::new(guard, cursor), resumed_from))
+        let mut feed = Feed::new(guard, cursor);
+        if req.gap_event && resumed_from.as_deref() == Some(EARLIEST) {
+            if let Some(asked) = req.last_event_id.filter(|id| id != EARLIEST) {
+                feed.gap = Some(gap_frame(&asked));
+            }
+        }
+        Ok((feed, resumed_from))
     }
+}
+
+/// The type of the event that opens a stream whose resume id was not in
+/// history (for a client that asked with `gap_event=1`). A named event:
+/// `EventSource.onmessage` never sees it; `addEventListener` does.
+pub const GAP_EVENT: &str = "herald-gap";
+
+/// The gap event for a resume from `asked`: no `id` field, so the client's
+/// last event id stays what it was until the replay moves it.
+fn gap_frame(asked: &str) -> Bytes {
+    let data = serde_json::json!({
+        "last_event_id": asked,
+        "resumed_from": EARLIEST,
+        "reason": "this id is not in history (never published here, or removed by retention or a lost engine log): updates after it may have been missed; all retained history follows",
+    })
+    .to_string();
+    herald_protocol::sse::encode(&herald_protocol::sse::EventFields {
+        id: None,
+        event: Some(GAP_EVENT),
+        data: &data,
+        retry: None,
+    })
 }
 
 /// The payload a subscription event carries for one selector: the
@@ -260,6 +292,8 @@ pub struct Feed {
     /// [`Feed::next`] returns when it reaches the live phase with nothing
     /// queued, so the caller can park the connection.
     parking: bool,
+    /// The gap event sent after the first flush, when asked for.
+    gap: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -280,6 +314,7 @@ impl Feed {
             resume: cursor.is_some(),
             last: cursor.unwrap_or(0),
             parking: false,
+            gap: None,
         }
     }
 
@@ -340,6 +375,7 @@ impl Feed {
                         Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
                         None => Bytes::from_static(b":\n\n"),
                     });
+                    out.extend(self.gap.take());
                     self.phase = if self.resume {
                         Phase::Replay
                     } else {
