@@ -27,6 +27,9 @@
 pub mod auth;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod telemetry;

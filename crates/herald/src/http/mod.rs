@@ -12,7 +12,7 @@ pub(crate) mod events;
 mod metadata;
 mod page;
 pub mod policy;
-mod publish;
+pub(crate) mod publish;
 pub(crate) mod router;
 mod subscriptions_api;
 

@@ -213,9 +213,15 @@ fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpErro
     Ok(())
 }
 
+/// The id rules of [`check_rules`] that do not depend on the hub.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn id_is_valid(id: &str) -> bool {
+    !id.starts_with('#') && id.len() <= MAX_ID_LEN
+}
+
 /// Builds an update from form fields. `topic` may repeat (the first is the
 /// canonical topic); `private` counts by presence, as in Mercure.
-fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, HttpError> {
+pub(crate) fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, HttpError> {
     let mut u = Update::default();
     let mut seen_data = false;
     for (k, v) in fields {
@@ -272,7 +278,7 @@ fn max_batch(hub: &Hub) -> usize {
 }
 
 /// Parses a batch: a JSON array of at least one and at most `max` updates.
-fn updates_from_json(body: &[u8], max: usize) -> Result<Vec<Update>, HttpError> {
+pub(crate) fn updates_from_json(body: &[u8], max: usize) -> Result<Vec<Update>, HttpError> {
     let batch: Vec<BatchUpdate> = serde_json::from_slice(body)
         .map_err(|e| HttpError::bad_request(format!("malformed JSON batch: {e}")))?;
     if batch.is_empty() {
