@@ -93,6 +93,18 @@ fn namespace(s: &Settings) -> anyhow::Result<String> {
     Ok(namespace)
 }
 
+/// A trusted proxy: an address or a CIDR range.
+fn proxy(text: &str) -> anyhow::Result<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "trusted_proxies: {text:?} is neither an address nor a CIDR range (such as 10.0.0.0/8)"
+            )
+        })
+}
+
 /// An engine URL without its password, for messages.
 fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
@@ -177,6 +189,15 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         retry: s.get("retry")?,
         max_body_bytes: s.value("max_body_bytes")?,
         max_connections: s.value("max_connections")?,
+        max_streams_per_ip: s.value("max_streams_per_ip")?,
+        trusted_proxies: s
+            .list("trusted_proxies")
+            .unwrap_or_default()
+            .iter()
+            .map(|p| proxy(p))
+            .collect::<anyhow::Result<_>>()?,
+        publish_rate_per_ip: s.value("publish_rate_per_ip")?,
+        publish_rate_per_token: s.value("publish_rate_per_token")?,
         max_selectors: s.value("max_selectors")?,
         max_topics_per_update: s.value("max_topics_per_update")?,
         queue_frames: s.value("queue_frames")?,

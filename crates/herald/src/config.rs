@@ -49,6 +49,18 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Name of the authorization cookie.
     pub cookie_name: String,
+    /// Most event streams open at once from one client address (`429`
+    /// beyond); 0 for no limit.
+    pub max_streams_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (see
+    /// [`crate::hub::admission`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Updates per second one client address may publish (a burst of as
+    /// many); 0 for no limit.
+    pub publish_rate_per_ip: u32,
+    /// Updates per second one token may publish (a burst of as many); 0
+    /// for no limit.
+    pub publish_rate_per_token: u32,
     /// Most simultaneous event streams. Other connections (publishing,
     /// health checks, the API) have a pool of their own, as large, so they
     /// get through while subscribers are at their limit. A connection
@@ -121,6 +133,10 @@ impl Default for HubConfig {
             queue_bytes: 4 * 1024 * 1024,
             cookie_name: "mercureAuthorization".to_owned(),
             max_connections: 19_000,
+            max_streams_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            publish_rate_per_ip: 0,
+            publish_rate_per_token: 0,
             shutdown_grace: Duration::from_secs(5),
             replay_batch: 1024,
             metrics: MetricsAccess::Open,

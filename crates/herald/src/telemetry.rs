@@ -53,7 +53,7 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub replay_seconds: Histogram,
     pub auth_failures: Family<AuthLabels, Counter>,
-    /// Connections answered `503` at a connection limit.
+    /// Requests refused at a limit (see [`crate::hub::admission`]).
     pub refused: Family<RefusedLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
     pub published_count: AtomicU64,
@@ -165,8 +165,8 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         registry.register(
-            "connections_refused",
-            "Connections answered 503 at a limit, by kind (streams: event streams at max_connections; requests: other connections)",
+            "admission_refused",
+            "Requests refused at a limit, by kind: streams (503 at max_connections), requests (503, other connections), streams_per_ip, publish_rate_per_ip, publish_rate_per_token (429)",
             m.refused.clone(),
         );
         Self { registry, ..m }
@@ -242,8 +242,8 @@ impl Metrics {
         tracing::error!(what, "engine error: {err}");
     }
 
-    /// A connection was refused at a limit (`kind`: `streams` or
-    /// `requests`).
+    /// A request was refused at a limit (`kind`: see
+    /// [`crate::hub::admission::Refused::kind`], or `requests`).
     pub fn refused(&self, kind: &'static str) {
         self.refused.get_or_create(&RefusedLabels { kind }).inc();
     }

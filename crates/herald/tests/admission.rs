@@ -112,7 +112,7 @@ async fn a_full_hub_answers_probes_publishers_and_refused_subscribers() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("herald_connections_refused_total{kind=\"streams\"} 2")),
+            .any(|l| l.starts_with("herald_admission_refused_total{kind=\"streams\"} 2")),
         "{metrics}"
     );
     // A stream that ends frees its place.
@@ -133,4 +133,135 @@ async fn a_full_hub_answers_probes_publishers_and_refused_subscribers() {
     }
     assert!(back.is_some(), "a freed place is taken again");
     drop(stalled);
+}
+
+/// Event streams per client address, the address read from
+/// `X-Forwarded-For` only behind a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_limited_per_client_address() {
+    let mut cfg = config();
+    cfg.anonymous = true;
+    cfg.max_streams_per_ip = 2;
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let hub = TestHub::start(cfg.clone()).await;
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let a1 = Subscription::open(&hub, &[("topic", "a")], &from("203.0.113.7")).await;
+    let a2 = Subscription::open(&hub, &[("topic", "a")], &from("198.51.100.9, 203.0.113.7")).await;
+    assert_eq!((a1.status, a2.status), (200, 200));
+    let a3 = Subscription::open(&hub, &[("topic", "a")], &from("203.0.113.7")).await;
+    assert_eq!(a3.status, 429);
+    assert_eq!(a3.headers["retry-after"], "1");
+    // Over hyper too (a connection kept alive from another request).
+    let http = client();
+    http.get(hub.url("/healthz")).send().await.unwrap();
+    let res = http
+        .get(hub.hub_url())
+        .query(&[("topic", "a")])
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let b = Subscription::open(&hub, &[("topic", "a")], &from("203.0.113.8")).await;
+    assert_eq!(b.status, 200);
+    // A stream that ends gives its address its place back.
+    drop(a1);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = Subscription::open(&hub, &[("topic", "a")], &from("203.0.113.7"))
+            .await
+            .status;
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, 200);
+
+    // Without trusted proxies the header proves nothing: the peer counts.
+    cfg.trusted_proxies.clear();
+    let hub = TestHub::start(cfg).await;
+    let mut statuses = Vec::new();
+    let mut open = Vec::new();
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        let s = Subscription::open(&hub, &[("topic", "a")], &from(ip)).await;
+        statuses.push(s.status);
+        open.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+/// Publish rates per token and per client address: `429` with
+/// `Retry-After` beyond, other tokens and addresses unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_is_limited_per_token_and_per_address() {
+    let mut cfg = config();
+    cfg.publish_rate_per_token = 5;
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let hub = TestHub::start(cfg.clone()).await;
+    let http = client();
+    let one = common::token(common::PUB_KEY, Some(&["*"]), None);
+    let other = common::token(common::PUB_KEY, Some(&["*", "https://example.com/x"]), None);
+    let post = |token: &str, ip: &str| {
+        http.post(hub.hub_url())
+            .bearer_auth(token)
+            .header("X-Forwarded-For", ip)
+            .form(&[("topic", "a"), ("data", "x")])
+            .send()
+    };
+    for i in 0..5 {
+        assert_eq!(
+            post(&one, "192.0.2.1").await.unwrap().status(),
+            200,
+            "publish {i}"
+        );
+    }
+    let res = post(&one, "192.0.2.2").await.unwrap();
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert!(res.text().await.unwrap().contains("publish_rate_per_token"));
+    assert_eq!(post(&other, "192.0.2.1").await.unwrap().status(), 200);
+    // The bucket refills: one more after a fifth of a second.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(post(&one, "192.0.2.1").await.unwrap().status(), 200);
+
+    cfg.publish_rate_per_token = 0;
+    cfg.publish_rate_per_ip = 3;
+    let hub2 = TestHub::start(cfg).await;
+    let post = |ip: &'static str, n: usize| {
+        let updates: Vec<_> = (0..n)
+            .map(|_| serde_json::json!({"topics": ["a"], "data": "x"}))
+            .collect();
+        http.post(hub2.hub_url())
+            .bearer_auth(&one)
+            .header("X-Forwarded-For", ip)
+            .json(&updates)
+            .send()
+    };
+    assert_eq!(post("198.51.100.1", 3).await.unwrap().status(), 200);
+    assert_eq!(post("198.51.100.1", 1).await.unwrap().status(), 429);
+    assert_eq!(post("198.51.100.2", 1).await.unwrap().status(), 200);
+    // A batch larger than the rate allows at once can never pass.
+    let res = post("198.51.100.3", 4).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.text().await.unwrap().contains("at once"));
+    let metrics = http
+        .get(hub2.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("herald_admission_refused_total{kind=\"publish_rate_per_ip\"} 2")
+        ),
+        "{metrics}"
+    );
 }

@@ -14,6 +14,8 @@ pub struct HttpError {
     pub reason: String,
     /// The `WWW-Authenticate` value of an authorization failure.
     pub challenge: Option<String>,
+    /// Seconds for `Retry-After` (a `503` or `429` without it says 1).
+    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -22,6 +24,36 @@ impl HttpError {
             status,
             reason: reason.into(),
             challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// The answer to an admission refusal: `503` when the hub is full,
+    /// `429` when one client or token is over its share.
+    pub fn refused(r: &crate::hub::admission::Refused) -> Self {
+        use crate::hub::admission::Refused;
+        match r {
+            Refused::Full => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub is at its limit of event streams; retry shortly",
+            ),
+            Refused::PerIp(n) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this address has {n} event streams open, the most it may (max_streams_per_ip)"
+                ),
+            ),
+            Refused::Rate(who, wait) => Self {
+                retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("publishing too fast ({who}); retry shortly"),
+                )
+            },
+            Refused::TooLarge(who, n) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("more updates in one request than {who} allows at once ({n})"),
+            ),
         }
     }
 
@@ -43,6 +75,7 @@ impl HttpError {
             status: e.status(),
             reason: e.public_message(),
             challenge: Some(challenge),
+            retry_after: None,
         }
     }
 
@@ -71,7 +104,11 @@ impl HttpError {
         }
         // Every 503 of herald is "not now": the engine is unreachable or
         // the hub is stopping. A client (or a balancer) retries soon.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = self.retry_after {
+            out.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             out.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         out

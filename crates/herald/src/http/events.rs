@@ -17,6 +17,7 @@ use herald_protocol::Selector;
 use super::conn::ConnContext;
 use super::error::HttpError;
 use crate::auth::{AuthError, Grants, Role};
+use crate::hub::admission::StreamPermit;
 use crate::hub::feed::{Feed, Revision, SubscribeRequest};
 use crate::hub::handle::Hub;
 
@@ -208,26 +209,20 @@ pub(crate) async fn subscribe(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let permit = stream_permit(&hub)?;
-    let prepared = prepare(
-        &hub,
-        &headers,
-        query.as_deref(),
-        None,
-        conn.map(|Extension(c)| c),
-    )
-    .await?;
+    let conn = conn.map(|Extension(c)| c);
+    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
+    let prepared = prepare(&hub, &headers, query.as_deref(), None, conn).await?;
     Ok(event_stream(prepared, permit))
 }
 
-/// A place for one more event stream, or `503` at `max_connections`.
-fn stream_permit(hub: &Hub) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
-    hub.stream_permit().ok_or_else(|| {
-        HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the hub is at its limit of event streams; retry shortly",
-        )
-    })
+/// A place for one more event stream, or the refusal's answer.
+fn stream_permit(
+    hub: &Hub,
+    conn: Option<&ConnContext>,
+    headers: &HeaderMap,
+) -> Result<StreamPermit, HttpError> {
+    let ip = conn.map(|c| hub.client_ip(c.peer.ip(), headers));
+    hub.stream_permit(ip).map_err(|r| HttpError::refused(&r))
 }
 
 /// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
@@ -262,7 +257,7 @@ pub(crate) async fn subscribe_query(
         )));
     }
     let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
-    let permit = stream_permit(&hub)?;
+    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
     Ok(event_stream(prepared, permit))
 }
@@ -270,7 +265,7 @@ pub(crate) async fn subscribe_query(
 /// The axum response of an event stream: the feed's frames as the body,
 /// with the stream policy's headers (CORS is the router's layer's), holding
 /// its place among the hub's streams.
-fn event_stream(prepared: Prepared, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+fn event_stream(prepared: Prepared, permit: StreamPermit) -> Response {
     let Prepared {
         mut feed,
         headers: extra,

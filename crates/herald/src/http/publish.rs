@@ -11,8 +11,10 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use herald_protocol::{Update, UpdateError};
 
+use super::conn::ConnContext;
 use super::error::HttpError;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::EngineError;
@@ -20,12 +22,13 @@ use crate::hub::{Hub, PublishError};
 
 pub(crate) async fn publish(
     State(hub): State<Hub>,
+    conn: Option<Extension<ConnContext>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
     let started = std::time::Instant::now();
-    let grants = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
+    let (grants, token) = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
         hub.metrics().auth_failed("publish", &e);
         HttpError::auth(&hub, &e)
     })?;
@@ -73,6 +76,10 @@ pub(crate) async fn publish(
         hub.metrics().auth_failed("publish", &e);
         return Err(HttpError::auth(&hub, &e));
     }
+    // The publish rates, by the client's address and by token.
+    let ip = conn.map(|Extension(c)| hub.client_ip(c.peer.ip(), &headers));
+    hub.admit_publish(ip, token, updates.len())
+        .map_err(|r| HttpError::refused(&r))?;
 
     let result = hub.publish(updates).await;
     hub.metrics().publish_request(started.elapsed());
@@ -106,11 +113,13 @@ pub(crate) async fn publish(
     }
 }
 
+/// The publisher's grants, and a key for its token (for the per-token
+/// publish rate).
 fn authorize_publisher(
     hub: &Hub,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Grants, AuthError> {
+) -> Result<(Grants, Option<u64>), AuthError> {
     let query_token = query.and_then(|q| {
         herald_protocol::form::parse(q.as_bytes())
             .ok()?
@@ -124,7 +133,15 @@ fn authorize_publisher(
     if source == TokenSource::Cookie {
         auth::check_publish_origin(headers, &hub.config().publish_origins)?;
     }
-    Ok(grants)
+    let cfg = hub.config();
+    let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
+    let token = auth::extract_token(headers, query_token.as_deref(), &cookies)?.map(|(t, _)| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        t.hash(&mut h);
+        h.finish()
+    });
+    Ok((grants, token))
 }
 
 /// Every topic of the update must be granted to the publisher.

@@ -89,8 +89,8 @@ struct Inner {
     /// Subscription events being published, awaited before the engine
     /// closes so the last `active: false` events are kept.
     events: tokio_util::task::TaskTracker,
-    /// Event streams open now, on every transport (`max_connections`).
-    streams: Arc<tokio::sync::Semaphore>,
+    /// Event streams open now, on every transport, and publish rates.
+    admission: super::admission::Admission,
 }
 
 impl std::fmt::Debug for dyn Engine {
@@ -118,7 +118,13 @@ impl Hub {
     /// An invalid setting, such as a key that does not parse.
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
-        let max_streams = config.max_connections;
+        let admission = super::admission::Admission::new(
+            config.max_connections,
+            config.max_streams_per_ip,
+            config.trusted_proxies.clone(),
+            config.publish_rate_per_ip,
+            config.publish_rate_per_token,
+        );
         let publisher = config
             .publisher_jwt
             .as_ref()
@@ -162,7 +168,7 @@ impl Hub {
                 ticker: std::sync::OnceLock::new(),
                 expiries: Arc::default(),
                 events: tokio_util::task::TaskTracker::new(),
-                streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+                admission,
             }),
         };
         hub.start_reaper();
@@ -313,15 +319,39 @@ impl Hub {
         &self.inner.shutdown
     }
 
-    /// A place for one more event stream, held for as long as the stream
-    /// lasts; `None` (counted in `herald_connections_refused_total`) when
-    /// `max_connections` streams are open.
-    pub(crate) fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = self.inner.streams.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            self.inner.metrics.refused("streams");
-        }
-        permit
+    /// A place for one more event stream from `ip`, held for as long as
+    /// the stream lasts; refused (and counted in
+    /// `herald_connections_refused_total`) at `max_connections` or
+    /// `max_streams_per_ip`.
+    pub(crate) fn stream_permit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<super::admission::StreamPermit, super::admission::Refused> {
+        self.inner.admission.stream(ip).inspect_err(|r| {
+            self.inner.metrics.refused(r.kind());
+        })
+    }
+
+    /// Takes `n` updates from the publish rates of `ip` and `token`.
+    pub(crate) fn admit_publish(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        token: Option<u64>,
+        n: usize,
+    ) -> Result<(), super::admission::Refused> {
+        self.inner.admission.publish(ip, token, n).inspect_err(|r| {
+            self.inner.metrics.refused(r.kind());
+        })
+    }
+
+    /// The client's address of a connection from `peer` (see
+    /// [`super::admission`]).
+    pub(crate) fn client_ip(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &http::HeaderMap,
+    ) -> std::net::IpAddr {
+        self.inner.admission.client_ip(peer, headers)
     }
 
     /// Validates updates, gives an id to those without one, appends them in

@@ -17,6 +17,7 @@
 //! - [`stats`]: once-a-second samples for the dashboard.
 
 pub mod active;
+pub mod admission;
 pub mod feed;
 pub mod handle;
 pub(crate) mod heartbeat;

@@ -98,12 +98,8 @@ struct Shared {
 
 /// Answers `503` with `Retry-After` on a connection the hub has no room
 /// for, and closes it.
-async fn refuse(mut stream: TcpStream, what: &str) {
+async fn refuse(mut stream: TcpStream, e: HttpError) {
     use tokio::io::AsyncWriteExt;
-    let e = HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the hub is at its limit of {what}; retry shortly"),
-    );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream
             .write_all(&error_response(&e, &HeaderMap::new()))
@@ -130,9 +126,13 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     }
     if let Head::Subscribe { headers, query } = head::classify(&buf) {
         drop(buf);
-        let Some(permit) = shared.hub.stream_permit() else {
-            refuse(stream, "event streams").await;
-            return;
+        let ip = shared.hub.client_ip(peer.ip(), &headers);
+        let permit = match shared.hub.stream_permit(Some(ip)) {
+            Ok(p) => p,
+            Err(r) => {
+                refuse(stream, HttpError::refused(&r)).await;
+                return;
+            }
         };
         // No cancellation token: a direct stream watches its subscriber.
         let ctx = ConnContext { cancel: None, peer };
@@ -148,7 +148,11 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     }
     let Ok(_permit) = shared.requests.clone().try_acquire_owned() else {
         shared.hub.metrics().refused("requests");
-        refuse(stream, "connections").await;
+        let e = HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is at its limit of connections; retry shortly",
+        );
+        refuse(stream, e).await;
         return;
     };
     let cancel = CancellationToken::new();

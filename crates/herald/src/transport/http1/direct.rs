@@ -17,11 +17,11 @@ use std::future::Future as _;
 use std::sync::Arc;
 use std::task::Poll;
 
+use crate::hub::admission::StreamPermit;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tower_http::cors::CorsLayer;
 
 use super::chunk;
@@ -39,7 +39,7 @@ pub struct Live {
     stream: TcpStream,
     feed: Feed,
     /// The connection's place under the connection limit.
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<StreamPermit>,
 }
 
 /// Answers a subscription request: an error response (and `None`), or the
@@ -100,7 +100,7 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 impl Live {
     /// Holds `permit` for as long as the stream runs.
-    pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
+    pub fn with_permit(mut self, permit: StreamPermit) -> Self {
         self.permit = Some(permit);
         self
     }

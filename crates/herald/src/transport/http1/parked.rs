@@ -30,7 +30,9 @@ use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use parking_lot::{Mutex, MutexGuard};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
+
+use crate::hub::admission::StreamPermit;
 
 use super::chunk;
 use crate::http::policy::{discard_input, Input, WRITE_STALL};
@@ -50,7 +52,7 @@ pub(crate) struct Parked {
     stream: std::net::TcpStream,
     feed: Feed,
     /// The connection's place under the connection limit.
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<StreamPermit>,
     /// Bytes of a chunk the socket did not take yet, and since when
     /// (boxed: rare, and every parked connection would carry its room).
     pending: Option<Box<(Bytes, Instant)>>,
@@ -190,7 +192,7 @@ impl Flusher {
         self: &Arc<Self>,
         feed: Feed,
         stream: tokio::net::TcpStream,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<StreamPermit>,
     ) {
         let Some(watcher) = self.watcher() else {
             return;
