@@ -190,6 +190,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         max_body_bytes: s.value("max_body_bytes")?,
         max_connections: s.value("max_connections")?,
         max_streams_per_ip: s.value("max_streams_per_ip")?,
+        max_stream_lifetime: s.get("max_stream_lifetime")?,
         trusted_proxies: s
             .list("trusted_proxies")
             .unwrap_or_default()

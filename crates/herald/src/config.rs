@@ -49,6 +49,11 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Name of the authorization cookie.
     pub cookie_name: String,
+    /// The longest an event stream lasts: each stream is closed after 80
+    /// to 100 % of it, drawn at random, so clients that connected together
+    /// (after a deploy) leave, and spread over other nodes, apart. The
+    /// client resumes with `Last-Event-ID`. `None`: streams last.
+    pub max_stream_lifetime: Option<Duration>,
     /// Most event streams open at once from one client address (`429`
     /// beyond); 0 for no limit.
     pub max_streams_per_ip: usize,
@@ -134,6 +139,7 @@ impl Default for HubConfig {
             cookie_name: "mercureAuthorization".to_owned(),
             max_connections: 19_000,
             max_streams_per_ip: 0,
+            max_stream_lifetime: None,
             trusted_proxies: Vec::new(),
             publish_rate_per_ip: 0,
             publish_rate_per_token: 0,

@@ -265,3 +265,31 @@ async fn publishing_is_limited_per_token_and_per_address() {
         "{metrics}"
     );
 }
+
+/// `max_stream_lifetime`: a stream ends after 80 to 100 % of it, and its
+/// client resumes with no update lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_at_their_lifetime_and_resume_without_loss() {
+    let mut cfg = config();
+    cfg.anonymous = true;
+    cfg.max_stream_lifetime = Some(Duration::from_secs(1));
+    let hub = TestHub::start(cfg).await;
+    let http = client();
+    let started = Instant::now();
+    let mut s = Subscription::topics(&hub, &["a"]).await;
+    let id = publish_ok(&http, &hub, &[("topic", "a"), ("data", "one")]).await;
+    assert_eq!(s.next_event(Duration::from_secs(2)).await.unwrap().id, id);
+    assert!(
+        s.wait_end(Duration::from_secs(3)).await,
+        "the stream outlived its lifetime"
+    );
+    let lasted = started.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(790),
+        "ended after {lasted:?}"
+    );
+    let missed = publish_ok(&http, &hub, &[("topic", "a"), ("data", "two")]).await;
+    let mut back = Subscription::open(&hub, &[("topic", "a")], &[("Last-Event-ID", &id)]).await;
+    let e = back.next_event(Duration::from_secs(2)).await.unwrap();
+    assert_eq!((e.id.as_str(), e.data.as_str()), (missed.as_str(), "two"));
+}

@@ -83,7 +83,18 @@ impl Hub {
     ) -> Result<(Feed, Option<String>), SubscribeError> {
         let cfg = self.config();
         let allowed = req.grants.as_ref().and_then(Grants::subscribe_rule);
-        let expires = req.grants.as_ref().and_then(Grants::exp).map(deadline);
+        // The stream ends when its token expires, or at its lifetime.
+        let lifetime = cfg
+            .max_stream_lifetime
+            .map(|max| std::time::Instant::now() + max.mul_f64(0.8 + 0.2 * rand::random::<f64>()));
+        let expires = req
+            .grants
+            .as_ref()
+            .and_then(Grants::exp)
+            .map(deadline)
+            .into_iter()
+            .chain(lifetime)
+            .min();
         let sub = Arc::new(
             Subscriber::new(
                 self.next_subscriber_id(),

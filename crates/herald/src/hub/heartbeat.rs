@@ -102,7 +102,10 @@ impl Expiries {
                 };
                 for id in due {
                     if let Some(sub) = index.get(id) {
-                        tracing::debug!(subscriber = id, "token expired: closing stream");
+                        tracing::debug!(
+                            subscriber = id,
+                            "token expired or stream lifetime over: closing stream"
+                        );
                         if sub.close() {
                             index.wake(&sub);
                         }
