@@ -191,6 +191,8 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         max_connections: s.value("max_connections")?,
         max_streams_per_ip: s.value("max_streams_per_ip")?,
         max_stream_lifetime: s.get("max_stream_lifetime")?,
+        webhook_url: s.get("webhook_url")?,
+        webhook_secret: s.get("webhook_secret")?,
         trusted_proxies: s
             .list("trusted_proxies")
             .unwrap_or_default()

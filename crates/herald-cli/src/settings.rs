@@ -44,6 +44,10 @@ const HUB: &[Setting] = &[
          or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
          `postgresql://`): nodes share one PostgreSQL; `nats://HOST:PORT`: nodes share one NATS with JetStream"),
     text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
+    text("webhook_url", Unset("none"),
+        "where herald posts `connect`, `subscribe` and `disconnect` events as JSON (presence for apps that read no subscription events)"),
+    text("webhook_secret", Unset("none"),
+        "key of the webhook requests' `Herald-Signature` (HMAC-SHA256 of `<t>.<body>`)").secret(),
     text("max_stream_lifetime", Unset("none"),
         "longest an event stream lasts (each 80-100 % of it, at random, so clients that came together leave apart; they resume with Last-Event-ID), e.g. `30m`"),
     text("max_streams_per_ip", Value("0"),

@@ -49,6 +49,11 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Name of the authorization cookie.
     pub cookie_name: String,
+    /// Where herald posts `connect`, `subscribe` and `disconnect` events
+    /// (see [`crate::hub::webhooks`]); `None`: no webhooks.
+    pub webhook_url: Option<url::Url>,
+    /// The key of the webhook requests' `Herald-Signature`.
+    pub webhook_secret: Option<String>,
     /// The longest an event stream lasts: each stream is closed after 80
     /// to 100 % of it, drawn at random, so clients that connected together
     /// (after a deploy) leave, and spread over other nodes, apart. The
@@ -140,6 +145,8 @@ impl Default for HubConfig {
             max_connections: 19_000,
             max_streams_per_ip: 0,
             max_stream_lifetime: None,
+            webhook_url: None,
+            webhook_secret: None,
             trusted_proxies: Vec::new(),
             publish_rate_per_ip: 0,
             publish_rate_per_token: 0,

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub replay_seconds: Histogram,
     pub auth_failures: Family<AuthLabels, Counter>,
+    /// Webhook events dropped because the queue was full.
+    pub webhooks_dropped: Counter,
     /// Requests refused at a limit (see [`crate::hub::admission`]).
     pub refused: Family<RefusedLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
@@ -90,6 +92,7 @@ impl Metrics {
             replay_seconds: Histogram::new(latency_buckets()),
             auth_failures: Family::default(),
             refused: Family::default(),
+            webhooks_dropped: Counter::default(),
             published_count: AtomicU64::new(0),
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
@@ -163,6 +166,11 @@ impl Metrics {
             "authorization_failures",
             "Refused tokens and rights, by action and reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped because the application fell behind (queue full)",
+            m.webhooks_dropped.clone(),
         );
         registry.register(
             "admission_refused",

@@ -175,6 +175,17 @@ impl Hub {
             req.last_event_id.as_deref(),
         );
         guard.counted = true;
+        if cfg.webhook_url.is_some() {
+            let topics: Vec<String> = sub
+                .selectors
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            self.webhook("connect", sub.id, topics.clone(), req.peer);
+            for t in topics {
+                self.webhook("subscribe", sub.id, vec![t], req.peer);
+            }
+        }
         let mut feed = Feed::new(guard, cursor);
         if req.gap_event && resumed_from.as_deref() == Some(EARLIEST) {
             if let Some(asked) = req.last_event_id.filter(|id| id != EARLIEST) {
@@ -253,6 +264,15 @@ impl Drop for Registration {
         }
         if self.hub.subscriptions().is_some() {
             self.hub.close_subscription(self.sub.id, self.opened.take());
+        }
+        if self.counted && self.hub.config().webhook_url.is_some() {
+            let topics = self
+                .sub
+                .selectors
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            self.hub.webhook("disconnect", self.sub.id, topics, None);
         }
         if self.counted {
             self.hub.metrics().subscriber_disconnected(

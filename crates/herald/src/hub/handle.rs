@@ -84,6 +84,8 @@ struct Inner {
     subscriptions: Option<ActiveSubscriptions>,
     /// Set once the heartbeat ticker and the expiry timer run.
     ticker: std::sync::OnceLock<()>,
+    /// The webhook sender, started with the first event.
+    webhooks: std::sync::OnceLock<super::webhooks::Webhooks>,
     /// Token deadlines of open streams.
     expiries: Arc<Expiries>,
     /// Subscription events being published, awaited before the engine
@@ -169,6 +171,7 @@ impl Hub {
                 expiries: Arc::default(),
                 events: tokio_util::task::TaskTracker::new(),
                 admission,
+                webhooks: std::sync::OnceLock::new(),
             }),
         };
         hub.start_reaper();
@@ -330,6 +333,28 @@ impl Hub {
         self.inner.admission.stream(ip).inspect_err(|r| {
             self.inner.metrics.refused(r.kind());
         })
+    }
+
+    /// Queues a webhook event when `webhook_url` is set (never waits).
+    pub(crate) fn webhook(
+        &self,
+        kind: &'static str,
+        subscriber: u64,
+        topics: Vec<String>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let Some(url) = &self.inner.config.webhook_url else {
+            return;
+        };
+        let hooks = self.inner.webhooks.get_or_init(|| {
+            super::webhooks::Webhooks::start(
+                url.clone(),
+                self.inner.config.webhook_secret.clone(),
+                self.inner.metrics.webhooks_dropped.clone(),
+                self.inner.shutdown.clone(),
+            )
+        });
+        hooks.send(kind, subscriber, topics, peer.map(|p| p.ip().to_string()));
     }
 
     /// Takes `n` updates from the publish rates of `ip` and `token`.

@@ -25,6 +25,7 @@ pub mod index;
 pub(crate) mod stats;
 pub mod subscriber;
 pub mod wake;
+pub mod webhooks;
 
 pub use feed::{Feed, Revision, SubscribeError, SubscribeRequest};
 pub use handle::{generate_id, Hub, PublishError};
