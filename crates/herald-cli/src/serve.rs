@@ -191,6 +191,24 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         max_connections: s.value("max_connections")?,
         max_streams_per_ip: s.value("max_streams_per_ip")?,
         max_stream_lifetime: s.get("max_stream_lifetime")?,
+        auth_callback: match s.get::<url::Url>("auth_callback_url")? {
+            None => None,
+            Some(url) => Some(herald::auth::callback::CallbackConfig {
+                url,
+                forward: s
+                    .list("auth_callback_forward")
+                    .unwrap_or_else(|| vec!["cookie".to_owned()]),
+                cache: s.value("auth_callback_cache")?,
+                timeout: s.value("auth_callback_timeout")?,
+                failure: match s.value::<String>("auth_callback_failure")?.as_str() {
+                    "deny" => herald::auth::callback::CallbackFailure::Deny,
+                    "anonymous" => herald::auth::callback::CallbackFailure::Anonymous,
+                    other => {
+                        bail!("auth_callback_failure: {other:?} is neither deny nor anonymous")
+                    }
+                },
+            }),
+        },
         webhook_url: s.get("webhook_url")?,
         webhook_secret: s.get("webhook_secret")?,
         trusted_proxies: s

@@ -49,6 +49,9 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Name of the authorization cookie.
     pub cookie_name: String,
+    /// The authorization callback for requests without a token (see
+    /// [`crate::auth::callback`]); `None`: JWTs only.
+    pub auth_callback: Option<crate::auth::callback::CallbackConfig>,
     /// Where herald posts `connect`, `subscribe` and `disconnect` events
     /// (see [`crate::hub::webhooks`]); `None`: no webhooks.
     pub webhook_url: Option<url::Url>,
@@ -145,6 +148,7 @@ impl Default for HubConfig {
             max_connections: 19_000,
             max_streams_per_ip: 0,
             max_stream_lifetime: None,
+            auth_callback: None,
             webhook_url: None,
             webhook_secret: None,
             trusted_proxies: Vec::new(),

@@ -8,6 +8,9 @@
 pub enum AuthError {
     #[error("malformed Authorization header: expected \"Bearer <token>\"")]
     MalformedHeader,
+    /// The application's authorization callback refused the request.
+    #[error("the application refused this request")]
+    CallbackRefused,
     /// Credentials of another scheme (`Basic`, ...): no bearer token, so
     /// `401` with a bare `Bearer` challenge (RFC 6750, 3.1).
     #[error("the Authorization header uses another scheme: a bearer token is required")]
@@ -43,7 +46,8 @@ impl AuthError {
             Self::NoOrigin
             | Self::OriginNotAllowed(_)
             | Self::NoPublishClaim
-            | Self::TopicNotAllowed(_) => http::StatusCode::FORBIDDEN,
+            | Self::TopicNotAllowed(_)
+            | Self::CallbackRefused => http::StatusCode::FORBIDDEN,
             Self::MalformedHeader | Self::TokenInQuery => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::UNAUTHORIZED,
         }
@@ -57,6 +61,7 @@ impl AuthError {
     pub fn bearer_error(&self) -> Option<&'static str> {
         match self {
             Self::Missing | Self::OtherScheme => None,
+            Self::CallbackRefused => Some("insufficient_scope"),
             Self::MalformedHeader | Self::TokenInQuery => Some("invalid_request"),
             // Not a token problem: a cross-site publish refused.
             Self::NoOrigin | Self::OriginNotAllowed(_) => None,
@@ -86,6 +91,7 @@ impl AuthError {
             Self::NotYetValid => "not_yet_valid",
             Self::Missing => "missing",
             Self::OtherScheme => "other_scheme",
+            Self::CallbackRefused => "callback_refused",
             Self::NoOrigin => "no_origin",
             Self::OriginNotAllowed(_) => "origin_not_allowed",
             Self::NoPublishClaim => "no_publish_claim",

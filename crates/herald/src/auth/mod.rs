@@ -25,6 +25,7 @@
 //! was found ([`TokenSource`]), and why a request was refused
 //! ([`AuthError`]), is in `error.rs`.
 
+pub mod callback;
 mod error;
 mod extract;
 mod grants;

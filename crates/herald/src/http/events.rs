@@ -141,8 +141,42 @@ fn authorize(
 ) -> Result<Option<Grants>, AuthError> {
     match hub.authenticate(headers, query_token, Role::Subscriber)? {
         Some((grants, _)) => Ok(Some(grants)),
-        None if hub.config().anonymous => Ok(None),
+        None if hub.config().anonymous && hub.callback().is_none() => Ok(None),
         None => Err(AuthError::Missing),
+    }
+}
+
+/// Asks the application's authorization callback (see
+/// [`crate::auth::callback`]) about a request without a token. `Ok(None)`:
+/// go on without credentials.
+pub(crate) async fn ask_callback(
+    hub: &Hub,
+    headers: &HeaderMap,
+    action: &'static str,
+    topics: &[String],
+    ip: Option<std::net::IpAddr>,
+) -> Result<Option<Grants>, HttpError> {
+    use crate::auth::callback::{CallbackFailure, Decision};
+    let Some(cb) = hub.callback() else {
+        return Ok(None);
+    };
+    match cb.ask(headers, action, topics, ip).await {
+        Decision::Granted(g) => Ok(Some(g)),
+        Decision::Refused => {
+            let e = AuthError::CallbackRefused;
+            hub.metrics().auth_failed(action, &e);
+            Err(HttpError::auth(hub, &e))
+        }
+        Decision::Failed(why) => {
+            tracing::warn!(action, "{why}");
+            match cb.failure() {
+                CallbackFailure::Deny => Err(HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the authorization service did not answer; retry shortly",
+                )),
+                CallbackFailure::Anonymous => Ok(None),
+            }
+        }
     }
 }
 
@@ -175,10 +209,26 @@ pub(crate) async fn prepare(
         );
     }
     let req = parse_request(hub, headers, pairs)?;
-    let grants = authorize(hub, headers, req.query_token.as_deref()).map_err(|e| {
-        hub.metrics().auth_failed("subscribe", &e);
-        HttpError::auth(hub, &e)
-    })?;
+    let grants = match authorize(hub, headers, req.query_token.as_deref()) {
+        Ok(g) => g,
+        // No token: the application's callback decides, when there is one.
+        Err(AuthError::Missing) if hub.callback().is_some() => {
+            let topics: Vec<String> = match req.revision {
+                Revision::Draft07 => req
+                    .selectors
+                    .iter()
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+                Revision::Draft08 => req.matchers.iter().map(|m| m.as_str().to_owned()).collect(),
+            };
+            let ip = conn.as_ref().map(|c| hub.client_ip(c.peer.ip(), headers));
+            ask_callback(hub, headers, "subscribe", &topics, ip).await?
+        }
+        Err(e) => {
+            hub.metrics().auth_failed("subscribe", &e);
+            return Err(HttpError::auth(hub, &e));
+        }
+    };
     let (cancel, peer) = match conn {
         Some(c) => (c.cancel, Some(c.peer)),
         None => (None, None),

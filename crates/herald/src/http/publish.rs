@@ -28,10 +28,19 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<Response, HttpError> {
     let started = std::time::Instant::now();
-    let (grants, token) = authorize_publisher(&hub, &headers, query.as_deref()).map_err(|e| {
-        hub.metrics().auth_failed("publish", &e);
-        HttpError::auth(&hub, &e)
-    })?;
+    // Without a token, the application's callback decides once the
+    // topics are known.
+    let (grants, token) = match authorize_publisher(&hub, &headers, query.as_deref()) {
+        Ok((g, t)) => (Some(g), t),
+        Err(AuthError::Missing) if hub.callback().is_some() => (None, None),
+        Err(e) => {
+            hub.metrics().auth_failed("publish", &e);
+            return Err(HttpError::auth(&hub, &e));
+        }
+    };
+    let ip = conn
+        .as_ref()
+        .map(|Extension(c)| hub.client_ip(c.peer.ip(), &headers));
 
     let batch = match headers.get(header::CONTENT_TYPE) {
         None => false,
@@ -60,13 +69,38 @@ pub(crate) async fn publish(
         vec![update_from_form(fields)?]
     };
     for (i, u) in updates.iter().enumerate() {
-        check_rules(&hub, u, grants.is_access_token()).map_err(|mut e| {
+        let draft08 = grants.as_ref().is_some_and(Grants::is_access_token);
+        check_rules(&hub, u, draft08).map_err(|mut e| {
             if batch {
                 e.reason = format!("update {i}: {}", e.reason);
             }
             e
         })?;
     }
+    let grants = match grants {
+        Some(g) => g,
+        None => {
+            // A browser sends its cookies cross-site too: a publish the
+            // app may grant on cookies must come from an allowed origin,
+            // as a publish with a token cookie must.
+            if headers.contains_key(header::COOKIE) {
+                if let Err(e) = auth::check_publish_origin(&headers, &hub.config().publish_origins)
+                {
+                    hub.metrics().auth_failed("publish", &e);
+                    return Err(HttpError::auth(&hub, &e));
+                }
+            }
+            let topics: Vec<String> = updates.iter().flat_map(|u| u.topics.clone()).collect();
+            match super::events::ask_callback(&hub, &headers, "publish", &topics, ip).await? {
+                Some(g) => g,
+                None => {
+                    let e = AuthError::Missing;
+                    hub.metrics().auth_failed("publish", &e);
+                    return Err(HttpError::auth(&hub, &e));
+                }
+            }
+        }
+    };
     let checked = if grants.may_publish_somewhere() {
         updates.iter().try_for_each(|u| check_topics(&grants, u))
     } else {
@@ -77,7 +111,6 @@ pub(crate) async fn publish(
         return Err(HttpError::auth(&hub, &e));
     }
     // The publish rates, by the client's address and by token.
-    let ip = conn.map(|Extension(c)| hub.client_ip(c.peer.ip(), &headers));
     hub.admit_publish(ip, token, updates.len())
         .map_err(|r| HttpError::refused(&r))?;
 

@@ -84,6 +84,8 @@ struct Inner {
     subscriptions: Option<ActiveSubscriptions>,
     /// Set once the heartbeat ticker and the expiry timer run.
     ticker: std::sync::OnceLock<()>,
+    /// The authorization callback, when configured.
+    callback: Option<crate::auth::callback::Callback>,
     /// The webhook sender, started with the first event.
     webhooks: std::sync::OnceLock<super::webhooks::Webhooks>,
     /// Token deadlines of open streams.
@@ -120,6 +122,7 @@ impl Hub {
     /// An invalid setting, such as a key that does not parse.
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let callback_config = config.auth_callback.clone();
         let admission = super::admission::Admission::new(
             config.max_connections,
             config.max_streams_per_ip,
@@ -172,6 +175,7 @@ impl Hub {
                 events: tokio_util::task::TaskTracker::new(),
                 admission,
                 webhooks: std::sync::OnceLock::new(),
+                callback: callback_config.map(crate::auth::callback::Callback::new),
             }),
         };
         hub.start_reaper();
@@ -333,6 +337,11 @@ impl Hub {
         self.inner.admission.stream(ip).inspect_err(|r| {
             self.inner.metrics.refused(r.kind());
         })
+    }
+
+    /// The authorization callback, when configured.
+    pub(crate) fn callback(&self) -> Option<&crate::auth::callback::Callback> {
+        self.inner.callback.as_ref()
     }
 
     /// Queues a webhook event when `webhook_url` is set (never waits).
