@@ -225,6 +225,9 @@ impl HubConfig {
         if self.max_connections == 0 {
             return Err(ConfigError::NotPositive("max_connections"));
         }
+        if self.max_stream_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::NotPositive("max_stream_lifetime"));
+        }
         if !matches!(self.public_url.scheme(), "http" | "https") {
             return Err(ConfigError::PublicUrlScheme);
         }

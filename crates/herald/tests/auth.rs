@@ -536,3 +536,28 @@ async fn cors_preflight_and_headers() {
         .to_owned();
     assert!(exposed.contains("link"), "{exposed}");
 }
+
+/// A token whose `exp` is centuries away (here the largest there is) is
+/// simply valid: the hub does not fail computing when it expires.
+#[tokio::test]
+async fn an_exp_beyond_any_clock_is_never() {
+    let hub = TestHub::start(config()).await;
+    let t = sign(
+        &Claims {
+            exp: Some(u64::MAX),
+            ..claims(None, Some(&["*"]))
+        },
+        &KeyConfig::hmac(SUB_KEY),
+    )
+    .unwrap();
+    let mut s = Subscription::open(
+        &hub,
+        &[("topic", "t")],
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let c = client();
+    let id = publish_ok(&c, &hub, &[("topic", "t"), ("data", "x")]).await;
+    assert_eq!(s.next_event(Duration::from_secs(2)).await.unwrap().id, id);
+}

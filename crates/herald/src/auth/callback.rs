@@ -40,6 +40,13 @@ use parking_lot::Mutex;
 use super::grants::{ClaimGrants, Grants};
 use super::jwt::Claims;
 
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Answers kept at most; the cache is emptied when full.
 const CACHE_ENTRIES: usize = 10_000;
 
@@ -122,7 +129,8 @@ impl Callback {
         }
         let key = key.finish();
         if let Some((at, answer)) = self.cache.lock().get(&key).cloned() {
-            if at.elapsed() < self.config.cache {
+            let fresh = answer.as_ref().is_none_or(|g| g.valid_at(now_secs()));
+            if at.elapsed() < self.config.cache && fresh {
                 return answer.map_or(Decision::Refused, Decision::Granted);
             }
         }
@@ -166,7 +174,17 @@ impl Callback {
         };
         match res.status().as_u16() {
             200 => match res.json::<Claims>().await {
-                Ok(claims) => Decision::Granted(Grants::Claim(Arc::new(ClaimGrants::new(claims)))),
+                Ok(claims) => {
+                    let grants = Grants::Claim(Arc::new(ClaimGrants::new(claims)));
+                    if grants.valid_at(now_secs()) {
+                        Decision::Granted(grants)
+                    } else {
+                        Decision::Failed(
+                            "the authorization callback answered claims outside their validity (exp or nbf)"
+                                .into(),
+                        )
+                    }
+                }
                 Err(e) => Decision::Failed(format!(
                     "the authorization callback answered 200 without claims: {e}"
                 )),

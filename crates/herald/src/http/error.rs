@@ -50,8 +50,9 @@ impl HttpError {
                     format!("publishing too fast ({who}); retry shortly"),
                 )
             },
+            // Retrying can never pass: no Retry-After.
             Refused::TooLarge(who, n) => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::PAYLOAD_TOO_LARGE,
                 format!("more updates in one request than {who} allows at once ({n})"),
             ),
         }

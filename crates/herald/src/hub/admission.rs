@@ -192,26 +192,37 @@ fn take<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-/// The client's address behind `trusted` proxies.
+/// The client's address behind `trusted` proxies: walking
+/// `X-Forwarded-For` from the right (the entries our proxies appended),
+/// the first address that is not a trusted proxy. An entry that is not an
+/// address stops the walk at the last hop read, so nothing the client
+/// wrote left of it counts. IPv4 addresses mapped into IPv6 (a dual-stack
+/// listener) count as IPv4.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let chain: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map_while(|a| a.trim().parse::<IpAddr>().ok())
         .collect();
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer)
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(&client) {
+                    return client;
+                }
+            }
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -246,6 +257,29 @@ mod tests {
         assert_eq!(
             client_ip(peer, &h, &trusted),
             "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        // A client cannot hide behind an entry that is not an address: the
+        // walk stops at it, at the hop our proxy wrote.
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            "6.6.6.6, x, 203.0.113.9".parse().unwrap(),
+        );
+        assert_eq!(client_ip(peer, &h, &trusted), ip("203.0.113.9"));
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6, x".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+        // A dual-stack listener's mapped address is the IPv4 one.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &h, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:192.0.2.1"), &h, &trusted),
+            ip("192.0.2.1")
         );
     }
 

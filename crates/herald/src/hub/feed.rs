@@ -84,14 +84,14 @@ impl Hub {
         let cfg = self.config();
         let allowed = req.grants.as_ref().and_then(Grants::subscribe_rule);
         // The stream ends when its token expires, or at its lifetime.
-        let lifetime = cfg
-            .max_stream_lifetime
-            .map(|max| std::time::Instant::now() + max.mul_f64(0.8 + 0.2 * rand::random::<f64>()));
+        let lifetime = cfg.max_stream_lifetime.and_then(|max| {
+            std::time::Instant::now().checked_add(max.mul_f64(0.8 + 0.2 * rand::random::<f64>()))
+        });
         let expires = req
             .grants
             .as_ref()
             .and_then(Grants::exp)
-            .map(deadline)
+            .and_then(deadline)
             .into_iter()
             .chain(lifetime)
             .min();
@@ -286,12 +286,13 @@ impl Drop for Registration {
 
 /// The moment a token whose `exp` is `exp` (seconds since the epoch)
 /// expires.
-fn deadline(exp: u64) -> std::time::Instant {
+fn deadline(exp: u64) -> Option<std::time::Instant> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    std::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+    // An `exp` beyond what the clock counts (centuries away) is never.
+    std::time::Instant::now().checked_add(Duration::from_secs(exp.saturating_sub(now)))
 }
 
 /// Where a feed is.
