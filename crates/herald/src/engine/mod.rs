@@ -148,6 +148,8 @@ pub mod postgres;
 pub(crate) mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+pub(crate) mod retry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]

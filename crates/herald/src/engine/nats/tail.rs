@@ -28,23 +28,15 @@ const BATCH: usize = 256;
 /// Follows the log until the engine closes.
 pub(crate) async fn run(inner: Arc<Inner>, sink: Arc<dyn Sink>) {
     let mut cursor = *inner.start.lock();
-    let mut backoff = Duration::from_millis(50);
+    let mut retry = crate::engine::retry::Retry::default();
     while !inner.stop.is_cancelled() {
-        if let Err(e) = follow(&inner, &sink, &mut cursor).await {
-            let was_up = inner.tail_up.swap(false, Ordering::AcqRel);
-            let first_failure = !inner.tail_lost.swap(true, Ordering::AcqRel);
-            if was_up || first_failure {
-                tracing::warn!(engine = "nats", "lost the log, reconnecting: {e}");
-                backoff = Duration::from_millis(50);
-            }
-        } else {
+        let Err(e) = follow(&inner, &sink, &mut cursor).await else {
+            return;
+        };
+        let flags = (&inner.tail_up, &inner.tail_lost);
+        if !retry.after("nats", &e, flags, &inner.stop).await {
             return;
         }
-        tokio::select! {
-            () = inner.stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -11,7 +11,6 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
@@ -38,23 +37,15 @@ pub(crate) async fn run(inner: Arc<Inner>, sink: Arc<dyn Sink>) {
             last_id: s.last_id.clone(),
         }
     };
-    let mut backoff = Duration::from_millis(50);
+    let mut retry = crate::engine::retry::Retry::default();
     while !inner.stop.is_cancelled() {
-        if let Err(e) = follow(&inner, &sink, &mut cursor).await {
-            let was_up = inner.tail_up.swap(false, Ordering::AcqRel);
-            let first_failure = !inner.tail_lost.swap(true, Ordering::AcqRel);
-            if was_up || first_failure {
-                tracing::warn!(engine = "postgres", "lost the log, reconnecting: {e}");
-                backoff = Duration::from_millis(50);
-            }
-        } else {
+        let Err(e) = follow(&inner, &sink, &mut cursor).await else {
+            return;
+        };
+        let flags = (&inner.tail_up, &inner.tail_lost);
+        if !retry.after("postgres", &e, flags, &inner.stop).await {
             return;
         }
-        tokio::select! {
-            () = inner.stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -44,24 +44,15 @@ pub(super) async fn run(inner: Arc<Inner>, sink: Arc<dyn Sink>) {
             last_id: f.start_id.clone(),
         }
     };
-    let mut backoff = Duration::from_millis(50);
+    let mut retry = crate::engine::retry::Retry::default();
     while !inner.stop.is_cancelled() {
-        match follow(&inner, &sink, &mut cursor).await {
-            Ok(()) => return,
-            Err(e) => {
-                let was_up = inner.tail_up.swap(false, Ordering::AcqRel);
-                let first_failure = !inner.tail_lost.swap(true, Ordering::AcqRel);
-                if was_up || first_failure {
-                    tracing::warn!(engine = "redis", "lost the log, reconnecting: {e}");
-                    backoff = Duration::from_millis(50);
-                }
-            }
+        let Err(e) = follow(&inner, &sink, &mut cursor).await else {
+            return;
+        };
+        let flags = (&inner.tail_up, &inner.tail_lost);
+        if !retry.after("redis", &e, flags, &inner.stop).await {
+            return;
         }
-        tokio::select! {
-            () = inner.stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
