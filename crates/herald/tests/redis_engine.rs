@@ -116,10 +116,12 @@ impl Namespace {
         Self(config(url, &namespace()))
     }
 
+    async fn engine(&self) -> Arc<dyn Engine> {
+        Arc::new(RedisEngine::connect(self.0.clone()).await.unwrap())
+    }
+
     async fn node(&self) -> Harness {
-        Harness::start(Arc::new(
-            RedisEngine::connect(self.0.clone()).await.unwrap(),
-        ))
+        Harness::start(self.engine().await)
     }
 }
 
@@ -385,63 +387,18 @@ async fn field_of_entry(
         .unwrap()
 }
 
-/// Every node sees the others' subscriptions; a node that stops
-/// refreshing drops out within LIVENESS, and exactly one reaper gets its
-/// entries, never its own.
+/// The directory check of the testkit, on three nodes of one namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_lists_other_nodes_and_reaps_dead_ones_once() {
     let Some(url) = redis_url() else {
         return assert!(!with_redis());
     };
-    use herald::engine::redis::presence::LIVENESS;
     let ns = Namespace::new(&url);
-    let a = ns.node().await;
-    let b = ns.node().await;
-    let c = ns.node().await;
-    let (da, db, dc) = (
-        a.engine.directory().unwrap(),
-        b.engine.directory().unwrap(),
-        c.engine.directory().unwrap(),
-    );
-    da.put(1, "a1".into());
-    da.put(2, "a2".into());
-    db.put(1, "b1".into());
-    da.remove(2);
-    let listed = || async {
-        let mut v = dc.others().await.unwrap();
-        v.sort();
-        v
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            listed().await == ["a1", "b1"]
-        })
-        .await
-    );
-    assert_eq!(db.others().await.unwrap(), ["a1"]);
-    // Nothing is dead yet, and a node does not list itself.
-    assert!(db.reap().await.unwrap().is_empty());
-    // A dies without leaving (its tasks stop, nothing removes its entries).
-    drop(da);
-    drop(a);
-    assert!(
-        eventually(LIVENESS + Duration::from_secs(5), || async {
-            listed().await == ["b1"]
-        })
-        .await,
-        "a dead node leaves the listings within LIVENESS"
-    );
-    // One reaper gets A's entries, once.
-    let mut reaped = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while reaped.is_empty() && std::time::Instant::now() < deadline {
-        reaped.extend(db.reap().await.unwrap());
-        reaped.extend(dc.reap().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(reaped, ["a1"]);
-    assert!(db.reap().await.unwrap().is_empty() && dc.reap().await.unwrap().is_empty());
-    assert_eq!(dc.others().await.unwrap(), ["b1"]);
+    herald::engine::testkit::directory_lists_other_nodes_and_reaps_dead_ones_once(
+        || async { ns.engine().await },
+        herald::engine::redis::presence::LIVENESS,
+    )
+    .await;
 }
 
 /// With `wait_replicas` and no replica to confirm, a publish is not

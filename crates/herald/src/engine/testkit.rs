@@ -525,6 +525,75 @@ pub async fn matches_a_simple_model<F: EngineFactory>(mut factory: F) {
     h.engine.close().await.unwrap();
 }
 
+/// The subscriptions directory of an engine shared by several nodes
+/// ([`Engine::directory`]): every node sees the others' entries, never its
+/// own; a node that stops refreshing drops out of the listings within
+/// `liveness`, and exactly one surviving node reaps its entries, once.
+/// `node` connects one more node to the same shared log. Not part of
+/// [`engine_conformance!`](crate::engine_conformance): an engine of one
+/// node has no directory.
+pub async fn directory_lists_other_nodes_and_reaps_dead_ones_once<F, Fut>(
+    mut node: F,
+    liveness: Duration,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Arc<dyn Engine>>,
+{
+    let a = Harness::start(node().await);
+    let b = Harness::start(node().await);
+    let c = Harness::start(node().await);
+    let (da, db, dc) = (
+        a.engine
+            .directory()
+            .expect("a shared engine has a directory"),
+        b.engine
+            .directory()
+            .expect("a shared engine has a directory"),
+        c.engine
+            .directory()
+            .expect("a shared engine has a directory"),
+    );
+    da.put(1, "a1".into());
+    da.put(2, "a2".into());
+    db.put(1, "b1".into());
+    da.remove(2);
+    let listed = || async {
+        let mut v = dc.others().await.unwrap();
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            listed().await == ["a1", "b1"]
+        })
+        .await
+    );
+    assert_eq!(db.others().await.unwrap(), ["a1"]);
+    // Nothing is dead yet, and a node does not list itself.
+    assert!(db.reap().await.unwrap().is_empty());
+    // A dies without leaving (its tasks stop, nothing removes its entries).
+    drop(da);
+    drop(a);
+    assert!(
+        eventually(liveness + Duration::from_secs(5), || async {
+            listed().await == ["b1"]
+        })
+        .await,
+        "a dead node leaves the listings within its liveness"
+    );
+    // One reaper gets A's entries, once.
+    let mut reaped = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reaped.is_empty() && std::time::Instant::now() < deadline {
+        reaped.extend(db.reap().await.unwrap());
+        reaped.extend(dc.reap().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reaped, ["a1"]);
+    assert!(db.reap().await.unwrap().is_empty() && dc.reap().await.unwrap().is_empty());
+    assert_eq!(dc.others().await.unwrap(), ["b1"]);
+}
+
 /// `bounds` is empty at first, then spans the history.
 pub async fn bounds_track_history<F: EngineFactory>(mut factory: F) {
     let h = &Harness::fresh(&mut factory).await;
