@@ -99,8 +99,16 @@ async fn follow(
             };
             let mut groups = Vec::new();
             let mut next = Some(next);
+            let mut failed = None;
             while let Some(item) = next.take() {
-                match group(item)? {
+                let item = match group(item) {
+                    Ok(item) => item,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                match item {
                     Ok(g) => groups.push(g),
                     Err((seq, e)) => {
                         // Not a message herald wrote (another client
@@ -117,6 +125,18 @@ async fn follow(
                 }
             }
             handle(inner, sink, cursor, groups);
+            if let Some(e) = failed {
+                // The consumer failed (a purge by retention can end it):
+                // read the log's head again and make a new one from this
+                // node's position. The server being down fails there, and
+                // only then is the log lost.
+                tracing::debug!(
+                    engine = "nats",
+                    "the log's consumer ended, making a new one: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                break;
+            }
         }
     }
 }
