@@ -175,24 +175,22 @@ fn compile_pattern(value: &str, base: &Url) -> Result<UrlPattern<LinearRegex>, M
     }
 }
 
-/// True when a `]` outside regular expression groups and escapes closes no
-/// `[`. `urlpattern` 0.6 counts IPv6 brackets in the host with an unsigned
+/// True when a `]` outside escapes closes no `[`. `urlpattern` 0.6 counts IPv6 brackets in the host with an unsigned
 /// integer and underflows on such a `]` (found by `fuzz/`): a panic with
 /// overflow checks, a silently wrong parse without. A stray `]` is not
 /// valid in a URL host and rare elsewhere; `\]` still spells one.
 fn has_stray_closing_bracket(pattern: &str) -> bool {
+    // Counted inside groups too: an unclosed `(` leaves the rest to the
+    // host's bracket count (found by `fuzz/` with `(](`).
     let mut depth = 0usize;
-    let mut group = 0usize;
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
                 chars.next();
             }
-            '(' => group += 1,
-            ')' => group = group.saturating_sub(1),
-            '[' if group == 0 => depth += 1,
-            ']' if group == 0 => match depth.checked_sub(1) {
+            '[' => depth += 1,
+            ']' => match depth.checked_sub(1) {
                 Some(d) => depth = d,
                 None => return true,
             },
