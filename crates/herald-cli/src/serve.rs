@@ -187,9 +187,13 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         publish_origins: s.list("publish_origins").unwrap_or_default(),
         heartbeat: s.value("heartbeat")?,
         retry: s.get("retry")?,
+        retry_jitter: s.value("retry_jitter")?,
         max_body_bytes: s.value("max_body_bytes")?,
         max_connections: s.value("max_connections")?,
         max_streams_per_ip: s.value("max_streams_per_ip")?,
+        max_streams_per_token: s.value("max_streams_per_token")?,
+        max_subscriptions_per_token: s.value("max_subscriptions_per_token")?,
+        stream_admission_rate: s.value("stream_admission_rate")?,
         max_stream_lifetime: s.get("max_stream_lifetime")?,
         auth_callback: match s.get::<url::Url>("auth_callback_url")? {
             None => None,

@@ -39,6 +39,8 @@ const HUB: &[Setting] = &[
     text("heartbeat", Value("25s"),
         "longest silence before a heartbeat comment (sent after 3/4 of it to all of it); `0` disables"),
     text("retry", Unset("none"), "`retry:` (ms) sent at the start of every stream"),
+    text("retry_jitter", Value("0"),
+        "spread reconnections: each stream's `retry:` is drawn from `retry` (3 s when unset) to `retry` plus this, e.g. `10s`; `0`: off"),
     text("engine", Value("local"),
         "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; `redis://HOST:PORT/DB` \
          or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
@@ -60,6 +62,12 @@ const HUB: &[Setting] = &[
         "longest an event stream lasts (each 80-100 % of it, at random, so clients that came together leave apart; they resume with Last-Event-ID), e.g. `30m`"),
     text("max_streams_per_ip", Value("0"),
         "event streams one client address may hold at once (`429` beyond); `0`: no limit"),
+    text("max_streams_per_token", Value("0"),
+        "event streams one token may hold at once (`429` beyond); `0`: no limit"),
+    text("max_subscriptions_per_token", Value("0"),
+        "selectors (topics, URL patterns) the open streams of one token may hold together (`429` beyond); `0`: no limit"),
+    text("stream_admission_rate", Value("0"),
+        "new event streams started per second, in bursts of as many; the others wait for their turn (up to 30 s, then `503` with `Retry-After`); `0`: no pacing"),
     list("trusted_proxies", Unset("none"),
         "proxies (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For` names the client"),
     text("publish_rate_per_ip", Value("0"),

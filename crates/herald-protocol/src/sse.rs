@@ -146,6 +146,12 @@ impl Parser {
         &self.last_id
     }
 
+    /// The reconnection time the stream set last (`retry:`), in
+    /// milliseconds: how long an `EventSource` waits before it reconnects.
+    pub fn retry(&self) -> Option<u64> {
+        self.retry
+    }
+
     /// Feeds a chunk and returns every complete item it finished.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
         let mut items = Vec::new();

@@ -36,6 +36,11 @@ pub struct HubConfig {
     pub heartbeat: Duration,
     /// `retry:` sent at the start of every stream, in milliseconds.
     pub retry: Option<u64>,
+    /// Spreads reconnections: each stream's `retry:` is drawn at random
+    /// from `retry` (3 s, browsers' own default, when unset) to `retry`
+    /// plus this, so clients cut off together (a restart) come back apart.
+    /// Zero: every stream gets `retry` as it is.
+    pub retry_jitter: Duration,
     /// Largest accepted publish body, in bytes (`413` beyond).
     pub max_body_bytes: usize,
     /// Most topics in one update.
@@ -65,6 +70,16 @@ pub struct HubConfig {
     /// Most event streams open at once from one client address (`429`
     /// beyond); 0 for no limit.
     pub max_streams_per_ip: usize,
+    /// Most event streams open at once with one token (`429` beyond); 0
+    /// for no limit.
+    pub max_streams_per_token: usize,
+    /// Most selectors (topics, URL patterns) the open streams of one token
+    /// hold together (`429` beyond); 0 for no limit.
+    pub max_subscriptions_per_token: usize,
+    /// New event streams started per second, in bursts of as many; those
+    /// past it wait for their turn (up to 30 s, `503` with `Retry-After`
+    /// beyond). 0: no pacing.
+    pub stream_admission_rate: u32,
     /// Proxies whose `X-Forwarded-For` names the client (see
     /// [`crate::hub::admission`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -139,6 +154,7 @@ impl Default for HubConfig {
             publish_origins: Vec::new(),
             heartbeat: Duration::from_secs(25),
             retry: None,
+            retry_jitter: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
             max_topics_per_update: 64,
             max_selectors: 64,
@@ -147,6 +163,9 @@ impl Default for HubConfig {
             cookie_name: "mercureAuthorization".to_owned(),
             max_connections: 19_000,
             max_streams_per_ip: 0,
+            max_streams_per_token: 0,
+            max_subscriptions_per_token: 0,
+            stream_admission_rate: 0,
             max_stream_lifetime: None,
             auth_callback: None,
             webhook_url: None,

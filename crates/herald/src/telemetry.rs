@@ -55,6 +55,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthLabels, Counter>,
     /// Webhook events dropped because the queue was full.
     pub webhooks_dropped: Counter,
+    /// New event streams that waited for their turn (`stream_admission_rate`).
+    pub paced: Counter,
     /// Requests refused at a limit (see [`crate::hub::admission`]).
     pub refused: Family<RefusedLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
@@ -93,6 +95,7 @@ impl Metrics {
             auth_failures: Family::default(),
             refused: Family::default(),
             webhooks_dropped: Counter::default(),
+            paced: Counter::default(),
             published_count: AtomicU64::new(0),
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
@@ -174,8 +177,13 @@ impl Metrics {
         );
         registry.register(
             "admission_refused",
-            "Requests refused at a limit, by kind: streams (503 at max_connections), requests (503, other connections), streams_per_ip, publish_rate_per_ip, publish_rate_per_token (429)",
+            "Requests refused at a limit, by kind: streams (503 at max_connections), requests (503, other connections), stream_pacing (503, a turn too far away), streams_per_ip, streams_per_token, subscriptions_per_token, publish_rate_per_ip, publish_rate_per_token (429)",
             m.refused.clone(),
+        );
+        registry.register(
+            "admission_paced",
+            "New event streams that waited for their turn under stream_admission_rate",
+            m.paced.clone(),
         );
         Self { registry, ..m }
     }

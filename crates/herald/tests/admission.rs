@@ -294,3 +294,151 @@ async fn streams_end_at_their_lifetime_and_resume_without_loss() {
     let e = back.next_event(Duration::from_secs(2)).await.unwrap();
     assert_eq!((e.id.as_str(), e.data.as_str()), (missed.as_str(), "two"));
 }
+
+/// Per-token limits: the streams of one token, and the selectors they hold
+/// together. Past either, `429`; another token, or an anonymous client, is
+/// not affected; a stream that ends gives its token its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_selectors_are_limited_per_token() {
+    let mut cfg = config();
+    cfg.anonymous = true;
+    cfg.max_streams_per_token = 2;
+    cfg.max_subscriptions_per_token = 3;
+    let hub = TestHub::start(cfg).await;
+    let alice = common::token(common::SUB_KEY, None, Some(&["*"]));
+    let bob = common::token(common::SUB_KEY, None, Some(&["https://x/{id}"]));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let open = |token: String, topics: &'static [&'static str]| {
+        let hub = &hub;
+        async move {
+            let q: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+            if token.is_empty() {
+                Subscription::open(hub, &q, &[]).await
+            } else {
+                Subscription::open(hub, &q, &[("Authorization", &token)]).await
+            }
+        }
+    };
+    let a1 = open(bearer(&alice), &["a"]).await;
+    let a2 = open(bearer(&alice), &["b"]).await;
+    assert_eq!((a1.status, a2.status), (200, 200));
+    // A third stream of the same token.
+    let a3 = open(bearer(&alice), &["c"]).await;
+    assert_eq!(a3.status, 429);
+    assert_eq!(a3.headers["retry-after"], "1");
+    // The same token in the query string is the same token.
+    let q = Subscription::open(
+        &hub,
+        &[("topic", "c"), ("authorization", alice.as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(q.status, 429);
+    // Other clients are unaffected.
+    let b1 = open(bearer(&bob), &["https://x/1", "https://x/2"]).await;
+    let anon = open(String::new(), &["a"]).await;
+    assert_eq!((b1.status, anon.status), (200, 200));
+    // Selectors: bob holds 2 of 3; a stream asking 2 more is refused, one
+    // asking 1 is not.
+    let b2 = open(bearer(&bob), &["https://x/3", "https://x/4"]).await;
+    assert_eq!(b2.status, 429);
+    let b3 = open(bearer(&bob), &["https://x/3"]).await;
+    assert_eq!(b3.status, 200);
+    // A stream that ends gives its share back.
+    drop(a1);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = open(bearer(&alice), &["c"]).await.status;
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, 200);
+    let metrics = common::scrape(&hub).await;
+    assert!(
+        metrics.contains(r#"herald_admission_refused_total{kind="streams_per_token"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"herald_admission_refused_total{kind="subscriptions_per_token"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// `stream_admission_rate`: when more streams start at once than the rate
+/// allows, the extra ones wait for their turn (one interval apart) and are
+/// all answered `200`: a browser's `EventSource` would give up on a `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_wait_for_their_turn_instead_of_being_refused() {
+    let mut cfg = config();
+    cfg.anonymous = true;
+    cfg.stream_admission_rate = 10;
+    let hub = TestHub::start(cfg).await;
+    let started = Instant::now();
+    let opens = (0..30).map(|_| {
+        let addr = hub.addr;
+        tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let head = common::read_until(&mut tcp, "\r\n\r\n").await;
+            (head, started.elapsed(), tcp)
+        })
+    });
+    let mut answers = Vec::new();
+    for o in opens {
+        answers.push(o.await.unwrap());
+    }
+    // The health check is not paced.
+    let t = Instant::now();
+    let health = client().get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(t.elapsed() < PROMPT);
+    for (head, _, _) in &answers {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let mut times: Vec<Duration> = answers.iter().map(|(_, t, _)| *t).collect();
+    times.sort();
+    // A burst of 10 at once, then one every 100 ms: the 30th after ~2 s.
+    eprintln!(
+        "first answered after {:?}, 10th {:?}, 30th {:?}",
+        times[0], times[9], times[29]
+    );
+    assert!(times[9] < Duration::from_millis(900), "{times:?}");
+    assert!(times[29] >= Duration::from_millis(1800), "{times:?}");
+    let metrics = common::scrape(&hub).await;
+    assert!(common::value(&metrics, "herald_admission_paced_total") >= 19.0);
+}
+
+/// `retry_jitter`: each stream's `retry:` is drawn from `retry` to `retry`
+/// plus the jitter, so clients cut off together come back apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stream_gets_its_own_retry_within_the_jitter() {
+    let mut cfg = config();
+    cfg.anonymous = true;
+    cfg.retry = Some(1000);
+    cfg.retry_jitter = Duration::from_secs(4);
+    let hub = TestHub::start(cfg).await;
+    let mut retries = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+        tcp.write_all(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The first frame, after the head: `retry:<ms>` and a blank line.
+        let got = common::read_until(&mut tcp, "\n\n").await;
+        let at = got.find("retry:").expect("a retry field") + "retry:".len();
+        let ms: u64 = got[at..].lines().next().unwrap().parse().unwrap();
+        retries.push(ms);
+    }
+    assert!(
+        retries.iter().all(|r| (1000..=5000).contains(r)),
+        "{retries:?}"
+    );
+    let mut distinct = retries.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 10, "{retries:?}");
+}

@@ -43,6 +43,25 @@ impl HttpError {
                     "this address has {n} event streams open, the most it may (max_streams_per_ip)"
                 ),
             ),
+            Refused::PerToken(n) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this token has {n} event streams open, the most it may (max_streams_per_token)"
+                ),
+            ),
+            Refused::TokenSubscriptions(n) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this token's streams would hold more than {n} selectors (max_subscriptions_per_token)"
+                ),
+            ),
+            Refused::Paced(wait) => Self {
+                retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many event streams are starting at once; retry shortly",
+                )
+            },
             Refused::Rate(who, wait) => Self {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                 ..Self::new(

@@ -18,7 +18,7 @@ use super::conn::ConnContext;
 use super::error::HttpError;
 use crate::auth::{AuthError, Grants, Role};
 use crate::hub::admission::StreamPermit;
-use crate::hub::feed::{Feed, Revision, SubscribeRequest};
+use crate::hub::feed::{Feed, Revision, SubscribeError, SubscribeRequest};
 use crate::hub::handle::Hub;
 
 /// Longest accepted `Last-Event-ID`.
@@ -233,6 +233,10 @@ pub(crate) async fn prepare(
         Some(c) => (c.cancel, Some(c.peer)),
         None => (None, None),
     };
+    // The per-token limits count streams that came with a token.
+    let token = grants
+        .as_ref()
+        .and_then(|_| hub.token_key(headers, req.query_token.as_deref()));
     let revision = req.revision;
     let (feed, resumed_from) = hub
         .subscribe(SubscribeRequest {
@@ -244,9 +248,13 @@ pub(crate) async fn prepare(
             gap_event: req.gap_event,
             peer,
             cancel,
+            token,
         })
         .await
-        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| match e {
+            SubscribeError::Refused(r) => HttpError::refused(&r),
+            e => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        })?;
     Ok(Prepared {
         feed,
         headers: super::policy::stream_headers(revision, resumed_from),
@@ -260,19 +268,21 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let conn = conn.map(|Extension(c)| c);
-    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
+    let permit = stream_permit(&hub, conn.as_ref(), &headers).await?;
     let prepared = prepare(&hub, &headers, query.as_deref(), None, conn).await?;
     Ok(event_stream(prepared, permit))
 }
 
 /// A place for one more event stream, or the refusal's answer.
-fn stream_permit(
+async fn stream_permit(
     hub: &Hub,
     conn: Option<&ConnContext>,
     headers: &HeaderMap,
 ) -> Result<StreamPermit, HttpError> {
     let ip = conn.map(|c| hub.client_ip(c.peer.ip(), headers));
-    hub.stream_permit(ip).map_err(|r| HttpError::refused(&r))
+    hub.admit_stream(ip)
+        .await
+        .map_err(|r| HttpError::refused(&r))
 }
 
 /// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
@@ -307,7 +317,7 @@ pub(crate) async fn subscribe_query(
         )));
     }
     let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
-    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
+    let permit = stream_permit(&hub, conn.as_ref(), &headers).await?;
     let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
     Ok(event_stream(prepared, permit))
 }

@@ -166,15 +166,7 @@ fn authorize_publisher(
     if source == TokenSource::Cookie {
         auth::check_publish_origin(headers, &hub.config().publish_origins)?;
     }
-    let cfg = hub.config();
-    let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
-    let token = auth::extract_token(headers, query_token.as_deref(), &cookies)?.map(|(t, _)| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        t.hash(&mut h);
-        h.finish()
-    });
-    Ok((grants, token))
+    Ok((grants, hub.token_key(headers, query_token.as_deref())))
 }
 
 /// Every topic of the update must be granted to the publisher.

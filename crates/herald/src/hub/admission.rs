@@ -1,22 +1,33 @@
-//! Admission: how many event streams the hub holds (in all, and per
-//! client address), and how fast one address or one token may publish.
+//! Admission: how many event streams the hub holds (in all, per client
+//! address and per token), how many selectors one token's streams hold,
+//! how fast new streams start, and how fast one address or one token may
+//! publish.
 //!
 //! The client's address is the connection's peer, or, when the peer is a
 //! trusted proxy (`trusted_proxies`), the last address of
 //! `X-Forwarded-For` that is not itself a trusted proxy (the one a proxy of
 //! ours saw connect; anything left of it was written by the client and
-//! proves nothing).
+//! proves nothing). A token is known by a hash of its text, so a leaked
+//! token reaches no further than its limits.
 //!
 //! Publish rates are token buckets (the `governor` crate, keyed by address
 //! and by token): `publish_rate_per_ip` and `publish_rate_per_token`
 //! updates per second, with a burst of as many, so a batch of up to that
 //! many goes at once.
+//!
+//! New streams are paced ([`Pacer`], `stream_admission_rate`): when
+//! thousands of clients reconnect at once (after a restart), each waits
+//! for its turn instead of being refused, because a browser's
+//! `EventSource` gives up for good on any answer but `200`. Only a client
+//! whose turn is more than [`PACING_MAX_WAIT`] away is refused (`503` with
+//! `Retry-After`).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -25,6 +36,10 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The longest a new stream waits for its turn under pacing; one whose
+/// turn is further away is refused.
+pub const PACING_MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Why a connection or a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -32,6 +47,14 @@ pub enum Refused {
     Full,
     /// This address has `max_streams_per_ip` event streams open (`429`).
     PerIp(usize),
+    /// This token has `max_streams_per_token` event streams open (`429`).
+    PerToken(usize),
+    /// This token's streams would hold more than
+    /// `max_subscriptions_per_token` selectors (`429`).
+    TokenSubscriptions(usize),
+    /// New streams are paced and this one's turn is too far away (`503`,
+    /// retry after this long).
+    Paced(Duration),
     /// Over a publish rate: retry after this long (`429`).
     Rate(&'static str, Duration),
     /// More updates in one request than the rate allows in a second.
@@ -44,40 +67,125 @@ impl Refused {
         match self {
             Refused::Full => "streams",
             Refused::PerIp(_) => "streams_per_ip",
+            Refused::PerToken(_) => "streams_per_token",
+            Refused::TokenSubscriptions(_) => "subscriptions_per_token",
+            Refused::Paced(_) => "stream_pacing",
             Refused::Rate(who, _) | Refused::TooLarge(who, _) => who,
         }
     }
 }
 
-/// Event streams open per client address.
-type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// What is held per key (a client address, a token).
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
+/// `n` units of one key's count, given back when dropped.
+#[derive(Debug)]
+struct Share<K: Hash + Eq> {
+    counts: Counts<K>,
+    key: K,
+    n: usize,
+}
+
+impl<K: Hash + Eq + Clone> Share<K> {
+    /// Takes `n` more of `key`'s count, unless that passes `max`.
+    fn take(counts: &Counts<K>, key: K, n: usize, max: usize) -> Option<Self> {
+        let mut map = counts.lock();
+        let held = map.entry(key.clone()).or_insert(0);
+        if *held + n > max {
+            if *held == 0 {
+                map.remove(&key);
+            }
+            return None;
+        }
+        *held += n;
+        Some(Self {
+            counts: counts.clone(),
+            key,
+            n,
+        })
+    }
+}
+
+impl<K: Hash + Eq> Drop for Share<K> {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(held) = map.get_mut(&self.key) {
+            *held = held.saturating_sub(self.n);
+            if *held == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// One event stream's place: in `max_connections`, and in its address's
 /// count. Released when dropped.
 #[derive(Debug)]
 pub struct StreamPermit {
     _global: OwnedSemaphorePermit,
-    ip: Option<(PerIp, IpAddr)>,
+    _ip: Option<Share<IpAddr>>,
 }
 
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        if let Some((counts, ip)) = self.ip.take() {
-            let mut counts = counts.lock();
-            if let Some(n) = counts.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(&ip);
-                }
-            }
+/// One stream's share of its token's limits (streams, selectors),
+/// released when dropped.
+#[derive(Debug)]
+pub struct TokenHold {
+    _streams: Option<Share<u64>>,
+    _selectors: Option<Share<u64>>,
+}
+
+/// Paces new event streams to `rate` per second with a burst of as many:
+/// the generic cell rate algorithm, where each stream reserves the next
+/// free slot, so waiting streams start in arrival order, one interval
+/// apart, with no herd waking at once.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    /// How far ahead of its theoretical time a stream may start (the burst).
+    tolerance: Duration,
+    /// The theoretical arrival time of the next stream.
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    /// `None` for a rate of 0 (no pacing).
+    pub fn new(rate: u32) -> Option<Self> {
+        if rate == 0 {
+            return None;
         }
+        let interval = Duration::from_secs(1) / rate;
+        Some(Self {
+            interval,
+            tolerance: interval * (rate - 1),
+            next: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// How long a new stream waits for its turn, reserving it; refused
+    /// when that is more than `max_wait`.
+    pub fn turn(&self, max_wait: Duration) -> Result<Duration, Refused> {
+        let now = Instant::now();
+        let mut next = self.next.lock();
+        let tat = (*next).max(now);
+        let start = tat.checked_sub(self.tolerance).map_or(now, |t| t.max(now));
+        let wait = start - now;
+        if wait > max_wait {
+            return Err(Refused::Paced(wait - max_wait));
+        }
+        *next = tat + self.interval;
+        Ok(wait)
     }
 }
 
 pub(crate) struct Admission {
     streams: Arc<Semaphore>,
-    per_ip: PerIp,
+    per_ip: Counts<IpAddr>,
     max_per_ip: usize,
+    per_token: Counts<u64>,
+    max_per_token: usize,
+    selectors_per_token: Counts<u64>,
+    max_selectors_per_token: usize,
+    pacer: Option<Pacer>,
     trusted: Vec<IpNet>,
     publish_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     publish_token: Option<DefaultKeyedRateLimiter<u64>>,
@@ -98,20 +206,19 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKe
 }
 
 impl Admission {
-    pub fn new(
-        max_streams: usize,
-        max_per_ip: usize,
-        trusted: Vec<IpNet>,
-        publish_rate_per_ip: u32,
-        publish_rate_per_token: u32,
-    ) -> Self {
+    pub fn new(cfg: &crate::config::HubConfig) -> Self {
         Self {
-            streams: Arc::new(Semaphore::new(max_streams)),
-            per_ip: Arc::new(Mutex::new(HashMap::new())),
-            max_per_ip,
-            trusted,
-            publish_ip: limiter(publish_rate_per_ip),
-            publish_token: limiter(publish_rate_per_token),
+            streams: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_ip: Counts::default(),
+            max_per_ip: cfg.max_streams_per_ip,
+            per_token: Counts::default(),
+            max_per_token: cfg.max_streams_per_token,
+            selectors_per_token: Counts::default(),
+            max_selectors_per_token: cfg.max_subscriptions_per_token,
+            pacer: Pacer::new(cfg.stream_admission_rate),
+            trusted: cfg.trusted_proxies.clone(),
+            publish_ip: limiter(cfg.publish_rate_per_ip),
+            publish_token: limiter(cfg.publish_rate_per_token),
             checks: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -129,20 +236,42 @@ impl Admission {
             .try_acquire_owned()
             .map_err(|_| Refused::Full)?;
         let ip = match ip.filter(|_| self.max_per_ip > 0) {
-            Some(ip) => {
-                let mut counts = self.per_ip.lock();
-                let n = counts.entry(ip).or_insert(0);
-                if *n >= self.max_per_ip {
-                    return Err(Refused::PerIp(self.max_per_ip));
-                }
-                *n += 1;
-                Some((self.per_ip.clone(), ip))
-            }
+            Some(ip) => Some(
+                Share::take(&self.per_ip, ip, 1, self.max_per_ip)
+                    .ok_or(Refused::PerIp(self.max_per_ip))?,
+            ),
             None => None,
         };
         Ok(StreamPermit {
             _global: global,
-            ip,
+            _ip: ip,
+        })
+    }
+
+    /// How long a new stream waits for its turn (zero without pacing).
+    pub fn pace(&self) -> Result<Duration, Refused> {
+        match &self.pacer {
+            Some(p) => p.turn(PACING_MAX_WAIT),
+            None => Ok(Duration::ZERO),
+        }
+    }
+
+    /// One more stream of `token`, holding `selectors` selectors.
+    pub fn token(&self, token: u64, selectors: usize) -> Result<TokenHold, Refused> {
+        let streams = match self.max_per_token {
+            0 => None,
+            max => Some(Share::take(&self.per_token, token, 1, max).ok_or(Refused::PerToken(max))?),
+        };
+        let selectors = match self.max_selectors_per_token {
+            0 => None,
+            max => Some(
+                Share::take(&self.selectors_per_token, token, selectors, max)
+                    .ok_or(Refused::TokenSubscriptions(max))?,
+            ),
+        };
+        Ok(TokenHold {
+            _streams: streams,
+            _selectors: selectors,
         })
     }
 
@@ -285,7 +414,11 @@ mod tests {
 
     #[test]
     fn streams_are_counted_per_address_and_released() {
-        let a = Admission::new(10, 2, Vec::new(), 0, 0);
+        let a = Admission::new(&crate::config::HubConfig {
+            max_connections: 10,
+            max_streams_per_ip: 2,
+            ..Default::default()
+        });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let one = a.stream(Some(ip)).unwrap();
         let _two = a.stream(Some(ip)).unwrap();
@@ -293,5 +426,52 @@ mod tests {
         assert!(a.stream(Some("192.0.2.2".parse().unwrap())).is_ok());
         drop(one);
         assert!(a.stream(Some(ip)).is_ok());
+    }
+
+    #[test]
+    fn a_token_holds_streams_and_selectors_until_dropped() {
+        let a = Admission::new(&crate::config::HubConfig {
+            max_streams_per_token: 2,
+            max_subscriptions_per_token: 5,
+            ..Default::default()
+        });
+        let one = a.token(7, 2).unwrap();
+        let two = a.token(7, 3).unwrap();
+        assert_eq!(a.token(7, 1).unwrap_err(), Refused::PerToken(2));
+        // Another token has its own share.
+        let _other = a.token(8, 5).unwrap();
+        drop(one);
+        assert_eq!(a.token(7, 3).unwrap_err(), Refused::TokenSubscriptions(5));
+        // A refusal took nothing: two selectors are free.
+        let _three = a.token(7, 2).unwrap();
+        drop(two);
+        assert!(a.per_token.lock().get(&7).is_some_and(|n| *n == 1));
+    }
+
+    #[test]
+    fn the_pacer_lets_a_burst_through_then_spaces_streams_out() {
+        let p = Pacer::new(10).unwrap();
+        for _ in 0..10 {
+            assert_eq!(p.turn(Duration::from_secs(1)).unwrap(), Duration::ZERO);
+        }
+        // The 11th waits about one interval, the 12th two.
+        let w11 = p.turn(Duration::from_secs(1)).unwrap();
+        let w12 = p.turn(Duration::from_secs(1)).unwrap();
+        assert!(
+            w11 > Duration::from_millis(80) && w11 <= Duration::from_millis(100),
+            "{w11:?}"
+        );
+        assert!(
+            w12 > Duration::from_millis(180) && w12 <= Duration::from_millis(200),
+            "{w12:?}"
+        );
+        // A turn beyond the longest wait is refused and reserves nothing.
+        for _ in 0..7 {
+            p.turn(Duration::from_secs(1)).unwrap();
+        }
+        let refused = p.turn(Duration::from_millis(500));
+        assert!(matches!(refused, Err(Refused::Paced(_))), "{refused:?}");
+        let w = p.turn(Duration::from_secs(2)).unwrap();
+        assert!(w > Duration::from_millis(880), "{w:?}");
     }
 }

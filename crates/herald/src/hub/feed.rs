@@ -57,6 +57,9 @@ pub struct SubscribeRequest {
     /// Cancelled when the subscriber's queue overflows, for a transport
     /// that cannot otherwise drop its connection at once.
     pub cancel: Option<CancellationToken>,
+    /// What the per-token limits know its token by (see
+    /// [`super::admission`]); `None` without a token.
+    pub token: Option<u64>,
 }
 
 /// Why a subscription was not opened.
@@ -64,6 +67,9 @@ pub struct SubscribeRequest {
 pub enum SubscribeError {
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// Past `max_streams_per_token` or `max_subscriptions_per_token`.
+    #[error("refused: {}", .0.kind())]
+    Refused(super::admission::Refused),
     /// The resume point could not be looked up.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -82,6 +88,13 @@ impl Hub {
         req: SubscribeRequest,
     ) -> Result<(Feed, Option<String>), SubscribeError> {
         let cfg = self.config();
+        let hold = match req.token {
+            Some(key) => Some(Box::new(
+                self.admit_token(key, req.selectors.len())
+                    .map_err(SubscribeError::Refused)?,
+            )),
+            None => None,
+        };
         let allowed = req.grants.as_ref().and_then(Grants::subscribe_rule);
         // The stream ends when its token expires, or at its lifetime.
         let lifetime = cfg.max_stream_lifetime.and_then(|max| {
@@ -120,6 +133,7 @@ impl Hub {
             opened: None,
             counted: false,
             expires,
+            _hold: hold,
         };
         // The ticker closes every subscriber when shutdown begins; one that
         // registered after that would never be closed.
@@ -252,6 +266,9 @@ struct Registration {
     counted: bool,
     /// The token's expiry, as the hub's expiry timer has it.
     expires: Option<std::time::Instant>,
+    /// Its share of its token's limits (boxed: a stream without limits
+    /// carries one word).
+    _hold: Option<Box<super::admission::TokenHold>>,
 }
 
 impl Drop for Registration {
@@ -305,6 +322,18 @@ enum Phase {
     /// Forwarding live updates from the queue.
     Live,
     Done,
+}
+
+/// A stream's `retry:`: the configured one, or with `retry_jitter` one drawn
+/// at random above it (from 3 s when none is configured, browsers' own
+/// default), so clients cut off together reconnect apart.
+fn retry(cfg: &crate::config::HubConfig) -> Option<u64> {
+    let jitter = u64::try_from(cfg.retry_jitter.as_millis()).unwrap_or(u64::MAX);
+    if jitter == 0 {
+        return cfg.retry;
+    }
+    let base = cfg.retry.unwrap_or(3000);
+    Some(base.saturating_add(rand::Rng::gen_range(&mut rand::thread_rng(), 0..=jitter)))
 }
 
 /// The frames of one subscription, in order: a first flush, then history
@@ -403,7 +432,7 @@ impl Feed {
             match self.phase {
                 Phase::Done => return false,
                 Phase::Start => {
-                    out.push(match hub.config().retry {
+                    out.push(match retry(hub.config()) {
                         Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
                         None => Bytes::from_static(b":\n\n"),
                     });

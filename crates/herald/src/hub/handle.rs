@@ -123,13 +123,7 @@ impl Hub {
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Result<Self, ConfigError> {
         config.validate()?;
         let callback_config = config.auth_callback.clone();
-        let admission = super::admission::Admission::new(
-            config.max_connections,
-            config.max_streams_per_ip,
-            config.trusted_proxies.clone(),
-            config.publish_rate_per_ip,
-            config.publish_rate_per_token,
-        );
+        let admission = super::admission::Admission::new(&config);
         let publisher = config
             .publisher_jwt
             .as_ref()
@@ -327,16 +321,58 @@ impl Hub {
     }
 
     /// A place for one more event stream from `ip`, held for as long as
-    /// the stream lasts; refused (and counted in
-    /// `herald_connections_refused_total`) at `max_connections` or
-    /// `max_streams_per_ip`.
-    pub(crate) fn stream_permit(
+    /// the stream lasts, once its turn comes under `stream_admission_rate`;
+    /// refused (and counted in `herald_admission_refused_total`) at
+    /// `max_connections`, at `max_streams_per_ip`, or when its turn is too
+    /// far away.
+    pub(crate) async fn admit_stream(
         &self,
         ip: Option<std::net::IpAddr>,
     ) -> Result<super::admission::StreamPermit, super::admission::Refused> {
-        self.inner.admission.stream(ip).inspect_err(|r| {
+        let admission = &self.inner.admission;
+        let refused = |r: super::admission::Refused| {
             self.inner.metrics.refused(r.kind());
-        })
+            r
+        };
+        let permit = admission.stream(ip).map_err(refused)?;
+        let wait = admission.pace().map_err(refused)?;
+        if !wait.is_zero() {
+            self.inner.metrics.paced.inc();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.inner.shutdown.cancelled() => {}
+            }
+        }
+        Ok(permit)
+    }
+
+    /// One more stream of the token `key`, holding `selectors` selectors,
+    /// within `max_streams_per_token` and `max_subscriptions_per_token`.
+    pub(crate) fn admit_token(
+        &self,
+        key: u64,
+        selectors: usize,
+    ) -> Result<super::admission::TokenHold, super::admission::Refused> {
+        self.inner
+            .admission
+            .token(key, selectors)
+            .inspect_err(|r| self.inner.metrics.refused(r.kind()))
+    }
+
+    /// What the per-token limits know a request's token by: a hash of
+    /// its text (`None` without a token).
+    pub(crate) fn token_key(
+        &self,
+        headers: &http::HeaderMap,
+        query_token: Option<&str>,
+    ) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let cfg = self.config();
+        let cookies = [cfg.access_token_cookie.as_str(), cfg.cookie_name.as_str()];
+        let (token, _) = crate::auth::extract_token(headers, query_token, &cookies).ok()??;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.hash(&mut h);
+        Some(h.finish())
     }
 
     /// The authorization callback, when configured.

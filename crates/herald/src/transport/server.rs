@@ -127,7 +127,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if let Head::Subscribe { headers, query } = head::classify(&buf) {
         drop(buf);
         let ip = shared.hub.client_ip(peer.ip(), &headers);
-        let permit = match shared.hub.stream_permit(Some(ip)) {
+        let permit = match shared.hub.admit_stream(Some(ip)).await {
             Ok(p) => p,
             Err(r) => {
                 refuse(stream, HttpError::refused(&r)).await;
