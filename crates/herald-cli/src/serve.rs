@@ -14,6 +14,7 @@ use herald::engine::nats::{NatsConfig, NatsEngine};
 use herald::engine::postgres::{PostgresConfig, PostgresEngine};
 use herald::engine::redis::{RedisConfig, RedisEngine};
 use herald::engine::Engine;
+use herald::telemetry::otlp::OtlpConfig;
 use herald::{Hub, HubConfig};
 use jsonwebtoken::Algorithm;
 
@@ -66,6 +67,8 @@ struct Plan {
     generated_key: bool,
     log: String,
     log_json: bool,
+    /// Traces exported over OTLP, when configured.
+    otlp: Option<OtlpConfig>,
 }
 
 enum EngineChoice {
@@ -309,7 +312,16 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         "json" => true,
         other => bail!("unknown log_format {other:?} (expected text or json)"),
     };
+    let otlp = match s.get::<url::Url>("otlp_endpoint")? {
+        None => None,
+        Some(endpoint) => Some(OtlpConfig {
+            endpoint,
+            sample_ratio: s.value("otlp_sample_ratio")?,
+            service_name: s.value("otlp_service_name")?,
+        }),
+    };
     Ok(Plan {
+        otlp,
         public_url_given,
         addr: s.value("addr")?,
         hub,
@@ -387,8 +399,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         print_quickstart(&plan.hub, addr)?;
     }
     let hub = Hub::new(plan.hub, engine).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let otlp = match &plan.otlp {
+        Some(cfg) => {
+            let otlp = herald::telemetry::otlp::install(cfg)?;
+            tracing::info!(endpoint = %cfg.endpoint, "exporting traces over OTLP");
+            Some(otlp)
+        }
+        None => None,
+    };
     tracing::info!(%addr, engine = engine_name, "herald listening on http://{addr}");
-    herald::serve(listener, hub, shutdown_signal()).await
+    let served = herald::serve(listener, hub, shutdown_signal()).await;
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
+    served
 }
 
 /// With no key configured the hub generated one: print a ready publisher

@@ -100,6 +100,11 @@ const HUB: &[Setting] = &[
     text("metrics", Value("open"), "`/metrics`: `open`, `off`, or `token`"),
     text("metrics_token", Unset("none"),
         "bearer token `/metrics` requires when `metrics = \"token\"`").secret(),
+    text("otlp_endpoint", Unset("none"),
+        "OpenTelemetry collector (OTLP/HTTP) to send traces to, e.g. `http://127.0.0.1:4318`: spans publish → append → deliver, continuing a publisher's `traceparent`"),
+    text("otlp_sample_ratio", Value("1"),
+        "share of the traces started here that are recorded (0 to 1); a publisher's sampled `traceparent` is always followed"),
+    text("otlp_service_name", Value("herald"), "`service.name` of the spans"),
     text("log", Value("info"), "log filter (`debug`, `herald=debug,info`, ...)"),
     text("log_format", Value("text"), "`text` or `json`"),
 ];

@@ -585,3 +585,109 @@ fn variables_apply_and_flags_beat_them() {
     let _ = child.wait();
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+/// `--otlp-endpoint`: a publish with a sampled `traceparent` reaches an
+/// OTLP/HTTP endpoint (a plain TCP server here, decoding the protobuf) as
+/// the spans publish, append and deliver of that trace, sent at the latest
+/// when the hub stops on SIGTERM.
+#[test]
+fn traces_are_exported_over_otlp_and_flushed_at_shutdown() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use std::io::{Read, Write};
+
+    // The endpoint: answers each request 200 and hands its body over.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (bodies, received) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let bodies = bodies.clone();
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                conn.read_exact(&mut body).unwrap();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                let _ = bodies.send((path, body));
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            });
+        }
+    });
+
+    let key = "k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k";
+    let mut hub = Hub::start(&[
+        "--engine",
+        "memory",
+        "--publisher-jwt",
+        key,
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-service-name",
+        "herald-cli-test",
+    ]);
+    let token = herald(&["token", "--key", key, "--publish", "*"]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    let token = stdout(&token);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut tcp = std::net::TcpStream::connect(&hub.addr).unwrap();
+    let body = "topic=https%3A%2F%2Fexample.com%2Fa&data=traced";
+    write!(
+        tcp,
+        "POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         traceparent: 00-{trace}-b7ad6b7169203331-01\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let pid = hub.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(hub.child.wait().unwrap().success());
+    let mut names = Vec::new();
+    let mut service = String::new();
+    while let Ok((path, body)) = received.recv_timeout(Duration::from_secs(2)) {
+        assert_eq!(path, "/v1/traces");
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            for kv in rs.resource.iter().flat_map(|r| &r.attributes) {
+                if kv.key == "service.name" {
+                    service = format!("{:?}", kv.value);
+                }
+            }
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                if id == trace {
+                    names.push(span.name);
+                }
+            }
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["append", "deliver", "publish"]);
+    assert!(service.contains("herald-cli-test"), "{service}");
+}

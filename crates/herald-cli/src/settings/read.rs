@@ -64,6 +64,17 @@ impl Read for usize {
     }
 }
 
+/// A share (`otlp_sample_ratio`): a number from 0 to 1.
+impl Read for f64 {
+    fn read(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .ok()
+            .filter(|r: &f64| (0.0..=1.0).contains(r))
+            .ok_or_else(|| format!("expected a number from 0 to 1, not {text:?}"))
+    }
+}
+
 impl Read for Duration {
     fn read(text: &str) -> Result<Self, String> {
         parse_duration(text).map_err(|e| e.to_string())

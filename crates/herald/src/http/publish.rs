@@ -19,11 +19,34 @@ use super::error::HttpError;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::EngineError;
 use crate::hub::{Hub, PublishError};
+use crate::telemetry::traces;
 
+/// `POST /.well-known/mercure`, in its `publish` span (see
+/// [`crate::telemetry::traces`]).
 pub(crate) async fn publish(
     State(hub): State<Hub>,
     conn: Option<Extension<ConnContext>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    use opentelemetry::context::FutureExt;
+    let cx = traces::publish_span(&headers);
+    let result = publish_request(hub, conn, query, headers, body)
+        .with_context(cx.clone())
+        .await;
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(e) => e.status,
+    };
+    traces::end_publish(&cx, status.as_u16());
+    result
+}
+
+async fn publish_request(
+    hub: Hub,
+    conn: Option<Extension<ConnContext>>,
+    query: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {

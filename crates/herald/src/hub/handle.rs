@@ -17,6 +17,7 @@ use crate::auth::oauth::OAuthVerifier;
 use crate::auth::{AuthError, Grants, Role, TokenSource, Verifier};
 use crate::config::{ConfigError, HubConfig};
 use crate::engine::{Engine, EngineError, Stored};
+use crate::telemetry::traces;
 use crate::telemetry::Metrics;
 
 /// How often a node looks for dead nodes' subscriptions.
@@ -450,7 +451,26 @@ impl Hub {
         }
         let n = updates.len() as u64;
         let started = std::time::Instant::now();
-        let stored = self.inner.engine.append(updates).await.inspect_err(|e| {
+        // In a sampled trace (the caller's context): an `append` span,
+        // with a `deliver` span per update as this node fans it out.
+        let parent = opentelemetry::Context::current();
+        let append = traces::append_span(&parent, self.inner.engine.name(), updates.len());
+        let traced = append.as_ref().map(|cx| {
+            use opentelemetry::trace::TraceContextExt;
+            let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+            let traced = self.inner.index.traced();
+            traced.watch(ids.iter().map(String::as_str), cx.span().span_context());
+            (cx, ids)
+        });
+        let result = self.inner.engine.append(updates).await;
+        if let Some((cx, ids)) = traced {
+            self.inner
+                .index
+                .traced()
+                .forget(ids.iter().map(String::as_str));
+            traces::end_append(cx, result.as_ref().err().map(|e| e as _));
+        }
+        let stored = result.inspect_err(|e| {
             self.inner.metrics.engine_error("append", e);
         })?;
         self.inner.metrics.published(n, started.elapsed());

@@ -34,6 +34,8 @@ pub struct TopicIndex {
     /// The transport told when parked streams have work (see
     /// [`super::wake`]); none until a transport parks streams.
     waker: std::sync::OnceLock<Arc<dyn Wake>>,
+    /// Updates whose publish is traced here, for their `deliver` spans.
+    traced: crate::telemetry::traces::Traced,
 }
 
 impl std::fmt::Debug for TopicIndex {
@@ -78,6 +80,12 @@ impl TopicIndex {
 
     pub fn len(&self) -> usize {
         self.index.read().subscribers.len()
+    }
+
+    /// Updates whose publish is traced here (see
+    /// [`crate::telemetry::traces`]).
+    pub fn traced(&self) -> &crate::telemetry::traces::Traced {
+        &self.traced
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,7 +214,8 @@ impl TopicIndex {
         found
     }
 
-    fn dispatch(&self, stored: &Arc<Stored>) {
+    /// Queues `stored` for every subscriber it reaches; returns how many.
+    fn dispatch(&self, stored: &Arc<Stored>) -> u64 {
         let idx = self.index.read();
         let mut queued = 0u64;
         // Parked subscribers to flush, handed over together at the end.
@@ -255,6 +264,7 @@ impl TopicIndex {
         if let Some(m) = &self.metrics {
             m.delivered(queued);
         }
+        queued
     }
 
     /// The most subscribed selectors, with their subscriber counts.
@@ -281,8 +291,17 @@ impl TopicIndex {
 
 impl Sink for TopicIndex {
     fn deliver(&self, updates: &[Arc<Stored>]) {
+        use opentelemetry::trace::Span;
         for s in updates {
-            self.dispatch(s);
+            let span = self.traced.deliver(&s.update.id);
+            let queued = self.dispatch(s);
+            if let Some(mut span) = span {
+                span.set_attribute(opentelemetry::KeyValue::new(
+                    "herald.subscribers",
+                    i64::try_from(queued).unwrap_or(i64::MAX),
+                ));
+                span.end();
+            }
         }
     }
 

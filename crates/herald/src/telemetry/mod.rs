@@ -3,6 +3,10 @@
 //! disagree. No label takes unbounded values: no topic names, no subscriber
 //! ids on metrics (they go to logs only).
 
+#[cfg(feature = "otlp")]
+pub mod otlp;
+pub mod traces;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -57,6 +61,9 @@ pub struct Metrics {
     pub webhooks_dropped: Counter,
     /// New event streams that waited for their turn (`stream_admission_rate`).
     pub paced: Counter,
+    /// Tasks alive in the runtime serving `/metrics`, read at each scrape
+    /// (parked streams hold none): flat over a soak, or something leaks.
+    pub tasks: Gauge,
     /// Requests refused at a limit (see [`crate::hub::admission`]).
     pub refused: Family<RefusedLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
@@ -96,6 +103,7 @@ impl Metrics {
             refused: Family::default(),
             webhooks_dropped: Counter::default(),
             paced: Counter::default(),
+            tasks: Gauge::default(),
             published_count: AtomicU64::new(0),
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
@@ -181,6 +189,11 @@ impl Metrics {
             m.refused.clone(),
         );
         registry.register(
+            "runtime_tasks",
+            "Tasks alive in the hub's async runtime (waiting event streams are parked and hold none)",
+            m.tasks.clone(),
+        );
+        registry.register(
             "admission_paced",
             "New event streams that waited for their turn under stream_admission_rate",
             m.paced.clone(),
@@ -190,6 +203,10 @@ impl Metrics {
 
     /// The Prometheus / OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks
+                .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
