@@ -76,7 +76,10 @@
 //!
 //! An I/O error at commit (a full disk, say) fails the waiting appends with
 //! [`EngineError::Unavailable`]; the engine keeps running, and the writer
-//! reopens the store (letting redb recover it) before its next write.
+//! reopens the store (letting redb recover it) right away: after an I/O
+//! error redb refuses reads too until then, and clients resuming from
+//! history must not wait for the disk to have room again. Publishing
+//! resumes by itself once it has (`crates/herald-cli/tests/chaos.rs`).
 //!
 //! # Source layout
 //!

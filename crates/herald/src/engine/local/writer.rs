@@ -208,6 +208,18 @@ impl Writer {
 
     /// Periodic duties, between group commits.
     fn housekeeping(&mut self) {
+        // A failed commit (a full disk) leaves redb refusing every
+        // operation, reads included, until the store is reopened: reopen
+        // it now rather than at the next write, so history reads (clients
+        // resuming) work again while the disk stays full.
+        if self.broken_since.is_some() {
+            match self.reopen() {
+                Ok(()) | Err(WriteError::Backoff) => {}
+                Err(e) => {
+                    tracing::error!(file = %self.shared.file.display(), "store reopen failed: {e}")
+                }
+            }
+        }
         if self.last_tick.elapsed() >= FLUSH_INTERVAL {
             self.last_tick = Instant::now();
             if self.retention.max_age.is_some() {
