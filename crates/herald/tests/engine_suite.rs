@@ -656,11 +656,15 @@ mod local_only {
             matches!(failure, EngineError::Unavailable(_)),
             "{failure:?}"
         );
-        // Still running: reads work, appends fail cleanly.
-        assert_eq!(
-            engine.resolve(&acked[0].0).await.ok().flatten(),
-            Some(acked[0].1)
-        );
+        // Still running: reads work (once the writer reopened the store,
+        // which it does right after the failed commit: redb refuses reads
+        // too until then), appends fail cleanly.
+        let (id, pos) = acked[0].clone();
+        let readable = eventually(Duration::from_secs(5), || async {
+            engine.resolve(&id).await.ok().flatten() == Some(pos)
+        })
+        .await;
+        assert!(readable, "reads still failing after the failed commit");
         assert!(matches!(
             engine.append(updates(&["while-full"])).await,
             Err(EngineError::Unavailable(_))
