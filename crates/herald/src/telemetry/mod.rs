@@ -30,6 +30,12 @@ pub struct RefusedLabels {
     pub kind: &'static str,
 }
 
+/// How a connection speaks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
 /// Action label of authorization failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
@@ -61,6 +67,10 @@ pub struct Metrics {
     pub webhooks_dropped: Counter,
     /// New event streams that waited for their turn (`stream_admission_rate`).
     pub paced: Counter,
+    /// Connections served by hyper, by protocol (`http1`, `h2c`,
+    /// `http1-tls`, `h2`); event streams on the HTTP/1.1 fast path are
+    /// counted in `connections_total`.
+    pub accepted: Family<ProtocolLabel, Counter>,
     /// Tasks alive in the runtime serving `/metrics`, read at each scrape
     /// (parked streams hold none): flat over a soak, or something leaks.
     pub tasks: Gauge,
@@ -104,6 +114,7 @@ impl Metrics {
             webhooks_dropped: Counter::default(),
             paced: Counter::default(),
             tasks: Gauge::default(),
+            accepted: Family::default(),
             published_count: AtomicU64::new(0),
             delivered_count: AtomicU64::new(0),
             registry: Registry::default(),
@@ -187,6 +198,11 @@ impl Metrics {
             "admission_refused",
             "Requests refused at a limit, by kind: streams (503 at max_connections), requests (503, other connections), stream_pacing (503, a turn too far away), streams_per_ip, streams_per_token, subscriptions_per_token, publish_rate_per_ip, publish_rate_per_token (429)",
             m.refused.clone(),
+        );
+        registry.register(
+            "transport_connections",
+            "Connections served by hyper and the router, by protocol: http1, h2c (HTTP/2 with prior knowledge), http1-tls, h2 (HTTP/2 over TLS)",
+            m.accepted.clone(),
         );
         registry.register(
             "runtime_tasks",
@@ -273,6 +289,13 @@ impl Metrics {
 
     pub fn engine_error(&self, what: &'static str, err: &crate::engine::EngineError) {
         tracing::error!(what, "engine error: {err}");
+    }
+
+    /// A connection is served by hyper, speaking `protocol`.
+    pub fn connection_accepted(&self, protocol: &'static str) {
+        self.accepted
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc();
     }
 
     /// A request was refused at a limit (`kind`: see

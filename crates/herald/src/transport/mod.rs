@@ -5,7 +5,9 @@
 //!   head, limits and drains them: [`crate::serve`];
 //! - [`http1`]: the HTTP/1.1 fast path of event streams (direct, then
 //!   parked);
-//! - everything else is served by hyper and the axum router
+//! - [`tls`]: rustls with ALPN (`h2`, `http/1.1`) and certificate reload;
+//! - everything else, HTTP/2 included (h2c with prior knowledge on a plain
+//!   listener, `h2` over TLS), is served by hyper and the axum router
 //!   ([`crate::http::router`]).
 //!
 //! A transport reaches the core through [`crate::hub::Hub::subscribe`], the
@@ -15,3 +17,4 @@
 
 pub(crate) mod http1;
 pub mod server;
+pub mod tls;

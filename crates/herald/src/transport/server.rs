@@ -28,8 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,7 @@ use super::http1::direct::{self, error_response};
 use super::http1::head::{self, Head};
 use super::http1::parked::Flusher;
 use super::http1::rewind::Rewind;
+use super::tls::Tls;
 use crate::http::conn::ConnContext;
 use crate::http::error::HttpError;
 use crate::http::policy::cors_layer;
@@ -94,6 +96,8 @@ struct Shared {
     /// Connections of every other kind (as many as `max_connections`;
     /// event streams take the hub's own permits).
     requests: Arc<Semaphore>,
+    /// The listener speaks TLS.
+    tls: Option<Tls>,
 }
 
 /// Answers `503` with `Retry-After` on a connection the hub has no room
@@ -113,6 +117,9 @@ async fn refuse(mut stream: TcpStream, e: HttpError) {
 /// an event stream served directly (see [`super::http1::direct`]) or a
 /// connection for hyper and the router.
 async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    if let Some(tls) = shared.tls.clone() {
+        return tls_connection(stream, peer, shared, tls).await;
+    }
     let stop = shared.hub.shutdown_token().clone();
     let mut buf = Vec::new();
     let complete = tokio::select! {
@@ -146,43 +153,158 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         live.with_permit(permit).run(shared.flusher.clone()).await;
         return;
     }
-    let Ok(_permit) = shared.requests.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
         shared.hub.metrics().refused("requests");
-        let e = HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the hub is at its limit of connections; retry shortly",
-        );
-        refuse(stream, e).await;
+        refuse(stream, full()).await;
         return;
     };
+    // HTTP/2 with prior knowledge (h2c) begins with its preface.
+    let protocol = if buf.starts_with(H2_PREFACE) {
+        Protocol::H2c
+    } else {
+        Protocol::Http1
+    };
+    let io = TokioIo::new(Rewind::new(buf, stream));
+    serve_hyper(io, peer, &shared, protocol, Some(permit)).await;
+}
+
+/// The start of HTTP/2's connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Concurrent streams one HTTP/2 connection may carry: a browser puts
+/// every `EventSource` of an origin on one connection.
+pub const H2_MAX_STREAMS: u32 = 1024;
+
+/// The `503` of a hub with no room for one more connection.
+fn full() -> HttpError {
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the hub is at its limit of connections; retry shortly",
+    )
+}
+
+/// How a connection speaks, for `herald_connections_accepted_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2c,
+    Http1Tls,
+    H2Tls,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Http1Tls => "http1-tls",
+            Protocol::H2Tls => "h2",
+        }
+    }
+
+    fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2Tls)
+    }
+}
+
+/// A TLS connection: the handshake (within [`HEAD_TIMEOUT`]), then HTTP/2
+/// or HTTP/1.1 as ALPN chose, served by hyper and the router.
+async fn tls_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Tls) {
+    let stop = shared.hub.shutdown_token().clone();
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor().accept(stream)) => r,
+        () = stop.cancelled() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not done within {HEAD_TIMEOUT:?}");
+            return;
+        }
+    };
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Protocol::H2Tls
+    } else {
+        Protocol::Http1Tls
+    };
+    // Without a place the connection is still served, to answer `503`.
+    let permit = shared.requests.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        shared.hub.metrics().refused("requests");
+    }
+    serve_hyper(TokioIo::new(stream), peer, &shared, protocol, permit).await;
+}
+
+/// Serves one connection with hyper and the router, HTTP/1.1 or HTTP/2,
+/// until it ends, is cancelled (HTTP/1.1: its subscriber overflowed) or
+/// the hub shuts down (then gracefully: HTTP/2 sends `GOAWAY`). Without
+/// a `permit` every request is answered `503`.
+async fn serve_hyper<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    protocol: Protocol,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    shared.hub.metrics().connection_accepted(protocol.label());
+    let stop = shared.hub.shutdown_token().clone();
     let cancel = CancellationToken::new();
+    // Over HTTP/2 one overflowing stream ends alone: its connection
+    // carries others.
     let ctx = ConnContext {
-        cancel: Some(cancel.clone()),
+        cancel: (!protocol.is_h2()).then(|| cancel.clone()),
         peer,
     };
     let app = shared.app.clone();
+    let admitted = permit.is_some();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
-        app.clone().oneshot(req)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
-    builder.header_read_timeout(HEAD_TIMEOUT);
-    // Boxed: a direct event stream's task does not carry hyper's state.
-    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(Rewind::new(buf, stream)), svc));
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection ended: {e}");
+        let app = app.clone();
+        async move {
+            if admitted {
+                app.oneshot(req).await
+            } else {
+                Ok(full().into_response())
             }
         }
-        () = cancel.cancelled() => {
-            tracing::debug!(%peer, "connection cancelled");
-        }
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    });
+    let _permit = permit;
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let mut conn = std::pin::pin!($conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                }
+                () = cancel.cancelled() => {
+                    tracing::debug!(%peer, "connection cancelled");
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }};
+    }
+    if protocol.is_h2() {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS);
+        drive!(builder.serve_connection(io, svc));
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        builder.header_read_timeout(HEAD_TIMEOUT);
+        drive!(builder.serve_connection(io, svc));
     }
 }
 
@@ -206,11 +328,25 @@ pub async fn serve(
 pub struct Server {
     hub: Hub,
     parking: bool,
+    tls: Option<Tls>,
 }
 
 impl Server {
     pub fn new(hub: Hub) -> Self {
-        Self { hub, parking: true }
+        Self {
+            hub,
+            parking: true,
+            tls: None,
+        }
+    }
+
+    /// Serves over TLS (see [`super::tls`]): HTTP/2 or HTTP/1.1 as each
+    /// client's ALPN chooses. Without it the listener speaks plain
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Whether event streams on the fast path are parked once they wait
@@ -247,7 +383,11 @@ impl Server {
             hub: hub.clone(),
             flusher: flusher.clone(),
             requests: Arc::new(Semaphore::new(hub.config().max_connections)),
+            tls: self.tls.clone(),
         });
+        if let Some(tls) = &self.tls {
+            tls.watch(hub.shutdown_token().clone());
+        }
         let tracker = TaskTracker::new();
         let stop = hub.shutdown_token().clone();
         if let Some(oauth) = hub.oauth() {

@@ -10,8 +10,6 @@ use tokio::net::TcpStream;
 
 /// A stream that first yields bytes already read from it, so hyper sees
 /// the request from its first byte.
-/// A stream that first yields bytes already read from it, so hyper sees
-/// the request from its first byte.
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,

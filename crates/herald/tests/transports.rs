@@ -1,0 +1,236 @@
+//! HTTP/2 and TLS, with real clients (reqwest over hyper's HTTP/2).
+//!
+//! - A plain listener takes HTTP/2 with prior knowledge (h2c): 300 event
+//!   streams and a publish share one TCP connection, and every stream
+//!   gets the update.
+//! - A TLS listener offers `h2` and `http/1.1` by ALPN: an HTTP/2 client
+//!   and an HTTP/1.1 client both subscribe, publish and resume.
+//! - A new certificate written over the files is served to new
+//!   connections within seconds, while a stream opened before keeps
+//!   receiving; a broken one is refused and the current one kept.
+//! - Shutdown ends HTTP/2 streams promptly (hyper sends `GOAWAY`).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{config, publisher_token, value, Subscription, TestHub};
+use herald::engine::memory::MemoryEngine;
+use herald::transport::tls::{Tls, TlsConfig};
+use herald::Server;
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
+fn certificate() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    (cert.cert.pem(), cert.key_pair.serialize_pem())
+}
+
+fn write_pair(dir: &Path, (cert, key): &(String, String)) -> TlsConfig {
+    let cfg = TlsConfig {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&cfg.key, key).unwrap();
+    std::fs::write(&cfg.cert, cert).unwrap();
+    cfg
+}
+
+/// A client that trusts `cert` only and reaches `localhost` at the hub.
+fn tls_client(hub: &TestHub, cert: &str, http1: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .resolve("localhost", hub.addr)
+        .no_proxy();
+    let b = if http1 { b.http1_only() } else { b };
+    b.build().unwrap()
+}
+
+fn tls_url(hub: &TestHub, path: &str) -> String {
+    format!("https://localhost:{}{path}", hub.addr.port())
+}
+
+async fn start_tls(tls: TlsConfig) -> TestHub {
+    let tls = Tls::new(tls).unwrap();
+    TestHub::start_serving(
+        config(),
+        std::sync::Arc::new(MemoryEngine::new(1000)),
+        move |listener, hub, stop| Box::pin(Server::new(hub).tls(tls).serve(listener, stop)),
+    )
+    .await
+}
+
+async fn publish(c: &reqwest::Client, url: &str, data: &str) -> String {
+    let res = c
+        .post(url)
+        .bearer_auth(publisher_token())
+        .form(&[("topic", "https://t"), ("data", data)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
+async fn subscribe(c: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Subscription {
+    let mut req = c.get(url).query(&[("topic", "https://t")]);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    Subscription::from_response(res)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_carries_hundreds_of_streams_on_one_connection() {
+    let hub = TestHub::start(config()).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..300 {
+        let res = h2
+            .get(hub.hub_url())
+            .query(&[("topic", "https://t")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        subs.push(Subscription::from_response(res));
+    }
+    publish(&h2, &hub.hub_url(), "to all 300").await;
+    for s in &mut subs {
+        let e = s
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("an event");
+        assert_eq!(e.data, "to all 300");
+    }
+    let metrics = common::scrape(&hub).await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"herald_transport_connections_total{protocol="h2c"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(value(&metrics, "herald_connections"), 300.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_offers_h2_and_http1_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate();
+    let cfg = write_pair(dir.path(), &first);
+    let hub = start_tls(cfg.clone()).await;
+    let url = tls_url(&hub, "/.well-known/mercure");
+
+    // HTTP/2 by ALPN: subscribe, publish, resume.
+    let h2 = tls_client(&hub, &first.0, false);
+    let health = h2.get(tls_url(&hub, "/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    let mut live = subscribe(&h2, &url, None).await;
+    let one = publish(&h2, &url, "one").await;
+    assert_eq!(
+        live.next_event(Duration::from_secs(5)).await.unwrap().data,
+        "one"
+    );
+    // HTTP/1.1 by ALPN, on the same port.
+    let h1 = tls_client(&hub, &first.0, true);
+    let res = h1.get(tls_url(&hub, "/healthz")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_11);
+    let mut h1_sub = subscribe(&h1, &url, Some(&one)).await;
+    publish(&h1, &url, "two").await;
+    assert_eq!(
+        h1_sub
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .data,
+        "two"
+    );
+    assert_eq!(
+        live.next_event(Duration::from_secs(5)).await.unwrap().data,
+        "two"
+    );
+    let mut resumed = subscribe(&h2, &url, Some(&one)).await;
+    assert_eq!(
+        resumed
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .data,
+        "two"
+    );
+
+    // A new certificate on disk: new connections get it within seconds.
+    let second = certificate();
+    write_pair(dir.path(), &second);
+    let started = Instant::now();
+    loop {
+        let fresh = tls_client(&hub, &second.0, false);
+        if fresh.get(tls_url(&hub, "/healthz")).send().await.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("new certificate served after {:?}", started.elapsed());
+    // A client trusting only the first one no longer connects...
+    let stale = tls_client(&hub, &first.0, false);
+    assert!(stale.get(tls_url(&hub, "/healthz")).send().await.is_err());
+    // ...while the stream opened before goes on.
+    let fresh = tls_client(&hub, &second.0, false);
+    publish(&fresh, &url, "three").await;
+    assert_eq!(
+        live.next_event(Duration::from_secs(5)).await.unwrap().data,
+        "three"
+    );
+
+    // A broken certificate is refused: the current one stays.
+    std::fs::write(&cfg.cert, "not a certificate").unwrap();
+    tokio::time::sleep(herald::transport::tls::RELOAD_CHECK * 2).await;
+    let fresh = tls_client(&hub, &second.0, false);
+    let res = fresh.get(tls_url(&hub, "/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Shutdown ends the HTTP/2 streams at once.
+    let started = Instant::now();
+    hub.stop().await.unwrap();
+    assert!(
+        live.wait_end(Duration::from_secs(5)).await,
+        "the stream was not ended"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_certificate_that_does_not_load_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = certificate();
+    let (_, other_key) = certificate();
+    let cfg = write_pair(dir.path(), &(cert, other_key));
+    let e = Tls::new(cfg).unwrap_err().to_string();
+    assert!(e.contains("do not go together"), "{e}");
+    let missing = TlsConfig {
+        cert: dir.path().join("nope.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    let e = Tls::new(missing).unwrap_err().to_string();
+    assert!(e.contains("cannot read the certificate"), "{e}");
+}
