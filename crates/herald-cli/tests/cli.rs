@@ -647,6 +647,7 @@ fn traces_are_exported_over_otlp_and_flushed_at_shutdown() {
     let token = stdout(&token);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let mut tcp = std::net::TcpStream::connect(&hub.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = "topic=https%3A%2F%2Fexample.com%2Fa&data=traced";
     write!(
         tcp,
@@ -667,7 +668,18 @@ fn traces_are_exported_over_otlp_and_flushed_at_shutdown() {
         .status()
         .unwrap()
         .success());
-    assert!(hub.child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = hub.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
     let mut names = Vec::new();
     let mut service = String::new();
     while let Ok((path, body)) = received.recv_timeout(Duration::from_secs(2)) {

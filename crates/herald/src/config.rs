@@ -244,6 +244,9 @@ impl HubConfig {
         if self.max_connections == 0 {
             return Err(ConfigError::NotPositive("max_connections"));
         }
+        if self.stream_admission_rate > 1_000_000 {
+            return Err(ConfigError::TooLarge("stream_admission_rate", 1_000_000));
+        }
         if self.max_stream_lifetime.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::NotPositive("max_stream_lifetime"));
         }
@@ -291,6 +294,9 @@ pub enum ConfigError {
     /// A limit that must be positive is zero (the names of the settings).
     #[error("{0} must be positive")]
     NotPositive(&'static str),
+    /// A limit above what herald can apply (the setting, the most).
+    #[error("{0} must be at most {1}")]
+    TooLarge(&'static str, u64),
     #[error("public_url must be an http or https URL")]
     PublicUrlScheme,
     #[error("resource {resource:?} is not a URL: {error}")]

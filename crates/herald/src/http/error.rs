@@ -55,6 +55,9 @@ impl HttpError {
                     "this token's streams would hold more than {n} selectors (max_subscriptions_per_token)"
                 ),
             ),
+            Refused::SelectorsOverTokenLimit(n) => Self::bad_request(format!(
+                "more selectors in one request than a token may hold ({n}, max_subscriptions_per_token)"
+            )),
             Refused::Paced(wait) => Self {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                 ..Self::new(

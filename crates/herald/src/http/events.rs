@@ -236,6 +236,7 @@ pub(crate) async fn prepare(
     // The per-token limits count streams that came with a token.
     let token = grants
         .as_ref()
+        .filter(|_| hub.limits_tokens())
         .and_then(|_| hub.token_key(headers, req.query_token.as_deref()));
     let revision = req.revision;
     let (feed, resumed_from) = hub
@@ -268,21 +269,19 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let conn = conn.map(|Extension(c)| c);
-    let permit = stream_permit(&hub, conn.as_ref(), &headers).await?;
+    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), None, conn).await?;
     Ok(event_stream(prepared, permit))
 }
 
 /// A place for one more event stream, or the refusal's answer.
-async fn stream_permit(
+fn stream_permit(
     hub: &Hub,
     conn: Option<&ConnContext>,
     headers: &HeaderMap,
 ) -> Result<StreamPermit, HttpError> {
     let ip = conn.map(|c| hub.client_ip(c.peer.ip(), headers));
-    hub.admit_stream(ip)
-        .await
-        .map_err(|r| HttpError::refused(&r))
+    hub.admit_stream(ip).map_err(|r| HttpError::refused(&r))
 }
 
 /// `QUERY /.well-known/mercure`: a subscription whose parameters come in a
@@ -317,7 +316,7 @@ pub(crate) async fn subscribe_query(
         )));
     }
     let bytes = super::error::read_body(body, hub.config().max_body_bytes).await?;
-    let permit = stream_permit(&hub, conn.as_ref(), &headers).await?;
+    let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), Some(&bytes), conn).await?;
     Ok(event_stream(prepared, permit))
 }

@@ -52,6 +52,10 @@ pub enum Refused {
     /// This token's streams would hold more than
     /// `max_subscriptions_per_token` selectors (`429`).
     TokenSubscriptions(usize),
+    /// One request asks for more selectors than
+    /// `max_subscriptions_per_token` allows at all (`400`: retrying cannot
+    /// pass).
+    SelectorsOverTokenLimit(usize),
     /// New streams are paced and this one's turn is too far away (`503`,
     /// retry after this long).
     Paced(Duration),
@@ -68,7 +72,9 @@ impl Refused {
             Refused::Full => "streams",
             Refused::PerIp(_) => "streams_per_ip",
             Refused::PerToken(_) => "streams_per_token",
-            Refused::TokenSubscriptions(_) => "subscriptions_per_token",
+            Refused::TokenSubscriptions(_) | Refused::SelectorsOverTokenLimit(_) => {
+                "subscriptions_per_token"
+            }
             Refused::Paced(_) => "stream_pacing",
             Refused::Rate(who, _) | Refused::TooLarge(who, _) => who,
         }
@@ -164,7 +170,11 @@ impl Pacer {
     /// How long a new stream waits for its turn, reserving it; refused
     /// when that is more than `max_wait`.
     pub fn turn(&self, max_wait: Duration) -> Result<Duration, Refused> {
-        let now = Instant::now();
+        self.turn_at(Instant::now(), max_wait)
+    }
+
+    /// [`Pacer::turn`] for a stream arriving at `now`.
+    fn turn_at(&self, now: Instant, max_wait: Duration) -> Result<Duration, Refused> {
         let mut next = self.next.lock();
         let tat = (*next).max(now);
         let start = tat.checked_sub(self.tolerance).map_or(now, |t| t.max(now));
@@ -264,6 +274,7 @@ impl Admission {
         };
         let selectors = match self.max_selectors_per_token {
             0 => None,
+            max if selectors > max => return Err(Refused::SelectorsOverTokenLimit(max)),
             max => Some(
                 Share::take(&self.selectors_per_token, token, selectors, max)
                     .ok_or(Refused::TokenSubscriptions(max))?,
@@ -442,6 +453,11 @@ mod tests {
         let _other = a.token(8, 5).unwrap();
         drop(one);
         assert_eq!(a.token(7, 3).unwrap_err(), Refused::TokenSubscriptions(5));
+        // More selectors than the limit at all: never possible.
+        assert_eq!(
+            a.token(9, 6).unwrap_err(),
+            Refused::SelectorsOverTokenLimit(5)
+        );
         // A refusal took nothing: two selectors are free.
         let _three = a.token(7, 2).unwrap();
         drop(two);
@@ -451,27 +467,26 @@ mod tests {
     #[test]
     fn the_pacer_lets_a_burst_through_then_spaces_streams_out() {
         let p = Pacer::new(10).unwrap();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let second = Duration::from_secs(1);
         for _ in 0..10 {
-            assert_eq!(p.turn(Duration::from_secs(1)).unwrap(), Duration::ZERO);
+            assert_eq!(p.turn_at(t0, second).unwrap(), Duration::ZERO);
         }
-        // The 11th waits about one interval, the 12th two.
-        let w11 = p.turn(Duration::from_secs(1)).unwrap();
-        let w12 = p.turn(Duration::from_secs(1)).unwrap();
-        assert!(
-            w11 > Duration::from_millis(80) && w11 <= Duration::from_millis(100),
-            "{w11:?}"
-        );
-        assert!(
-            w12 > Duration::from_millis(180) && w12 <= Duration::from_millis(200),
-            "{w12:?}"
-        );
-        // A turn beyond the longest wait is refused and reserves nothing.
-        for _ in 0..7 {
-            p.turn(Duration::from_secs(1)).unwrap();
+        // Then one every 100 ms: the 11th waits 100 ms, the 12th 200 ms.
+        assert_eq!(p.turn_at(t0, second).unwrap(), ms(100));
+        assert_eq!(p.turn_at(t0, second).unwrap(), ms(200));
+        // Later arrivals wait less for the same slots.
+        assert_eq!(p.turn_at(t0 + ms(250), second).unwrap(), ms(50));
+        for _ in 0..6 {
+            p.turn_at(t0, second).unwrap();
         }
-        let refused = p.turn(Duration::from_millis(500));
-        assert!(matches!(refused, Err(Refused::Paced(_))), "{refused:?}");
-        let w = p.turn(Duration::from_secs(2)).unwrap();
-        assert!(w > Duration::from_millis(880), "{w:?}");
+        // The 20th would wait 1 s: beyond a 500 ms limit it is refused,
+        // and reserves nothing.
+        assert_eq!(p.turn_at(t0, ms(500)), Err(Refused::Paced(ms(500))));
+        assert_eq!(p.turn_at(t0, 2 * second).unwrap(), second);
+        // After a quiet while, a burst goes through again.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(p.turn_at(later, second).unwrap(), Duration::ZERO);
     }
 }

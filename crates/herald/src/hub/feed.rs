@@ -95,6 +95,9 @@ impl Hub {
             )),
             None => None,
         };
+        // Only a request that passed every check waits for its turn, so
+        // refused ones never hold back the others.
+        self.pace_stream().await.map_err(SubscribeError::Refused)?;
         let allowed = req.grants.as_ref().and_then(Grants::subscribe_rule);
         // The stream ends when its token expires, or at its lifetime.
         let lifetime = cfg.max_stream_lifetime.and_then(|max| {

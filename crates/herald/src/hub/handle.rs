@@ -322,21 +322,27 @@ impl Hub {
     }
 
     /// A place for one more event stream from `ip`, held for as long as
-    /// the stream lasts, once its turn comes under `stream_admission_rate`;
-    /// refused (and counted in `herald_admission_refused_total`) at
-    /// `max_connections`, at `max_streams_per_ip`, or when its turn is too
-    /// far away.
-    pub(crate) async fn admit_stream(
+    /// the stream lasts; refused (and counted in
+    /// `herald_admission_refused_total`) at `max_connections` or
+    /// `max_streams_per_ip`. Pacing comes later, in [`Hub::subscribe`],
+    /// once the request is known to be valid.
+    pub(crate) fn admit_stream(
         &self,
         ip: Option<std::net::IpAddr>,
     ) -> Result<super::admission::StreamPermit, super::admission::Refused> {
-        let admission = &self.inner.admission;
-        let refused = |r: super::admission::Refused| {
-            self.inner.metrics.refused(r.kind());
-            r
-        };
-        let permit = admission.stream(ip).map_err(refused)?;
-        let wait = admission.pace().map_err(refused)?;
+        self.inner
+            .admission
+            .stream(ip)
+            .inspect_err(|r| self.inner.metrics.refused(r.kind()))
+    }
+
+    /// Waits for this new stream's turn under `stream_admission_rate`.
+    pub(crate) async fn pace_stream(&self) -> Result<(), super::admission::Refused> {
+        let wait = self
+            .inner
+            .admission
+            .pace()
+            .inspect_err(|r| self.inner.metrics.refused(r.kind()))?;
         if !wait.is_zero() {
             self.inner.metrics.paced.inc();
             tokio::select! {
@@ -344,7 +350,13 @@ impl Hub {
                 () = self.inner.shutdown.cancelled() => {}
             }
         }
-        Ok(permit)
+        Ok(())
+    }
+
+    /// Whether any per-token limit is set (else tokens are not counted).
+    pub(crate) fn limits_tokens(&self) -> bool {
+        let cfg = &self.inner.config;
+        cfg.max_streams_per_token > 0 || cfg.max_subscriptions_per_token > 0
     }
 
     /// One more stream of the token `key`, holding `selectors` selectors,
@@ -455,19 +467,17 @@ impl Hub {
         // with a `deliver` span per update as this node fans it out.
         let parent = opentelemetry::Context::current();
         let append = traces::append_span(&parent, self.inner.engine.name(), updates.len());
-        let traced = append.as_ref().map(|cx| {
+        let watching = append.as_ref().map(|cx| {
             use opentelemetry::trace::TraceContextExt;
-            let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-            let traced = self.inner.index.traced();
-            traced.watch(ids.iter().map(String::as_str), cx.span().span_context());
-            (cx, ids)
-        });
-        let result = self.inner.engine.append(updates).await;
-        if let Some((cx, ids)) = traced {
+            let ids = updates.iter().map(|u| u.id.clone()).collect();
             self.inner
                 .index
                 .traced()
-                .forget(ids.iter().map(String::as_str));
+                .watch(ids, cx.span().span_context())
+        });
+        let result = self.inner.engine.append(updates).await;
+        drop(watching);
+        if let Some(cx) = &append {
             traces::end_append(cx, result.as_ref().err().map(|e| e as _));
         }
         let stored = result.inspect_err(|e| {

@@ -39,6 +39,8 @@ pub enum OtlpError {
     Ratio(f64),
     #[error("OTLP exporter: {0}")]
     Exporter(String),
+    #[error("the OTLP exporter is already installed in this process")]
+    Twice,
 }
 
 /// The installed exporter. [`Otlp::shutdown`] sends what is queued.
@@ -63,6 +65,12 @@ fn traces_url(endpoint: &url::Url) -> String {
 pub fn install(cfg: &OtlpConfig) -> Result<Otlp, OtlpError> {
     if !(0.0..=1.0).contains(&cfg.sample_ratio) {
         return Err(OtlpError::Ratio(cfg.sample_ratio));
+    }
+    // Replacing an installed provider would drop it on this thread, which
+    // blocks until its exporter thread is done: once per process.
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(OtlpError::Twice);
     }
     let rt = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
     let http = reqwest::Client::builder()

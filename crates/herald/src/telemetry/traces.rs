@@ -13,8 +13,8 @@
 //! `deliver` happens where the engine's tail hands the update over, not in
 //! the request: a publish registers its updates' ids with the append
 //! span's context ([`Traced::watch`]), the fan-out picks the context up by
-//! id, and the publish forgets the ids once the append returned, so the
-//! table holds only updates in flight. Updates published on another node
+//! id, and the ids are forgotten once the append returned (or its publish
+//! was dropped), so the table holds only updates in flight. Updates published on another node
 //! are delivered here without a span: their trace lives on that node.
 
 use std::collections::HashMap;
@@ -45,22 +45,16 @@ pub struct Traced {
 }
 
 impl Traced {
-    /// Watches `ids`, whose `deliver` spans go under `parent`.
-    pub fn watch<'a>(&self, ids: impl Iterator<Item = &'a str>, parent: &SpanContext) {
+    /// Watches `ids`, whose `deliver` spans go under `parent`, until the
+    /// returned guard is dropped (the append returned, or its publish was
+    /// dropped half-way: the table never keeps an id).
+    pub fn watch(&self, ids: Vec<String>, parent: &SpanContext) -> Watching<'_> {
         let mut spans = self.spans.lock();
-        for id in ids {
-            spans.insert(id.to_owned(), parent.clone());
+        for id in &ids {
+            spans.insert(id.clone(), parent.clone());
         }
         self.watched.store(spans.len(), Ordering::Release);
-    }
-
-    /// Stops watching `ids` (delivered or not).
-    pub fn forget<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let mut spans = self.spans.lock();
-        for id in ids {
-            spans.remove(id);
-        }
-        self.watched.store(spans.len(), Ordering::Release);
+        Watching { traced: self, ids }
     }
 
     /// A `deliver` span for update `id`, when its publish is traced here.
@@ -77,6 +71,23 @@ impl Traced {
             .start_with_context(&tracer, &cx);
         span.set_attribute(KeyValue::new("herald.update.id", id.to_owned()));
         Some(span)
+    }
+}
+
+/// Ids being watched; forgotten when dropped.
+#[derive(Debug)]
+pub struct Watching<'a> {
+    traced: &'a Traced,
+    ids: Vec<String>,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        let mut spans = self.traced.spans.lock();
+        for id in &self.ids {
+            spans.remove(id);
+        }
+        self.traced.watched.store(spans.len(), Ordering::Release);
     }
 }
 

@@ -134,7 +134,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if let Head::Subscribe { headers, query } = head::classify(&buf) {
         drop(buf);
         let ip = shared.hub.client_ip(peer.ip(), &headers);
-        let permit = match shared.hub.admit_stream(Some(ip)).await {
+        let permit = match shared.hub.admit_stream(Some(ip)) {
             Ok(p) => p,
             Err(r) => {
                 refuse(stream, HttpError::refused(&r)).await;

@@ -109,6 +109,8 @@ pub(super) struct Writer {
     pub(super) retention_due: bool,
     /// When a write failed and the store has not been reopened since.
     pub(super) broken_since: Option<Instant>,
+    /// After a failed commit: no write before this time, and why.
+    paused: Option<(Instant, String)>,
     /// Requests that queued during the last commit: the next group.
     carry: Group,
     /// How many requests the next group may expect (see [`GROUP_LINGER`]).
@@ -139,6 +141,7 @@ impl Writer {
             last_tick: now,
             retention_due: true,
             broken_since: None,
+            paused: None,
             carry: Group::default(),
             expected: 0,
         }
@@ -242,6 +245,12 @@ impl Writer {
     /// A write transaction, reopening the store first if an earlier I/O
     /// error left it unusable.
     pub(super) fn begin_write(&mut self) -> Result<WriteTransaction, WriteError> {
+        if let Some((until, why)) = &self.paused {
+            if Instant::now() < *until {
+                return Err(WriteError::Paused(why.clone()));
+            }
+            self.paused = None;
+        }
         if let Some(db) = &self.db {
             match db.begin_write() {
                 Ok(txn) => return Ok(txn),
@@ -426,7 +435,12 @@ impl Writer {
             return Ok(refused);
         }
         txn.commit().map_err(|e| {
+            // redb refuses everything after an I/O error: the store is
+            // reopened at once (see `housekeeping`), and writes wait a
+            // moment, so a full disk is not tried (and the store not
+            // reopened) again for every publish.
             self.broken_since.get_or_insert_with(Instant::now);
+            self.paused = Some((Instant::now() + REOPEN_BACKOFF, e.to_string()));
             WriteError::Commit(e)
         })?;
         self.committed(durability);
@@ -482,6 +496,10 @@ pub(super) enum WriteError {
     /// An I/O error closed the store, and reopening it is not due yet.
     #[error("store unavailable after an I/O error; retrying shortly")]
     Backoff,
+    /// A commit failed a moment ago (a full disk, say): writes wait
+    /// [`REOPEN_BACKOFF`] before trying again, so the store stays readable.
+    #[error("the last commit failed ({0}); writes are tried again within {REOPEN_BACKOFF:?}")]
+    Paused(String),
     /// Readers still hold the store that must be reopened.
     #[error("store busy; cannot reopen it yet")]
     Busy,
