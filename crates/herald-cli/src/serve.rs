@@ -15,6 +15,7 @@ use herald::engine::postgres::{PostgresConfig, PostgresEngine};
 use herald::engine::redis::{RedisConfig, RedisEngine};
 use herald::engine::Engine;
 use herald::telemetry::otlp::OtlpConfig;
+use herald::transport::tls::{Tls, TlsConfig};
 use herald::{Hub, HubConfig};
 use jsonwebtoken::Algorithm;
 
@@ -69,6 +70,8 @@ struct Plan {
     log_json: bool,
     /// Traces exported over OTLP, when configured.
     otlp: Option<OtlpConfig>,
+    /// The listener's certificate, when it speaks TLS.
+    tls: Option<TlsConfig>,
 }
 
 enum EngineChoice {
@@ -312,6 +315,11 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         "json" => true,
         other => bail!("unknown log_format {other:?} (expected text or json)"),
     };
+    let tls = match (s.get::<PathBuf>("tls_cert")?, s.get::<PathBuf>("tls_key")?) {
+        (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
+        (None, None) => None,
+        _ => bail!("tls_cert and tls_key go together: give both, or neither"),
+    };
     let otlp = match s.get::<url::Url>("otlp_endpoint")? {
         None => None,
         Some(endpoint) => Some(OtlpConfig {
@@ -322,6 +330,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     };
     Ok(Plan {
         otlp,
+        tls,
         public_url_given,
         addr: s.value("addr")?,
         hub,
@@ -385,7 +394,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", plan.addr))?;
     let addr = listener.local_addr()?;
     if !plan.public_url_given {
-        plan.hub.public_url = url::Url::parse(&format!("http://{addr}/.well-known/mercure"))
+        let scheme = if plan.tls.is_some() { "https" } else { "http" };
+        plan.hub.public_url = url::Url::parse(&format!("{scheme}://{addr}/.well-known/mercure"))
             .context("public URL from the bound address")?;
         if !plan.hub.issuers.is_empty() && plan.hub.resource.is_none() {
             tracing::warn!(
@@ -398,6 +408,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if plan.generated_key {
         print_quickstart(&plan.hub, addr)?;
     }
+    let tls = plan.tls.map(Tls::new).transpose()?;
     let hub = Hub::new(plan.hub, engine).map_err(|e| anyhow::anyhow!("{e}"))?;
     let otlp = match &plan.otlp {
         Some(cfg) => {
@@ -407,8 +418,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!(%addr, engine = engine_name, "herald listening on http://{addr}");
-    let served = herald::serve(listener, hub, shutdown_signal()).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, engine = engine_name, "herald listening on {scheme}://{addr}");
+    let mut server = herald::Server::new(hub);
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
+    let served = server.serve(listener, shutdown_signal()).await;
     if let Some(otlp) = otlp {
         otlp.shutdown().await;
     }

@@ -703,3 +703,95 @@ fn traces_are_exported_over_otlp_and_flushed_at_shutdown() {
     assert_eq!(names, ["append", "deliver", "publish"]);
     assert!(service.contains("herald-cli-test"), "{service}");
 }
+
+/// `--tls-cert` and `--tls-key`: curl gets HTTP/2 over TLS by ALPN, and
+/// receives over it what another client publishes; a plain listener takes
+/// HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`); one of
+/// the two settings alone is a clear error.
+#[test]
+fn tls_and_h2c_serve_curl_over_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let key = "k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k";
+    let hub = Hub::start(&[
+        "--engine",
+        "memory",
+        "--publisher-jwt",
+        key,
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let port = hub.addr.rsplit(':').next().unwrap().to_owned();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let base = format!("https://localhost:{port}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--http2", "--cacert", cert_path.to_str().unwrap()])
+            .args(["--resolve", &resolve])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let health = curl(&["-w", " %{http_version}", &format!("{base}/healthz")]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert_eq!(stdout(&health), "ok\n 2");
+    // A stream over HTTP/2 gets what is published.
+    let sub = Command::new("curl")
+        .args(["-sSN", "--http2", "--cacert", cert_path.to_str().unwrap()])
+        .args(["--resolve", &resolve, "--max-time", "5"])
+        .arg(format!(
+            "{base}/.well-known/mercure?topic=https://example.com/a"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let token = stdout(&herald(&["token", "--key", key, "--publish", "*"]));
+    let published = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-d",
+        "topic=https://example.com/a",
+        "-d",
+        "data=over h2",
+        &format!("{base}/.well-known/mercure"),
+    ]);
+    assert!(published.status.success(), "{}", stderr(&published));
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("data:over h2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(hub);
+
+    // h2c on a plain listener.
+    let plain = Hub::start(&["--engine", "memory", "--publisher-jwt", key]);
+    let h2c = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-w", " %{http_version}"])
+        .arg(format!("http://{}/healthz", plain.addr))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&h2c), "ok\n 2", "{}", stderr(&h2c));
+
+    // Half a TLS configuration.
+    let o = herald(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tls_cert and tls_key go together"),
+        "{}",
+        stderr(&o)
+    );
+}
