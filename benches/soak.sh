@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A soak: one herald (release build, the local engine with sync durability
-# and retention, so the store stays bounded) under steady publishing and
+# and retention, so the store stays bounded; stream pacing, retry jitter
+# and per-address counting on, so their state is soaked too) under steady publishing and
 # connection churn for a long time, sampling the hub's memory (RSS), open
 # file descriptors and runtime tasks every 10 s.
 #
@@ -70,6 +71,7 @@ trap cleanup EXIT
 
 "$BIN" serve --addr "127.0.0.1:$PORT" --engine local --data-dir "$DATA" \
   --durability sync --retention-max-updates 20000 \
+  --stream-admission-rate 500 --retry-jitter 5s --max-streams-per-ip 19000 \
   --publisher-jwt "$KEY" --log warn >"$OUT/hub.log" 2>&1 &
 HUB_PID=$!
 for _ in $(seq 100); do
