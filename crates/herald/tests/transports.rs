@@ -9,6 +9,8 @@
 //!   connections within seconds, while a stream opened before keeps
 //!   receiving; a broken one is refused and the current one kept.
 //! - Shutdown ends HTTP/2 streams promptly (hyper sends `GOAWAY`).
+//! - HTTP/2 streams take places in `max_connections` one by one (`503`
+//!   past it, the others on the connection unharmed) and get heartbeats.
 
 mod common;
 
@@ -233,4 +235,74 @@ fn a_certificate_that_does_not_load_is_a_clear_error() {
     };
     let e = Tls::new(missing).unwrap_err().to_string();
     assert!(e.contains("cannot read the certificate"), "{e}");
+}
+
+/// Over HTTP/2 the limits and heartbeats are those of HTTP/1.1: each
+/// stream takes a place in `max_connections` (the one past it is answered
+/// `503` with `Retry-After` while the others on the same connection go
+/// on), and an idle stream gets heartbeat comments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_have_the_same_limits_and_heartbeats() {
+    let mut cfg = config();
+    cfg.max_connections = 5;
+    cfg.heartbeat = Duration::from_millis(300);
+    let hub = TestHub::start(cfg).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..5 {
+        subs.push(subscribe(&h2, &hub.hub_url(), None).await);
+    }
+    let refused = h2
+        .get(hub.hub_url())
+        .query(&[("topic", "https://t")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // The five go on: after the opening comment (the first flush), a
+    // heartbeat, then an update.
+    let opening = subs[0].next_item(Duration::from_secs(3)).await;
+    assert!(
+        matches!(opening, Some(herald_protocol::sse::Item::Comment(_))),
+        "{opening:?}"
+    );
+    let started = std::time::Instant::now();
+    let beat = subs[0].next_item(Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "not a heartbeat: {beat:?}"
+    );
+    assert!(
+        matches!(beat, Some(herald_protocol::sse::Item::Comment(_))),
+        "{beat:?}"
+    );
+    publish(&h2, &hub.hub_url(), "still here").await;
+    for s in &mut subs {
+        assert_eq!(
+            s.next_event(Duration::from_secs(5)).await.unwrap().data,
+            "still here"
+        );
+    }
+    // A stream that ends gives its place back.
+    drop(subs.pop());
+    let mut again = 0;
+    for _ in 0..50 {
+        let res = h2
+            .get(hub.hub_url())
+            .query(&[("topic", "https://t")])
+            .send()
+            .await
+            .unwrap();
+        again = res.status().as_u16();
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, 200);
 }
