@@ -20,7 +20,9 @@
 //! for its turn instead of being refused, because a browser's
 //! `EventSource` gives up for good on any answer but `200`. Only a client
 //! whose turn is more than [`PACING_MAX_WAIT`] away is refused (`503` with
-//! `Retry-After`).
+//! `Retry-After`). A stream waits in [`crate::hub::Hub::subscribe`], after
+//! its request was parsed and authorized and its token's limits applied,
+//! so requests refused anyway never take a turn.
 
 use std::collections::HashMap;
 use std::hash::Hash;
