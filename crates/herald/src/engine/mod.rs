@@ -176,6 +176,9 @@ pub struct Stored {
     pub frame: Bytes,
     /// When this node built it: the start of publish-to-delivery latency.
     pub at: std::time::Instant,
+    /// The update as the WebSocket transport sends it, encoded by the
+    /// first socket that sends it and shared by the others, as `frame` is.
+    pub(crate) ws: std::sync::OnceLock<crate::http::websocket::Encoded>,
 }
 
 impl Stored {
@@ -191,6 +194,7 @@ impl Stored {
             update,
             frame,
             at: std::time::Instant::now(),
+            ws: std::sync::OnceLock::new(),
         }
     }
 }

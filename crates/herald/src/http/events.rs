@@ -7,7 +7,8 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -28,19 +29,19 @@ const MAX_LAST_EVENT_ID: usize = 1024;
 /// `QUERY` requests with a form body.
 pub(crate) const ACCEPT_QUERY: &str = "application/x-www-form-urlencoded";
 
-struct Request {
-    revision: Revision,
-    selectors: Vec<Selector>,
+pub(crate) struct Request {
+    pub revision: Revision,
+    pub selectors: Vec<Selector>,
     /// Draft-08: the matchers as requested, for subscription events.
-    matchers: Vec<Matcher>,
-    last_event_id: Option<String>,
+    pub matchers: Vec<Matcher>,
+    pub last_event_id: Option<String>,
     query_token: Option<String>,
     /// `gap_event=1`: an in-stream event when the resume id is not in
     /// history.
     gap_event: bool,
 }
 
-fn parse_request(
+pub(crate) fn parse_request(
     hub: &Hub,
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
@@ -267,11 +268,30 @@ pub(crate) async fn subscribe(
     conn: Option<Extension<ConnContext>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HttpError> {
     let conn = conn.map(|Extension(c)| c);
+    // The same URL opens a WebSocket (see [`super::websocket`]).
+    match ws {
+        Ok(ws) => {
+            return super::websocket::upgrade(hub, ws, conn, query.as_deref(), &headers).await
+        }
+        Err(e) if wants_websocket(&headers) => {
+            return Err(HttpError::new(e.status(), e.body_text()));
+        }
+        Err(_) => {}
+    }
     let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), None, conn).await?;
     Ok(event_stream(prepared, permit))
+}
+
+/// An `Upgrade: websocket` request, valid or not.
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
+    })
 }
 
 /// A place for one more event stream, or the refusal's answer.

@@ -15,6 +15,7 @@ pub mod policy;
 pub(crate) mod publish;
 pub(crate) mod router;
 mod subscriptions_api;
+pub(crate) mod websocket;
 
 pub use conn::ConnContext;
 pub use error::HttpError;

@@ -193,7 +193,7 @@ fn authorize_publisher(
 }
 
 /// Every topic of the update must be granted to the publisher.
-fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
+pub(crate) fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
     for topic in &update.topics {
         if !grants.can_publish(topic) {
             return Err(AuthError::TopicNotAllowed(topic.clone()));
@@ -238,7 +238,7 @@ pub(crate) const MAX_ID_LEN: usize = 1024;
 /// - the event type `mercure` marks subscription events (400);
 /// - an id starting with `#` is reserved for ids the hub generates, and ids
 ///   and topics have length limits (400).
-fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpError> {
+pub(crate) fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpError> {
     // The event-stream rules first: an empty topic is a bad topic, not the
     // hub's own URL.
     update

@@ -25,7 +25,7 @@ use super::active::Subscription;
 use super::handle::{Hub, Opened};
 use super::subscriber::{Drain, Subscriber};
 use crate::auth::Grants;
-use crate::engine::{EngineError, Position};
+use crate::engine::{EngineError, Position, Stored};
 
 /// The protocol revision a subscription speaks: draft-07 names topics with
 /// `topic`, draft-08 (Mercure 1.0) with `match` parameters. Each revision's
@@ -206,7 +206,7 @@ impl Hub {
         let mut feed = Feed::new(guard, cursor);
         if req.gap_event && resumed_from.as_deref() == Some(EARLIEST) {
             if let Some(asked) = req.last_event_id.filter(|id| id != EARLIEST) {
-                feed.gap = Some(gap_frame(&asked));
+                feed.gap = Some(asked);
             }
         }
         Ok((feed, resumed_from))
@@ -306,7 +306,7 @@ impl Drop for Registration {
 
 /// The moment a token whose `exp` is `exp` (seconds since the epoch)
 /// expires.
-fn deadline(exp: u64) -> Option<std::time::Instant> {
+pub(crate) fn deadline(exp: u64) -> Option<std::time::Instant> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -339,6 +339,44 @@ fn retry(cfg: &crate::config::HubConfig) -> Option<u64> {
     Some(base.saturating_add(rand::Rng::gen_range(&mut rand::thread_rng(), 0..=jitter)))
 }
 
+/// What a [`Feed`] hands its transport. An event-stream transport takes
+/// the encoded frames (`Vec<Bytes>`, SSE); a transport with a message
+/// format of its own (WebSocket) takes the updates themselves.
+pub trait FeedSink {
+    /// The stream opens, with the `retry` it should tell its client.
+    fn open(&mut self, retry: Option<u64>);
+    /// The client asked to be told when its resume id `asked` is not in
+    /// history (`gap_event=1`), and it is not: all retained history follows.
+    fn gap(&mut self, asked: &str);
+    /// An update, in position order.
+    fn update(&mut self, stored: &Arc<Stored>);
+    /// Nothing was sent for a while: a comment keeps proxies from timing
+    /// the stream out.
+    fn heartbeat(&mut self);
+}
+
+/// The `text/event-stream` frames of a feed.
+impl FeedSink for Vec<Bytes> {
+    fn open(&mut self, retry: Option<u64>) {
+        self.push(match retry {
+            Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
+            None => Bytes::from_static(b":\n\n"),
+        });
+    }
+
+    fn gap(&mut self, asked: &str) {
+        self.push(gap_frame(asked));
+    }
+
+    fn update(&mut self, stored: &Arc<Stored>) {
+        self.push(stored.frame.clone());
+    }
+
+    fn heartbeat(&mut self) {
+        self.push(Bytes::from_static(b":\n\n"));
+    }
+}
+
 /// The frames of one subscription, in order: a first flush, then history
 /// from the resume point, then live updates, with heartbeats when idle.
 /// It ends when its subscriber is closed: at shutdown (the ticker), at
@@ -356,8 +394,9 @@ pub struct Feed {
     /// [`Feed::next`] returns when it reaches the live phase with nothing
     /// queued, so the caller can park the connection.
     parking: bool,
-    /// The gap event sent after the first flush, when asked for.
-    gap: Option<Bytes>,
+    /// The resume id that was not in history, when the client asked to
+    /// be told (see [`FeedSink::gap`]).
+    gap: Option<String>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -413,7 +452,7 @@ impl Feed {
 
     /// The live frames queued now, without waiting; `false` when there
     /// are none or the feed ended ([`Feed::is_done`]).
-    pub fn take_live(&mut self, out: &mut Vec<Bytes>) -> bool {
+    pub fn take_live<S: FeedSink>(&mut self, out: &mut S) -> bool {
         self.phase == Phase::Live && self.take_queued(out)
     }
 
@@ -428,18 +467,18 @@ impl Feed {
         self.reg.hub.shutdown_token()
     }
 
-    /// Appends the next frames to `out`; `false` when the feed has ended.
-    pub async fn next(&mut self, out: &mut Vec<Bytes>) -> bool {
+    /// Hands the next frames to `out` (the encoded frames, for a
+    /// `Vec<Bytes>`); `false` when the feed has ended.
+    pub async fn next<S: FeedSink>(&mut self, out: &mut S) -> bool {
         let hub = self.reg.hub.clone();
         loop {
             match self.phase {
                 Phase::Done => return false,
                 Phase::Start => {
-                    out.push(match retry(hub.config()) {
-                        Some(ms) => Bytes::from(format!("retry:{ms}\n\n")),
-                        None => Bytes::from_static(b":\n\n"),
-                    });
-                    out.extend(self.gap.take());
+                    out.open(retry(hub.config()));
+                    if let Some(asked) = self.gap.take() {
+                        out.gap(&asked);
+                    }
                     self.phase = if self.resume {
                         Phase::Replay
                     } else {
@@ -475,14 +514,14 @@ impl Feed {
                         continue;
                     }
                     let took = read_started.elapsed();
-                    let before = out.len();
+                    let mut replayed = 0;
                     for s in &batch {
                         self.last = s.position;
                         if self.reg.sub.wants(s) {
-                            out.push(s.frame.clone());
+                            out.update(s);
+                            replayed += 1;
                         }
                     }
-                    let replayed = (out.len() - before) as u64;
                     self.reg.sent += replayed;
                     hub.metrics().replayed(replayed, took);
                     if replayed > 0 {
@@ -507,7 +546,7 @@ impl Feed {
     }
 
     /// Moves the queued live frames not yet sent to `out`.
-    fn take_queued(&mut self, out: &mut Vec<Bytes>) -> bool {
+    fn take_queued<S: FeedSink>(&mut self, out: &mut S) -> bool {
         match self.reg.sub.drain() {
             Drain::Closed => {
                 self.phase = Phase::Done;
@@ -515,12 +554,12 @@ impl Feed {
             }
             Drain::Empty => false,
             Drain::Heartbeat => {
-                out.push(Bytes::from_static(b":\n\n"));
+                out.heartbeat();
                 true
             }
             Drain::Frames(frames) => {
                 let metrics = self.reg.hub.metrics();
-                let before = out.len();
+                let mut sent = 0;
                 for stored in frames {
                     let pos = stored.position;
                     if pos > self.last {
@@ -531,11 +570,12 @@ impl Feed {
                                 .delivery_seconds
                                 .observe(stored.at.elapsed().as_secs_f64());
                         }
-                        out.push(stored.frame.clone());
+                        out.update(&stored);
+                        sent += 1;
                     }
                 }
-                self.reg.sent += (out.len() - before) as u64;
-                out.len() > before
+                self.reg.sent += sent;
+                sent > 0
             }
         }
     }

@@ -27,7 +27,7 @@ pub mod subscriber;
 pub mod wake;
 pub mod webhooks;
 
-pub use feed::{Feed, Revision, SubscribeError, SubscribeRequest};
+pub use feed::{Feed, FeedSink, Revision, SubscribeError, SubscribeRequest};
 pub use handle::{generate_id, Hub, PublishError};
 pub use index::TopicIndex;
 pub use subscriber::Subscriber;

@@ -304,7 +304,8 @@ async fn serve_hyper<I>(
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new());
         builder.header_read_timeout(HEAD_TIMEOUT);
-        drive!(builder.serve_connection(io, svc));
+        // Upgrades: a WebSocket leaves the connection to its own task.
+        drive!(builder.serve_connection(io, svc).with_upgrades());
     }
 }
 

@@ -1,0 +1,638 @@
+//! WebSocket on the hub's URL, with a real WebSocket client
+//! (tokio-tungstenite) over real TCP: subscriptions from the URL and on
+//! the open socket, publishing, resume, binary frames, heartbeats, the
+//! slow-consumer and token-expiry closes, and the origin check.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
+use herald::HubConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The publishers' key, for subscribers too: one token does both.
+const KEY: &str = PUB_KEY;
+const TOPIC: &str = "https://example.com/books/1";
+
+/// One key for publishers and subscribers, so one token does both.
+fn one_key() -> HubConfig {
+    HubConfig {
+        publisher_jwt: Some(KeyConfig::hmac(KEY)),
+        subscriber_jwt: Some(KeyConfig::hmac(KEY)),
+        ..HubConfig::default()
+    }
+}
+
+fn both(exp: Option<u64>) -> String {
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: Some(vec!["*".into()]),
+            subscribe: Some(vec!["*".into()]),
+            payload: None,
+        },
+        exp,
+        ..Claims::default()
+    };
+    sign(&claims, &KeyConfig::hmac(KEY)).unwrap()
+}
+
+fn ws_url(hub: &TestHub, query: &str) -> String {
+    format!("ws://{}/.well-known/mercure{query}", hub.addr)
+}
+
+async fn connect(hub: &TestHub, query: &str, token: Option<&str>) -> Socket {
+    connect_with(hub, query, token, None).await.unwrap()
+}
+
+async fn connect_with(
+    hub: &TestHub,
+    query: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut req = ws_url(hub, query).into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("the handshake within 5 s")
+    .map(|(s, _)| s)
+}
+
+/// The next JSON message (pings and pongs skipped).
+async fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket open")
+            .expect("a message");
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Socket, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The close code the socket ends with, within `within`.
+async fn close_code(ws: &mut Socket, within: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the socket still open after {within:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_url_subscribes_and_the_socket_receives_and_publishes() {
+    let hub = TestHub::start(one_key()).await;
+    let token = both(None);
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), Some(&token)).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(
+        ack,
+        json!({"op": "subscribed", "sub": "default", "resumed_from": null})
+    );
+    let mut sse = Subscription::topics(&hub, &[TOPIC]).await;
+
+    // Published over HTTP: the socket gets it as an `update`.
+    let c = client();
+    let c = &c;
+    let (status, _) = c
+        .post(hub.hub_url())
+        .bearer_auth(&token)
+        .form(&[
+            ("topic", TOPIC),
+            ("data", "over http"),
+            ("id", "u1"),
+            ("type", "note"),
+        ])
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({
+            "op": "update", "sub": "default", "id": "u1", "type": "note",
+            "topic": TOPIC, "topics": [TOPIC], "data": "over http", "private": false,
+        })
+    );
+
+    // Published over the socket: acknowledged with its id, and delivered
+    // to the socket and to event streams alike.
+    send(
+        &mut ws,
+        json!({"op": "publish", "ref": "p1", "topics": [TOPIC], "data": "over ws", "private": false}),
+    )
+    .await;
+    let mut published = None;
+    let mut update = None;
+    for _ in 0..2 {
+        let m = next_json(&mut ws).await;
+        match m["op"].as_str() {
+            Some("published") => published = Some(m),
+            Some("update") => update = Some(m),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    let published = published.unwrap();
+    assert_eq!(published["ref"], "p1");
+    let id = published["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("urn:uuid:"), "{id}");
+    let update = update.unwrap();
+    assert_eq!(update["id"], id.as_str());
+    assert_eq!(update["data"], "over ws");
+    assert_eq!(update["type"], "message");
+    let data = sse.drain_data(Duration::from_millis(300)).await;
+    assert_eq!(data, vec!["over http", "over ws"]);
+    drop(ws);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_socket_subscribes_and_unsubscribes_more_selectors() {
+    let hub = TestHub::start(one_key()).await;
+    let token = both(None);
+    let mut ws = connect(&hub, "", Some(&token)).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "a", "topics": ["https://example.com/a/{id}"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "b", "topics": ["https://example.com/b"]}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op": "subscribed", "sub": "b", "resumed_from": null})
+    );
+    let c = client();
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/a/1"), ("data", "a1")],
+    )
+    .await;
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/b"), ("data", "b1")],
+    )
+    .await;
+    let m1 = next_json(&mut ws).await;
+    let m2 = next_json(&mut ws).await;
+    assert_eq!(
+        (m1["sub"].as_str(), m1["data"].as_str()),
+        (Some("a"), Some("a1"))
+    );
+    assert_eq!(
+        (m2["sub"].as_str(), m2["data"].as_str()),
+        (Some("b"), Some("b1"))
+    );
+
+    // Errors answer the message and leave the socket open.
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "a", "topics": ["x"]}),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["op"].as_str(), e["status"].as_u64(), e["sub"].as_str()),
+        (Some("error"), Some(409), Some("a"))
+    );
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "c", "topics": []}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "c", "topics": ["https://e.com/{"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+    send(&mut ws, json!({"op": "unsubscribe", "sub": "nope"})).await;
+    assert_eq!(next_json(&mut ws).await["status"], 404);
+    send(&mut ws, json!({"op": "dance"})).await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["status"], 400, "{e}");
+    ws.send(Message::text("not json")).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+
+    send(&mut ws, json!({"op": "unsubscribe", "sub": "a"})).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op": "unsubscribed", "sub": "a"})
+    );
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/a/2"), ("data", "a2")],
+    )
+    .await;
+    publish_ok(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/b"), ("data", "b2")],
+    )
+    .await;
+    // Only b's update: a is gone.
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (m["sub"].as_str(), m["data"].as_str()),
+        (Some("b"), Some("b2"))
+    );
+    // The name is free again.
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "a", "topics": ["https://example.com/a/{id}"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subscription_resumes_from_an_id() {
+    let hub = TestHub::start(one_key()).await;
+    let c = client();
+    for i in 1..=3 {
+        publish_ok(
+            &c,
+            &hub,
+            &[
+                ("topic", TOPIC),
+                ("data", &format!("d{i}")),
+                ("id", &format!("id{i}")),
+            ],
+        )
+        .await;
+    }
+    let token = both(None);
+    // In the URL, as an event stream would.
+    let mut ws = connect(
+        &hub,
+        &format!("?topic={TOPIC}&lastEventID=id1"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op": "subscribed", "sub": "default", "resumed_from": "id1"})
+    );
+    assert_eq!(next_json(&mut ws).await["id"], "id2");
+    assert_eq!(next_json(&mut ws).await["id"], "id3");
+    // On the open socket.
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "again", "topics": [TOPIC], "last_event_id": "id2"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["resumed_from"], "id2");
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (m["sub"].as_str(), m["id"].as_str()),
+        (Some("again"), Some("id3"))
+    );
+    // An id not in history: everything retained, and `earliest` says so.
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "lost", "topics": [TOPIC], "last_event_id": "never"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["resumed_from"], "earliest");
+    for want in ["id1", "id2", "id3"] {
+        assert_eq!(next_json(&mut ws).await["id"], want);
+    }
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn binary_payloads_travel_as_binary_frames() {
+    let hub = TestHub::start(one_key()).await;
+    let token = both(None);
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), Some(&token)).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let mut sse = Subscription::topics(&hub, &[TOPIC]).await;
+    let payload: Vec<u8> = (0..=255u8).chain([0, 10, 13, 0xff]).collect();
+    let mut frame =
+        json!({"op": "publish", "ref": "bin", "topics": [TOPIC], "media_type": "image/png"})
+            .to_string()
+            .into_bytes();
+    frame.push(b'\n');
+    frame.extend_from_slice(&payload);
+    ws.send(Message::binary(frame)).await.unwrap();
+    let mut got = None;
+    let mut ack = None;
+    while got.is_none() || ack.is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Binary(b) => got = Some(b),
+            Message::Text(t) => ack = Some(serde_json::from_str::<Value>(t.as_str()).unwrap()),
+            _ => {}
+        }
+    }
+    let ack = ack.unwrap();
+    assert_eq!(ack["op"], "published", "{ack}");
+    let got = got.unwrap();
+    let nl = got.iter().position(|b| *b == b'\n').unwrap();
+    let head: Value = serde_json::from_slice(&got[..nl]).unwrap();
+    assert_eq!(head["op"], "update");
+    assert_eq!(head["media_type"], "image/png");
+    assert_eq!(head["id"], ack["id"]);
+    assert!(head.get("data").is_none(), "{head}");
+    assert_eq!(&got[nl + 1..], &payload[..]);
+    // Event streams get the same update as a data: URL.
+    use base64::Engine as _;
+    let want = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&payload)
+    );
+    assert_eq!(sse.drain_data(Duration::from_millis(300)).await, vec![want]);
+
+    // A binary frame without its head, or with data as well, is refused.
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+    let mut bad = json!({"op": "publish", "topics": [TOPIC], "data": "x"})
+        .to_string()
+        .into_bytes();
+    bad.extend_from_slice(b"\nbytes");
+    ws.send(Message::binary(bad)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn publishing_needs_a_publish_right() {
+    let hub = TestHub::start(one_key()).await;
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: Some(vec!["https://example.com/mine".into()]),
+            subscribe: Some(vec!["*".into()]),
+            payload: None,
+        },
+        ..Claims::default()
+    };
+    let mine = sign(&claims, &KeyConfig::hmac(KEY)).unwrap();
+    let mut ws = connect(&hub, "", Some(&mine)).await;
+    send(
+        &mut ws,
+        json!({"op": "publish", "ref": "x", "topics": [TOPIC], "data": "no"}),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["status"].as_u64(), e["ref"].as_str()),
+        (Some(403), Some("x")),
+        "{e}"
+    );
+    send(
+        &mut ws,
+        json!({"op": "publish", "ref": "y", "topics": ["https://example.com/mine"], "data": "yes"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["op"], "published");
+    // The hub's reserved namespace stays the hub's.
+    send(
+        &mut ws,
+        json!({"op": "publish", "topics": ["*"], "data": "no"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], 400);
+
+    // A subscriber-only token may not publish at all.
+    let sub_only = sign(
+        &Claims {
+            mercure: MercureClaim {
+                publish: None,
+                subscribe: Some(vec!["*".into()]),
+                payload: None,
+            },
+            ..Claims::default()
+        },
+        &KeyConfig::hmac(KEY),
+    )
+    .unwrap();
+    let mut ws = connect(&hub, "", Some(&sub_only)).await;
+    send(
+        &mut ws,
+        json!({"op": "publish", "topics": ["https://example.com/mine"], "data": "no"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], 403);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_token_no_socket_unless_anonymous() {
+    let hub = TestHub::start(HubConfig {
+        anonymous: false,
+        ..one_key()
+    })
+    .await;
+    let e = connect_with(&hub, &format!("?topic={TOPIC}"), None, None)
+        .await
+        .unwrap_err();
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 401),
+        e => panic!("expected 401, got {e}"),
+    }
+    // The draft-07 query parameter presents a token too.
+    let token = both(None);
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}&authorization={token}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_page_from_another_site_is_refused() {
+    let cfg = HubConfig {
+        cors_origins: vec!["https://app.example".into()],
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let token = both(None);
+    let q = format!("?topic={TOPIC}");
+    match connect_with(&hub, &q, Some(&token), Some("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        Err(e) => panic!("expected 403, got {e}"),
+        Ok(_) => panic!("a cross-site page opened a socket"),
+    }
+    for origin in [
+        Some("https://app.example"),
+        None,
+        Some(&*format!("http://{}", hub.addr)),
+    ] {
+        let mut ws = connect_with(&hub, &q, Some(&token), origin).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["op"], "subscribed", "{origin:?}");
+    }
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_token_expiry_closes_the_socket() {
+    let hub = TestHub::start(one_key()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = both(Some(now + 2));
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), Some(&token)).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4001)
+    );
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_hub_pings_and_closes_a_socket_that_never_answers() {
+    let cfg = HubConfig {
+        heartbeat: Duration::from_millis(200),
+        anonymous: true,
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    // A reading client answers the pings (tungstenite does) and stays.
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+        match m.unwrap().unwrap() {
+            Message::Ping(_) => pings += 1,
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 1.2 s at a 200 ms heartbeat");
+
+    // A client that never answers: a raw handshake, then silence.
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let head = format!(
+        "GET /.well-known/mercure?topic={TOPIC} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        hub.addr
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let close_4002 = [0x88, 0x00, 0x0f, 0xa2];
+    let found = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            got.extend_from_slice(&buf[..n]);
+            // A close frame: 0x88, its length, then the code 4002.
+            if got
+                .windows(4)
+                .any(|w| w[0] == close_4002[0] && w[2..] == close_4002[2..])
+            {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "no close 4002 in {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_that_does_not_read_is_closed_as_too_slow() {
+    let cfg = HubConfig {
+        queue_frames: 16,
+        anonymous: true,
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    // Big updates until the socket's buffers and queue are full.
+    let c = client();
+    let data = "x".repeat(64 * 1024);
+    let before = value(
+        &scrape(&hub).await,
+        "herald_slow_subscriber_disconnects_total",
+    );
+    let mut overflowed = false;
+    for _ in 0..400 {
+        let (status, _) = publish(&c, &hub, &[("topic", TOPIC), ("data", &data)]).await;
+        assert_eq!(status, 200);
+        if value(
+            &scrape(&hub).await,
+            "herald_slow_subscriber_disconnects_total",
+        ) > before
+        {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "the queue never overflowed");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(10)).await,
+        Some(4008)
+    );
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let cfg = HubConfig {
+        anonymous: true,
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let stopping = tokio::spawn(hub.stop());
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1001)
+    );
+    stopping.await.unwrap().unwrap();
+}
