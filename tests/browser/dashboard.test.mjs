@@ -6,18 +6,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { HERALD_BIN, CHROMIUM, ROOT, mintJwt, freePort, sleep } from './support.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, '../..');
-const HERALD_BIN = resolve(process.env.HERALD_BIN || join(HERE, '../../target/debug/herald'));
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = join(ROOT, 'target/screenshots');
 const SECRET = 'browser-test-' + randomBytes(16).toString('hex');
 const CHROMIUM_ARGS = [
@@ -25,26 +20,9 @@ const CHROMIUM_ARGS = [
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
 ];
 
-// An HS256 JWT allowed to publish and subscribe to everything.
-function mintJwt(secret, claims) {
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64(claims);
-  return body + '.' + createHmac('sha256', secret).update(body).digest('base64url');
-}
+// A token allowed to publish and subscribe to everything.
 const JWT = mintJwt(SECRET, { mercure: { publish: ['*'], subscribe: ['*'] } });
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.once('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const hubs = [];
 const profiles = [];
 const contexts = [];

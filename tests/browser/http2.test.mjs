@@ -10,39 +10,18 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { HERALD_BIN, CHROMIUM, mintJwt, freePort, sleep } from './support.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const HERALD_BIN = resolve(process.env.HERALD_BIN || join(HERE, '../../target/debug/herald'));
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SECRET = 'browser-h2-' + randomBytes(16).toString('hex');
 const STREAMS = 20;
 
-function mintJwt(secret, claims) {
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64(claims);
-  return body + '.' + createHmac('sha256', secret).update(body).digest('base64url');
-}
 const JWT = mintJwt(SECRET, { mercure: { publish: ['*'] } });
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.once('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const dirs = [];
 const children = [];
 const contexts = [];
