@@ -30,10 +30,12 @@
 //!   `report.rs`: the report's shape, its warnings, text and JSON.
 //! - `progress.rs`: the once-a-second lines on stderr.
 //! - `http.rs`, `sse.rs`, `payload.rs`, `layout.rs`, `stats.rs`: the wire
-//!   formats, the topic layout, and counting.
+//!   formats, the topic layout, and counting; `h2c.rs` and `ws.rs`: the
+//!   `--http2` and `--websocket` transports.
 
 mod args;
 mod connect;
+mod h2c;
 mod http;
 mod layout;
 mod load;
@@ -47,6 +49,7 @@ mod sse;
 mod stats;
 mod subscriber;
 mod summary;
+mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +73,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args).await?;
     let requests = plan.subscribe_requests(&args)?;
-    let run = Run::new(&args, &plan, requests);
+    let transport = plan.transport(&args)?;
+    let run = Run::new(&args, &plan, requests, transport);
     let (subscribers, connected) = connect_subscribers(&args, &plan, &run).await?;
     let window = if args.idle {
         hold_idle(&args, &plan, &run).await
@@ -95,7 +99,12 @@ struct Run {
 
 impl Run {
     /// Starts the run's clock, with one subscription request per slot.
-    fn new(args: &Args, plan: &Plan, requests: Vec<Vec<u8>>) -> Self {
+    fn new(
+        args: &Args,
+        plan: &Plan,
+        requests: Vec<Vec<u8>>,
+        transport: subscriber::Transport,
+    ) -> Self {
         let epoch = Instant::now();
         let shared = Arc::new(Shared::new());
         let subscribers = Arc::new(subscriber::Config {
@@ -107,6 +116,7 @@ impl Run {
             epoch,
             shared: shared.clone(),
             slow: args.slow,
+            transport,
         });
         let progress = Progress {
             quiet: args.quiet,

@@ -47,9 +47,25 @@ pub struct Args {
     /// number, e.g. the nodes of a herald cluster.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub(super) publish_url: Vec<Url>,
-    /// Number of subscribers (one connection each).
+    /// Number of subscribers (one connection each, or one HTTP/2 stream
+    /// each with --http2).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub(super) subscribers: usize,
+    /// Subscribers are HTTP/2 streams over cleartext TCP (h2c with prior
+    /// knowledge), --streams-per-connection of them per connection, instead
+    /// of one HTTP/1.1 connection each. A --slow stream is one whose body
+    /// is never read: HTTP/2 flow control stops it. Mercure flavor only.
+    #[arg(long, conflicts_with = "websocket")]
+    pub(super) http2: bool,
+    /// With --http2: streams sharing each connection (herald takes up to
+    /// 1,024 at once on one connection).
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "http2", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) streams_per_connection: u32,
+    /// Subscribers are WebSockets on the hub's URL (same query and token),
+    /// each update one JSON text message, pings answered, instead of
+    /// event streams. Mercure flavor only.
+    #[arg(long)]
+    pub(super) websocket: bool,
     /// Number of topics; subscribers and updates are spread over them
     /// round-robin. With more topics than subscribers, each subscriber
     /// subscribes to several (one request with a `topic=` parameter each,
@@ -175,6 +191,17 @@ impl Args {
     pub(super) fn layout(&self) -> Layout {
         Layout::new(self.topics, self.subscribers)
     }
+
+    /// TCP connections the subscribers open: one each, or one per
+    /// --streams-per-connection with --http2.
+    pub(super) fn subscriber_connections(&self) -> usize {
+        if self.http2 {
+            self.subscribers
+                .div_ceil(self.streams_per_connection.max(1) as usize)
+        } else {
+            self.subscribers
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,5 +243,27 @@ mod tests {
             "http://127.0.0.1:5561/publish/"
         );
         assert!(Cli::try_parse_from(["b", "--flavor", "ably"]).is_err());
+        assert!(!cli.args.http2 && !cli.args.websocket);
+        assert_eq!(cli.args.subscriber_connections(), 100);
+    }
+
+    #[test]
+    fn transports() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cli = Cli::parse_from(["b", "--http2", "--subscribers", "250"]);
+        assert!(cli.args.http2);
+        assert_eq!(cli.args.streams_per_connection, 100);
+        assert_eq!(cli.args.subscriber_connections(), 3);
+        let cli = Cli::parse_from(["b", "--http2", "--streams-per-connection", "1000"]);
+        assert_eq!(cli.args.subscriber_connections(), 1);
+        assert!(Cli::parse_from(["b", "--websocket"]).args.websocket);
+        assert!(Cli::try_parse_from(["b", "--http2", "--websocket"]).is_err());
+        assert!(Cli::try_parse_from(["b", "--streams-per-connection", "10"]).is_err());
+        assert!(Cli::try_parse_from(["b", "--http2", "--streams-per-connection", "0"]).is_err());
     }
 }

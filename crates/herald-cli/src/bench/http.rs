@@ -83,13 +83,9 @@ impl Target {
         }
     }
 
-    /// The complete subscription request for `topics` (at least one): a
-    /// `topic=` parameter each, as Mercure allows.
-    pub fn subscribe_request<'a>(
-        &self,
-        topics: impl IntoIterator<Item = &'a str>,
-        token: Option<&str>,
-    ) -> Vec<u8> {
+    /// The request target (path and query) subscribing to `topics` (at
+    /// least one): a `topic=` parameter each, as Mercure allows.
+    pub fn subscribe_target<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> String {
         let mut target = self.target_prefix();
         for (i, topic) in topics.into_iter().enumerate() {
             if i > 0 {
@@ -98,9 +94,44 @@ impl Target {
             target.push_str("topic=");
             form_encode(topic, &mut target);
         }
+        target
+    }
+
+    /// The complete subscription request for `topics` (at least one): a
+    /// `topic=` parameter each, as Mercure allows.
+    pub fn subscribe_request<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        token: Option<&str>,
+    ) -> Vec<u8> {
+        let target = self.subscribe_target(topics);
         let mut req = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
              Cache-Control: no-cache\r\nUser-Agent: {}\r\n",
+            self.host,
+            user_agent()
+        );
+        if let Some(t) = token {
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
+        }
+        req.push_str("\r\n");
+        req.into_bytes()
+    }
+
+    /// The WebSocket upgrade request for `topics`: the same target and
+    /// token as [`Self::subscribe_request`], with `key` as its
+    /// `Sec-WebSocket-Key`.
+    pub fn websocket_request<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        token: Option<&str>,
+        key: &str,
+    ) -> Vec<u8> {
+        let target = self.subscribe_target(topics);
+        let mut req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+             Sec-WebSocket-Version: 13\r\nUser-Agent: {}\r\n",
             self.host,
             user_agent()
         );
@@ -268,7 +299,7 @@ impl PublishTemplate {
     }
 }
 
-fn user_agent() -> &'static str {
+pub(super) fn user_agent() -> &'static str {
     concat!("herald-bench/", env!("CARGO_PKG_VERSION"))
 }
 
@@ -295,6 +326,8 @@ pub(super) struct Head {
     pub content_length: Option<u64>,
     /// The server closes the connection after this response.
     pub close: bool,
+    /// `Sec-WebSocket-Accept`, in the answer to an upgrade.
+    pub websocket_accept: Option<String>,
 }
 
 impl Head {
@@ -351,6 +384,7 @@ pub(super) fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(Head, usize)>> {
         chunked: false,
         content_length: None,
         close: version == "HTTP/1.0",
+        websocket_accept: None,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -368,6 +402,8 @@ pub(super) fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(Head, usize)>> {
                     .parse()
                     .with_context(|| format!("malformed Content-Length {value:?}"))?,
             );
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            head.websocket_accept = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',') {
                 let token = token.trim();

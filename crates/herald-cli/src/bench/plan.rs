@@ -13,10 +13,12 @@ use anyhow::bail;
 use herald::auth::MercureClaim;
 
 use super::args::Args;
+use super::h2c;
 use super::http::{Flavor, Target};
 use super::layout::Layout;
 use super::report::fmt_count;
 use super::stats::Proc;
+use super::subscriber::Transport;
 use crate::token;
 
 /// What the run needs from its arguments, checked.
@@ -40,6 +42,8 @@ pub(super) struct Plan {
     pub layout: Layout,
     /// Found while planning, for the report.
     pub warnings: Vec<String>,
+    /// With --websocket, each slot's `Sec-WebSocket-Key`.
+    websocket_keys: Vec<String>,
 }
 
 impl Plan {
@@ -53,6 +57,12 @@ impl Plan {
         }
 
         let target = Target::resolve(&args.hub).await?;
+        if (args.http2 || args.websocket) && args.flavor != Flavor::Mercure {
+            bail!(
+                "--{} subscribes the way herald does: it needs --flavor mercure",
+                if args.http2 { "http2" } else { "websocket" }
+            );
+        }
         if args.batch > 1 && args.flavor != Flavor::Mercure {
             bail!("--batch is herald's extension: it needs --flavor mercure");
         }
@@ -82,6 +92,14 @@ impl Plan {
             .collect();
         let sources = target.source_addrs(args.source_addrs);
         let warnings = port_warning(args, &sources).into_iter().collect();
+        let layout = args.layout();
+        let websocket_keys = if args.websocket {
+            (0..layout.slots())
+                .map(|_| tungstenite::handshake::client::generate_key())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             fd_limit,
             target,
@@ -91,16 +109,50 @@ impl Plan {
             hub_proc,
             topics,
             sources,
-            layout: args.layout(),
+            layout,
             warnings,
+            websocket_keys,
         })
+    }
+
+    /// How the subscribers talk to the hub (see [`Transport`]).
+    pub fn transport(&self, args: &Args) -> anyhow::Result<Transport> {
+        if args.http2 {
+            let targets: Vec<String> = (0..self.layout.slots())
+                .map(|slot| self.target.subscribe_target(self.slot_topics(slot)))
+                .collect();
+            let pool = h2c::Pool::new(
+                &self.target,
+                &targets,
+                self.subscribe_token.as_deref(),
+                args.subscribers,
+                args.streams_per_connection as usize,
+            )?;
+            Ok(Transport::Http2(pool))
+        } else if args.websocket {
+            let accepts = self
+                .websocket_keys
+                .iter()
+                .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()))
+                .collect();
+            Ok(Transport::WebSocket { accepts })
+        } else {
+            Ok(Transport::Http1)
+        }
+    }
+
+    /// The topic names of subscription slot `slot`.
+    fn slot_topics(&self, slot: usize) -> impl Iterator<Item = &str> {
+        self.layout
+            .topics_of(slot)
+            .map(|t| self.topics[t as usize].as_str())
     }
 
     /// The subscription request of each slot of the layout. Several topics
     /// per request need the mercure flavor, and every request must fit in
     /// the request head herald accepts.
     pub fn subscribe_requests(&self, args: &Args) -> anyhow::Result<Vec<Vec<u8>>> {
-        let (layout, topics) = (self.layout, &self.topics);
+        let layout = self.layout;
         let token = self.subscribe_token.as_deref();
         let per = layout.max_topics_per_slot();
         if per > 1 && args.flavor != Flavor::Mercure {
@@ -115,9 +167,11 @@ impl Plan {
             );
         }
         let requests: Vec<Vec<u8>> = (0..layout.slots())
-            .map(|slot| {
-                let names = layout.topics_of(slot).map(|t| topics[t as usize].as_str());
-                self.target.subscribe_request(names, token)
+            .map(|slot| match self.websocket_keys.get(slot) {
+                Some(key) => self
+                    .target
+                    .websocket_request(self.slot_topics(slot), token, key),
+                None => self.target.subscribe_request(self.slot_topics(slot), token),
             })
             .collect();
         let largest = requests.iter().map(Vec::len).max().unwrap_or(0);
@@ -141,7 +195,8 @@ impl Plan {
 fn check_fd_limit(args: &Args) -> anyhow::Result<Option<u64>> {
     let publishers = usize::from(args.publishers);
     let fd_limit = raise_fd_limit();
-    let connections = args.subscribers as u64 + if args.idle { 0 } else { publishers as u64 };
+    let connections =
+        args.subscriber_connections() as u64 + if args.idle { 0 } else { publishers as u64 };
     let needed = connections + 32;
     if let Some(limit) = fd_limit {
         if needed > limit {
@@ -160,10 +215,10 @@ fn check_fd_limit(args: &Args) -> anyhow::Result<Option<u64>> {
 fn port_warning(args: &Args, sources: &[IpAddr]) -> Option<String> {
     let publishers = usize::from(args.publishers);
     let capacity = port_capacity(sources.len().max(1))?;
-    ((args.subscribers + publishers) as u64 > capacity).then(|| {
+    let connections = args.subscriber_connections() + publishers;
+    (connections as u64 > capacity).then(|| {
         format!(
-            "{} connections exceed the ~{capacity} ephemeral ports available{}",
-            args.subscribers + publishers,
+            "{connections} connections exceed the ~{capacity} ephemeral ports available{}",
             if sources.is_empty() {
                 " (source address spreading needs a 127.x.x.x hub)"
             } else {

@@ -42,6 +42,12 @@ pub(super) struct ChurnOut {
 
 #[derive(Debug, Serialize)]
 pub(super) struct ConfigOut {
+    /// How subscribers talk to the hub: `http1` (a connection each),
+    /// `http2` (streams sharing connections) or `websocket`.
+    pub(super) transport: &'static str,
+    /// With `http2`: streams per connection, and the connections opened.
+    pub(super) streams_per_connection: Option<usize>,
+    pub(super) subscriber_connections: usize,
     pub(super) subscribers: usize,
     pub(super) topics: u64,
     /// Topics each subscriber subscribes to (in one request), at most: 1
@@ -287,7 +293,16 @@ pub(super) fn render(s: &Summary) -> String {
     };
 
     let k = &s.connections;
+    let transport = match c.streams_per_connection {
+        Some(per) => format!(
+            "{} ({} connection(s), up to {per} streams each)",
+            c.transport,
+            fmt_count(c.subscriber_connections as u64)
+        ),
+        None => c.transport.to_owned(),
+    };
     let mut rows = vec![
+        ("transport", transport),
         (
             "ok / failed",
             format!(

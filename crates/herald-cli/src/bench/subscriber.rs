@@ -1,5 +1,8 @@
-//! One subscriber: a raw HTTP/1.1 `GET` over its own TCP connection, bound
-//! to one of the loopback source addresses, scanning the event stream.
+//! One subscriber: by default a raw HTTP/1.1 `GET` over its own TCP
+//! connection, bound to one of the loopback source addresses, scanning the
+//! event stream. With `--http2` it is one stream of a shared HTTP/2
+//! connection (see `h2c.rs`), with `--websocket` a WebSocket on the same
+//! URL (see `ws.rs`); every transport's updates are counted the same way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -10,11 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::h2c;
 use super::http::{parse_head, Framing, Target, MAX_HEAD};
 use super::layout::Layout;
 use super::payload;
 use super::sse::Scanner;
 use super::stats::{Seen, Shared};
+use super::ws;
 
 /// Size of each subscriber's read buffer (and the largest response head).
 const READ_BUFFER: usize = 4096;
@@ -37,6 +42,30 @@ pub(super) struct Config {
     /// Percentage of subscribers that never read, spread evenly over the
     /// indices: they model stalled clients.
     pub slow: u8,
+    /// How subscribers talk to the hub.
+    pub transport: Transport,
+}
+
+/// How subscribers talk to the hub.
+#[derive(Debug)]
+pub(super) enum Transport {
+    /// One HTTP/1.1 connection each, sending [`Config::requests`].
+    Http1,
+    /// Streams sharing HTTP/2 connections.
+    Http2(h2c::Pool),
+    /// A WebSocket each, opened with [`Config::requests`] (upgrade
+    /// requests); the `Sec-WebSocket-Accept` each slot's answer must carry.
+    WebSocket { accepts: Vec<String> },
+}
+
+/// A subscriber once the hub has accepted its subscription.
+enum Connection {
+    /// The event stream's connection, its framing, and the body bytes
+    /// read with the response head.
+    Http1(TcpStream, Framing, Vec<u8>),
+    Http2(h2::RecvStream),
+    /// The socket, and the frame bytes read with the response head.
+    WebSocket(TcpStream, Vec<u8>),
 }
 
 impl Config {
@@ -106,9 +135,9 @@ pub(super) async fn run(
     };
     let started = Instant::now();
     let mut buf = vec![0u8; READ_BUFFER].into_boxed_slice();
-    let connected = tokio::time::timeout(cfg.connect_timeout, connect(&cfg, index, &mut buf)).await;
+    let connected = tokio::time::timeout(cfg.connect_timeout, open(&cfg, index, &mut buf)).await;
     drop(permit);
-    let (mut stream, mut framing, leftover) = match connected {
+    let connection = match connected {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let _ = outcomes.send(Outcome {
@@ -138,9 +167,10 @@ pub(super) async fn run(
     });
     drop(outcomes);
     if slow {
-        // Hold the connection without reading until the run ends.
+        // Hold the connection (or stream) without reading until the run
+        // ends.
         let _ = stop.changed().await;
-        drop(stream);
+        drop(connection);
         return report;
     }
 
@@ -153,32 +183,21 @@ pub(super) async fn run(
         latencies: Vec::new(),
         report,
     };
-    if let Err(e) = state.body(&mut framing, leftover.as_slice()) {
-        state.report.dropped = Some(e);
-        return state.report;
-    }
-    loop {
-        let read = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            r = stream.read(&mut buf) => r,
-        };
-        match read {
-            Ok(0) => {
-                state.report.dropped = Some("closed by the hub".into());
-                break;
-            }
-            Ok(n) => {
-                if let Err(e) = state.body(&mut framing, &buf[..n]) {
-                    state.report.dropped = Some(e);
-                    break;
-                }
-            }
-            Err(e) => {
-                state.report.dropped = Some(io_error(&e));
-                break;
-            }
+    let ended = match connection {
+        Connection::Http1(stream, framing, leftover) => {
+            state
+                .http1(stream, framing, &leftover, &mut buf, &mut stop)
+                .await
         }
+        Connection::Http2(body) => state.http2(body, &mut stop).await,
+        Connection::WebSocket(stream, leftover) => {
+            state
+                .websocket(stream, &leftover, &mut buf, &mut stop)
+                .await
+        }
+    };
+    if let Err(e) = ended {
+        state.report.dropped = Some(e);
     }
     state.report
 }
@@ -192,20 +211,46 @@ pub(super) async fn churn_once(
 ) -> Result<Duration, String> {
     let started = Instant::now();
     let mut buf = vec![0u8; 4096];
-    match tokio::time::timeout(timeout, connect(cfg, index, &mut buf)).await {
+    match tokio::time::timeout(timeout, open(cfg, index, &mut buf)).await {
         Ok(Ok(_)) => Ok(started.elapsed()),
         Ok(Err(e)) => Err(e),
         Err(_) => Err("timed out".into()),
     }
 }
 
-/// Opens the connection, sends the request and reads the response head.
-/// Returns the stream, the body framing and the body bytes already read.
-async fn connect(
+/// Opens subscriber `index` with the run's transport, up to the hub's
+/// acceptance of the subscription. `buf` is the read buffer.
+async fn open(cfg: &Config, index: usize, buf: &mut [u8]) -> Result<Connection, String> {
+    match &cfg.transport {
+        Transport::Http1 => {
+            let (stream, head, rest) = request(cfg, index, buf).await?;
+            if head.status != 200 {
+                return Err(format!("HTTP {}", head.status));
+            }
+            Ok(Connection::Http1(stream, head.framing(), rest))
+        }
+        Transport::Http2(pool) => pool.open(cfg, index).await.map(Connection::Http2),
+        Transport::WebSocket { accepts } => {
+            let (stream, head, rest) = request(cfg, index, buf).await?;
+            if head.status != 101 {
+                return Err(format!("HTTP {}", head.status));
+            }
+            let expected = &accepts[index % accepts.len()];
+            if head.websocket_accept.as_deref() != Some(expected.as_str()) {
+                return Err("wrong or missing Sec-WebSocket-Accept".into());
+            }
+            Ok(Connection::WebSocket(stream, rest))
+        }
+    }
+}
+
+/// Opens a TCP connection to the hub, bound to source address number
+/// `source` (cycling), with a small receive buffer when `slow`.
+pub(super) async fn tcp_connect(
     cfg: &Config,
-    index: usize,
-    buf: &mut [u8],
-) -> Result<(TcpStream, Framing, Vec<u8>), String> {
+    source: usize,
+    slow: bool,
+) -> Result<TcpStream, String> {
     let addr = cfg.target.addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -213,17 +258,28 @@ async fn connect(
         TcpSocket::new_v6()
     }
     .map_err(|e| io_error(&e))?;
-    if cfg.is_slow(index) {
+    if slow {
         let _ = socket.set_recv_buffer_size(SLOW_RECV_BUFFER);
     }
     if !cfg.sources.is_empty() {
-        let src = cfg.sources[index % cfg.sources.len()];
+        let src = cfg.sources[source % cfg.sources.len()];
         socket
             .bind(SocketAddr::new(src, 0))
             .map_err(|e| format!("bind {src}: {}", io_error(&e)))?;
     }
-    let mut stream = socket.connect(addr).await.map_err(|e| io_error(&e))?;
+    let stream = socket.connect(addr).await.map_err(|e| io_error(&e))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens the connection, sends subscriber `index`'s request and reads the
+/// response head. Returns the stream, the head and the bytes read past it.
+async fn request(
+    cfg: &Config,
+    index: usize,
+    buf: &mut [u8],
+) -> Result<(TcpStream, super::http::Head, Vec<u8>), String> {
+    let mut stream = tcp_connect(cfg, index, cfg.is_slow(index)).await?;
     let request = &cfg.requests[index % cfg.requests.len()];
     stream.write_all(request).await.map_err(|e| io_error(&e))?;
     let mut filled = 0;
@@ -244,12 +300,7 @@ async fn connect(
         filled += n;
         match parse_head(&buf[..filled]) {
             Ok(None) => continue,
-            Ok(Some((head, len))) => {
-                if head.status != 200 {
-                    return Err(format!("HTTP {}", head.status));
-                }
-                return Ok((stream, head.framing(), buf[len..filled].to_vec()));
-            }
+            Ok(Some((head, len))) => return Ok((stream, head, buf[len..filled].to_vec())),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -269,18 +320,133 @@ struct Reader<'a> {
     report: Report,
 }
 
+/// Reads `stream` into `buf` until `stop` (`Ok(None)`), the end of the
+/// stream (`Ok(Some(0))`) or an error.
+async fn read_or_stop(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<usize>, String> {
+    tokio::select! {
+        biased;
+        _ = stop.changed() => Ok(None),
+        r = stream.read(buf) => r.map(Some).map_err(|e| io_error(&e)),
+    }
+}
+
 impl Reader<'_> {
+    /// An HTTP/1.1 event stream, until `stop` or its end (the error).
+    async fn http1(
+        &mut self,
+        mut stream: TcpStream,
+        mut framing: Framing,
+        leftover: &[u8],
+        buf: &mut [u8],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        self.body(&mut framing, leftover)?;
+        loop {
+            match read_or_stop(&mut stream, buf, stop).await? {
+                None => return Ok(()),
+                Some(0) => return Err("closed by the hub".into()),
+                Some(n) => self.body(&mut framing, &buf[..n])?,
+            }
+        }
+    }
+
+    /// An HTTP/2 stream's event stream, until `stop` or its end.
+    async fn http2(
+        &mut self,
+        mut body: h2::RecvStream,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut framing = Framing::UntilClose;
+        loop {
+            let data = tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                d = body.data() => d,
+            };
+            match data {
+                None => return Err("the hub ended the stream".into()),
+                Some(Err(e)) => return Err(h2c::h2_error(&e)),
+                Some(Ok(bytes)) => {
+                    // Read: the hub may send as much again.
+                    let _ = body.flow_control().release_capacity(bytes.len());
+                    self.body(&mut framing, &bytes)?;
+                }
+            }
+        }
+    }
+
+    /// A WebSocket's updates, answering pings, until `stop`, a close
+    /// frame or an error.
+    async fn websocket(
+        &mut self,
+        mut stream: TcpStream,
+        leftover: &[u8],
+        buf: &mut [u8],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut decoder = ws::Decoder::default();
+        let mut pong = Vec::new();
+        let mut mask_state = (self.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut n = leftover.len();
+        buf[..n].copy_from_slice(leftover);
+        loop {
+            let now = self.now();
+            let events = &mut self.events;
+            let decoded = decoder.feed(&buf[..n], |item| match item {
+                ws::Item::Update(data) => events.push(data.and_then(payload::decode)),
+                ws::Item::Ping(p) => {
+                    // Only the latest ping needs an answer (RFC 6455, 5.5.3).
+                    pong.clear();
+                    ws::pong(p, ws::mask_key(&mut mask_state), &mut pong);
+                }
+            });
+            self.tally(now);
+            decoded?;
+            if !pong.is_empty() {
+                stream.write_all(&pong).await.map_err(|e| io_error(&e))?;
+                pong.clear();
+            }
+            match read_or_stop(&mut stream, buf, stop).await? {
+                None => return Ok(()),
+                Some(0) => return Err("closed by the hub".into()),
+                Some(read) => n = read,
+            }
+        }
+    }
+
+    /// Nanoseconds since the run's epoch.
+    fn now(&self) -> u64 {
+        u64::try_from(self.cfg.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Decodes event-stream body bytes and counts the events they carry.
     fn body(&mut self, framing: &mut Framing, bytes: &[u8]) -> Result<(), String> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let now = u64::try_from(self.cfg.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = self.now();
         let (scanner, events) = (&mut self.scanner, &mut self.events);
         let (_, done) = framing
             .decode(bytes, |data| {
                 scanner.feed(data, |head| events.push(payload::decode(head)));
             })
             .map_err(|e| e.to_string())?;
+        self.tally(now);
+        if done {
+            return Err("the hub ended the stream".into());
+        }
+        Ok(())
+    }
+
+    /// Counts the events decoded from what was read at `now`.
+    fn tally(&mut self, now: u64) {
+        if self.events.is_empty() {
+            return;
+        }
         let shared = &*self.cfg.shared;
         let from = shared.measure_from.load(Ordering::Relaxed);
         let to = shared.measure_to.load(Ordering::Relaxed);
@@ -311,10 +477,6 @@ impl Reader<'_> {
         }
         shared.add(self.index, fresh, &self.latencies);
         self.latencies.clear();
-        if done {
-            return Err("the hub ended the stream".into());
-        }
-        Ok(())
     }
 }
 

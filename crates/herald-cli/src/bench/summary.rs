@@ -62,6 +62,15 @@ pub(super) fn build(
 /// The run's configuration, as it was carried out.
 fn config(args: &Args, plan: &Plan) -> ConfigOut {
     ConfigOut {
+        transport: if args.http2 {
+            "http2"
+        } else if args.websocket {
+            "websocket"
+        } else {
+            "http1"
+        },
+        streams_per_connection: args.http2.then_some(args.streams_per_connection as usize),
+        subscriber_connections: args.subscriber_connections(),
         subscribers: args.subscribers,
         topics: args.topics,
         topics_per_subscriber: plan.layout.max_topics_per_slot(),
