@@ -295,3 +295,75 @@ fn bench_refuses_subscription_requests_too_large_for_the_hub() {
         "{stderr}"
     );
 }
+
+/// Runs `herald bench` over `transport` (its flags) with 50 subscribers,
+/// 5 of them never reading, and a little churn; checks every reading
+/// subscriber got every update once, and the report names the transport.
+fn bench_over(transport: &[&str], name: &str) -> serde_json::Value {
+    let hub = Hub::start();
+    let mut args = vec![
+        "--subscribers",
+        "50",
+        "--slow",
+        "10",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--churn",
+        "20",
+    ];
+    args.extend_from_slice(transport);
+    let (stdout, v) = hub.bench(&args);
+    assert!(
+        stdout.contains(&format!("transport                 {name}")),
+        "{stdout}"
+    );
+    assert_eq!(v["config"]["transport"], name, "{v:#}");
+    assert_eq!(v["connections"]["ok"], 50, "{v:#}");
+    assert_eq!(v["connections"]["failed"], 0, "{v:#}");
+    assert_eq!(v["connections"]["dropped"], 0, "{v:#}");
+    assert_eq!(v["connections"]["slow"], 5, "{v:#}");
+    assert_eq!(v["churn"]["failed"], 0, "{v:#}");
+    assert!(v["churn"]["ok"].as_u64().unwrap() > 0, "{v:#}");
+    let acked = v["publish"]["acknowledged"].as_u64().unwrap();
+    assert!(acked > 0, "{v:#}");
+    let d = &v["deliveries"];
+    assert_eq!(d["losses"], 0, "{v:#}");
+    assert_eq!(d["duplicates"], 0, "{v:#}");
+    assert_eq!(d["foreign"], 0, "{v:#}");
+    assert_eq!(d["expected"].as_u64().unwrap(), acked * 45, "{v:#}");
+    assert_eq!(d["total"].as_u64().unwrap(), acked * 45, "{v:#}");
+    assert!(v["latency_ms"]["samples"].as_u64().unwrap() > 0, "{v:#}");
+    v
+}
+
+#[test]
+fn bench_over_http2_streams_counts_every_delivery() {
+    // 50 streams, 20 per connection: three connections.
+    let v = bench_over(&["--http2", "--streams-per-connection", "20"], "http2");
+    assert_eq!(v["config"]["streams_per_connection"], 20, "{v:#}");
+    assert_eq!(v["config"]["subscriber_connections"], 3, "{v:#}");
+}
+
+#[test]
+fn bench_over_websockets_counts_every_delivery() {
+    let v = bench_over(&["--websocket"], "websocket");
+    assert_eq!(v["config"]["subscriber_connections"], 50, "{v:#}");
+}
+
+#[test]
+fn bench_refuses_other_transports_outside_mercure() {
+    for transport in ["--http2", "--websocket"] {
+        let stderr = bench_refused(&[
+            transport,
+            "--flavor",
+            "nchan",
+            "--publish-url",
+            "http://127.0.0.1:9/pub",
+        ]);
+        assert!(stderr.contains("it needs --flavor mercure"), "{stderr}");
+    }
+    let stderr = bench_refused(&["--http2", "--websocket"]);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
