@@ -42,6 +42,14 @@
 #                       write per subscriber per update and nothing else,
 #                       the kernel's share of any server's cost)
 #     --subscribers N   override the scenario's subscriber count
+#     --transports LIST comma-separated, of http1,http2,websocket (default
+#                       http1): how the subscribers connect (`herald bench`
+#                       without a flag, --http2 or --websocket); each
+#                       scenario runs once per transport. http2 and
+#                       websocket run on herald and baseline only (the
+#                       peers are measured over http1); their results are
+#                       named <scenario>-<server>+<transport>-<run> and
+#                       appear in the summary as server+transport
 #     --nice N          run servers and generator at this niceness, e.g. -10
 #                       on a machine shared with builds (root only below
 #                       0); default: unchanged
@@ -75,6 +83,7 @@ duration=10
 baseline=
 servers=herald,naive,nchan,pushpin
 subscribers=
+transports=http1
 build=1
 out=
 nice=
@@ -86,6 +95,7 @@ while (($#)); do
     --servers) servers=$2; shift 2 ;;
     --baseline) baseline=$2; shift 2 ;;
     --subscribers) subscribers=$2; shift 2 ;;
+    --transports) transports=$2; shift 2 ;;
     --nice) nice=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --out) out=$2; shift 2 ;;
@@ -108,6 +118,10 @@ for s in "${server_list[@]}"; do
         echo "compare.sh: the server baseline needs --baseline PATH (an executable herald)" >&2
         exit 2
     fi
+done
+IFS=, read -r -a transport_list <<<"$transports"
+for t in "${transport_list[@]}"; do
+    case $t in http1 | http2 | websocket) ;; *) echo "compare.sh: unknown transport $t" >&2; exit 2 ;; esac
 done
 for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing" >&2; exit 1; }
@@ -331,30 +345,46 @@ scenario_args() {
     esac
 }
 
+# The `herald bench` flag of a transport.
+transport_args() {
+    case $1 in
+    http1) ;;
+    http2) echo "--http2" ;;
+    websocket) echo "--websocket" ;;
+    esac
+}
+
 meta=$out/runs.jsonl
 for scenario in "${scenarios[@]}"; do
     for ((run = 1; run <= runs; run++)); do
-        for server in "${server_list[@]}"; do
-            base=$out/$scenario-$server-$run
-            log "=== $scenario, $server, run $run/$runs"
-            start_server "$server"
-            # shellcheck disable=SC2046 # the scenario's flags are words
-            if "${gen_core[@]}" "$HERALD" bench "${bench_args[@]}" \
-                $(scenario_args "$scenario") --duration "$duration" --payload-size 100 \
-                --pid "$measure" --quiet --json "$base.json" >"$base.txt" 2>&1; then
-                status=ok
-            else
-                status=failed
-                log "$scenario/$server run $run failed:"
-            fi
-            cat "$base.txt"
-            printf '{"scenario":"%s","server":"%s","run":%d,"status":"%s","pids":"%s","nice":"%s","json":"%s"}\n' \
-                "$scenario" "$server" "$run" "$status" "$measure" "$nice" "$(basename "$base.json")" >>"$meta"
-            stop_servers
-            # Keep the server's logs (nginx's error.log, Pushpin's logs...).
-            mkdir -p "$out/logs/$scenario-$server-$run"
-            find "$scratch/$server" -name '*.log' -exec cp {} "$out/logs/$scenario-$server-$run/" \;
-            sleep 1
+        for transport in "${transport_list[@]}"; do
+            for server in "${server_list[@]}"; do
+                label=$server
+                if [[ $transport != http1 ]]; then
+                    case $server in herald | baseline) ;; *) continue ;; esac
+                    label=$server+$transport
+                fi
+                base=$out/$scenario-$label-$run
+                log "=== $scenario, $label, run $run/$runs"
+                start_server "$server"
+                # shellcheck disable=SC2046 # the scenario's flags are words
+                if "${gen_core[@]}" "$HERALD" bench "${bench_args[@]}" $(transport_args "$transport") \
+                    $(scenario_args "$scenario") --duration "$duration" --payload-size 100 \
+                    --pid "$measure" --quiet --json "$base.json" >"$base.txt" 2>&1; then
+                    status=ok
+                else
+                    status=failed
+                    log "$scenario/$label run $run failed:"
+                fi
+                cat "$base.txt"
+                printf '{"scenario":"%s","server":"%s","transport":"%s","run":%d,"status":"%s","pids":"%s","nice":"%s","json":"%s"}\n' \
+                    "$scenario" "$label" "$transport" "$run" "$status" "$measure" "$nice" "$(basename "$base.json")" >>"$meta"
+                stop_servers
+                # Keep the server's logs (nginx's error.log, Pushpin's logs...).
+                mkdir -p "$out/logs/$scenario-$label-$run"
+                find "$scratch/$server" -name '*.log' -exec cp {} "$out/logs/$scenario-$label-$run/" \;
+                sleep 1
+            done
         done
     done
 done
@@ -424,7 +454,8 @@ for scenario in dict.fromkeys(r["scenario"] for r in runs):
     servers = list(dict.fromkeys(r["server"] for r in runs if r["scenario"] == scenario))
     print(f"\n{scenario} (median of runs; ratio = peer / herald)")
     cols = MEASURES[scenario]
-    print(f"{'server':<9}" + "".join(f"{c[0]:>14}" for c in cols) + "   ratios to herald")
+    width = max([9] + [len(s) + 1 for s in servers])
+    print(f"{'server':<{width}}" + "".join(f"{c[0]:>14}" for c in cols) + "   ratios to herald")
     med = {}
     for s in servers:
         vals = []
@@ -441,6 +472,6 @@ for scenario in dict.fromkeys(r["scenario"] for r in runs):
             for c, v, b in zip(cols, med[s], base or [])
             if c[2] and s != "herald" and v is not None and b)
         failed = sum(j is None for j in by[(scenario, s)])
-        print(f"{s:<9}{cells}   {ratio}" + (f"  ({failed} run(s) failed)" if failed else ""))
+        print(f"{s:<{width}}{cells}   {ratio}" + (f"  ({failed} run(s) failed)" if failed else ""))
 EOF
 log "results in $out"
