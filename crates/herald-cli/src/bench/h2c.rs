@@ -33,6 +33,8 @@ pub(super) struct Pool {
     /// Streams per connection: subscriber `index` uses connection
     /// `index / per_connection`.
     pub per_connection: usize,
+    /// Subscribers: indices past them (`--churn`) open their own connection.
+    subscribers: usize,
     /// The URI each slot's stream requests.
     uris: Vec<Uri>,
     authorization: Option<HeaderValue>,
@@ -60,6 +62,7 @@ impl Pool {
             .transpose()?;
         Ok(Self {
             per_connection,
+            subscribers,
             uris,
             authorization,
             connections: (0..subscribers.div_ceil(per_connection))
@@ -73,7 +76,11 @@ impl Pool {
     /// subscribers (`--churn`). Returns the body once the hub answered 200.
     pub async fn open(&self, cfg: &Config, index: usize) -> Result<RecvStream, String> {
         let group = index / self.per_connection;
-        let send = match self.connections.get(group) {
+        let shared = self
+            .connections
+            .get(group)
+            .filter(|_| index < self.subscribers);
+        let send = match shared {
             Some(cell) => cell
                 .get_or_init(|| connect(cfg, group, self.per_connection))
                 .await
@@ -135,8 +142,12 @@ pub(super) fn h2_error(e: &h2::Error) -> String {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use super::*;
+    use crate::bench::layout::Layout;
+    use crate::bench::stats::Shared;
 
     fn target() -> Target {
         Target {
@@ -163,5 +174,130 @@ mod tests {
         assert!(pool.authorization.is_none());
         let pool = Pool::new(&t, &targets, None, 1, 0).unwrap();
         assert_eq!((pool.connections.len(), pool.per_connection), (1, 1));
+    }
+
+    /// An h2c server answering each stream by its topic: `ok` with one
+    /// event, `reset` with RST_STREAM, anything else 404. Returns its
+    /// address and the number of connections it accepted.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let query = request.uri().query().unwrap_or_default().to_owned();
+                        if query.ends_with("topic=reset") {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let flood = query.ends_with("topic=flood");
+                        let status = if query.ends_with("topic=ok") || flood {
+                            200
+                        } else {
+                            404
+                        };
+                        let response = http::Response::builder().status(status).body(()).unwrap();
+                        let mut body = respond.send_response(response, false).unwrap();
+                        let _ = body.send_data(Bytes::from_static(b"data: hello\n\n"), false);
+                        if flood {
+                            // Queued; sent as flow control allows.
+                            let _ = body.send_data(Bytes::from(vec![b':'; FLOOD]), false);
+                        }
+                        // Keep the stream open.
+                        std::mem::forget(body);
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Bytes a `flood` stream sends after its event: several windows.
+    const FLOOD: usize = 4 * STREAM_WINDOW as usize;
+
+    fn config(addr: SocketAddr) -> Config {
+        Config {
+            target: Target {
+                addr,
+                host: addr.to_string(),
+                path: "/.well-known/mercure".into(),
+                query: None,
+            },
+            requests: Vec::new(),
+            sources: Vec::new(),
+            connect_timeout: std::time::Duration::from_secs(5),
+            layout: Layout::new(1, 1),
+            epoch: std::time::Instant::now(),
+            shared: Arc::new(Shared::new()),
+            slow: 0,
+            transport: subscriber::Transport::Http1,
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_open_on_shared_connections_and_report_failures() {
+        let (addr, accepted) = server().await;
+        let cfg = config(addr);
+        let ok = vec![cfg.target.subscribe_target(["ok"])];
+        // Five streams, two per connection: three connections.
+        let pool = Pool::new(&cfg.target, &ok, None, 5, 2).unwrap();
+        let mut bodies = Vec::new();
+        for index in 0..5 {
+            bodies.push(pool.open(&cfg, index).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        for body in &mut bodies {
+            let data = body.data().await.unwrap().unwrap();
+            assert_eq!(&data[..], b"data: hello\n\n");
+        }
+        // Past the subscribers (--churn): a connection of its own.
+        let _churn = pool.open(&cfg, 5).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+
+        let reset = vec![cfg.target.subscribe_target(["reset"])];
+        let pool = Pool::new(&cfg.target, &reset, None, 1, 1).unwrap();
+        let e = pool.open(&cfg, 0).await.unwrap_err();
+        assert_eq!(e, "HTTP/2 stream reset (REFUSED_STREAM)");
+
+        let missing = vec![cfg.target.subscribe_target(["missing"])];
+        let pool = Pool::new(&cfg.target, &missing, None, 1, 1).unwrap();
+        assert_eq!(pool.open(&cfg, 0).await.unwrap_err(), "HTTP 404");
+
+        // Nothing listens: every stream of the connection fails alike.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = config(closed.local_addr().unwrap());
+        drop(closed);
+        let pool = Pool::new(&cfg.target, &ok, None, 2, 2).unwrap();
+        assert_eq!(pool.open(&cfg, 0).await.unwrap_err(), "connection refused");
+        assert_eq!(pool.open(&cfg, 1).await.unwrap_err(), "connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_stream_never_read_does_not_stop_its_neighbours() {
+        let (addr, _) = server().await;
+        let cfg = config(addr);
+        let flood = vec![cfg.target.subscribe_target(["flood"])];
+        let pool = Pool::new(&cfg.target, &flood, None, 2, 2).unwrap();
+        // Stream 0 is never read (--slow): it holds a full window.
+        let _stalled = pool.open(&cfg, 0).await.unwrap();
+        let mut body = pool.open(&cfg, 1).await.unwrap();
+        let mut read = 0;
+        let all = b"data: hello\n\n".len() + FLOOD;
+        let reading = async {
+            while read < all {
+                let data = body.data().await.unwrap().unwrap();
+                read += data.len();
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the read stream got all its data");
+        assert_eq!(read, all);
     }
 }
