@@ -26,11 +26,12 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// Resolves the hub URL. Only plain `http://` is spoken.
+    /// Resolves the hub URL. Only plain `http://` is spoken (HTTP/1.1,
+    /// h2c with prior knowledge, or WebSocket upgrades).
     pub async fn resolve(url: &Url) -> anyhow::Result<Self> {
         if url.scheme() != "http" {
             bail!(
-                "herald bench speaks plain HTTP/1.1 only (got {}://): run it next to \
+                "herald bench speaks plain HTTP only (got {}://): run it next to \
                  the hub, on its plain-HTTP address",
                 url.scheme()
             );

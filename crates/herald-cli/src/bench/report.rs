@@ -445,7 +445,12 @@ pub(super) fn render(s: &Summary) -> String {
                 ),
             ),
             (
-                "RSS per connection",
+                // Per subscriber: with --http2, per stream.
+                if s.config.transport == "http2" {
+                    "RSS per stream"
+                } else {
+                    "RSS per connection"
+                },
                 h.rss_per_connection_bytes.map_or("-".into(), fmt_bytes),
             ),
             (window, format!("{} of one core", fmt_pct(h.cpu_percent))),

@@ -303,6 +303,10 @@ impl Json {
                 input = &input[end + 1..];
                 continue;
             }
+            if self.is_update && self.data_done {
+                // All that is needed: the rest of the message is skipped.
+                return;
+            }
             // Both patterns start with a quote: skip to the next one.
             if self.op.k == 0 && self.data.k == 0 {
                 match input.iter().position(|&b| b == b'"') {
