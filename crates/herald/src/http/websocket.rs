@@ -73,9 +73,10 @@ pub const URL_SUBSCRIPTION: &str = "default";
 const MAX_NAME: usize = 128;
 /// Messages waiting for the socket, from all its subscriptions.
 const OUT_QUEUE: usize = 64;
-/// The socket's read buffer: client messages are small, and an idle
-/// socket should stay small (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 4096;
+/// The socket's read buffer, allocated when it opens: client messages
+/// are small, and an idle socket should stay small (tungstenite's default
+/// is 128 KiB). A larger message takes more reads.
+const READ_BUFFER: usize = 1024;
 
 /// An update encoded for sockets: the part after `"sub":…,`, shared by
 /// every socket that sends it.
@@ -696,7 +697,9 @@ impl Context<'_> {
         };
         let name = req.name.clone();
         let task = tokio::spawn(async move {
-            let (mut feed, resumed_from) = match hub.subscribe(request).await {
+            // Boxed: opening takes far more room than streaming, and the
+            // task would keep that room for as long as it lives.
+            let (mut feed, resumed_from) = match Box::pin(hub.subscribe(request)).await {
                 Ok(x) => x,
                 Err(e) => {
                     let e = match e {
