@@ -31,6 +31,7 @@ use axum::http::{header, HeaderName, HeaderValue, Response};
 use axum::response::IntoResponse;
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -49,10 +50,17 @@ const H3_NO_ERROR: u32 = 0x100;
 /// silent longer than that (heartbeats off or rare).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// How long a connection whose streams are done after `GOAWAY` waits for
-/// the client to close it, so the last bytes sent reach it (closing a
-/// QUIC connection drops what is still unacknowledged).
+/// The longest a closing endpoint waits for its closes to reach clients.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a connection whose streams are done after `GOAWAY` waits for
+/// the client to close it before closing it itself: closing a QUIC
+/// connection drops what is still unacknowledged, so the last bytes of its
+/// streams get a few round trips to arrive, while a client that keeps its
+/// idle connection open (as browsers do) does not hold shutdown long.
+fn linger(conn: &quinn::Connection) -> Duration {
+    (conn.rtt() * 4).clamp(Duration::from_millis(50), CLOSE_WAIT)
+}
 
 /// Binds the QUIC endpoint on `addr` (UDP), serving `tls`'s certificate.
 ///
@@ -191,7 +199,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
         }
         // Let the client take the last bytes and close.
-        let _ = tokio::time::timeout(CLOSE_WAIT, conn.closed()).await;
+        let _ = tokio::time::timeout(linger(&conn), conn.closed()).await;
     } else {
         requests.wait().await;
     }
@@ -221,7 +229,8 @@ async fn request(
         }
     };
     let (send, recv) = stream.split();
-    let mut req = req.map(|()| request_body(recv));
+    let (back, unread) = oneshot::channel();
+    let mut req = req.map(|()| request_body(recv, back));
     req.extensions_mut().insert(ctx);
     let res = if admitted {
         match shared.app.clone().oneshot(req).await {
@@ -229,25 +238,82 @@ async fn request(
             Err(never) => match never {},
         }
     } else {
+        drop(req);
         full().into_response()
     };
-    respond(send, res, &conn, peer).await;
+    tokio::join!(
+        respond(send, res, &conn, peer),
+        settle(unread, linger(&conn))
+    );
+}
+
+/// The reading half of a request stream inside the request's body. A
+/// route that drops the body before its end (most do not read one) hands
+/// the half back to the request's task, which [`settle`]s it.
+struct BodyRecv {
+    recv: Option<RecvHalf>,
+    back: Option<oneshot::Sender<RecvHalf>>,
+}
+
+impl Drop for BodyRecv {
+    fn drop(&mut self) {
+        if let (Some(recv), Some(back)) = (self.recv.take(), self.back.take()) {
+            let _ = back.send(recv);
+        }
+    }
 }
 
 /// The request body, read from the stream as the route consumes it.
-fn request_body(recv: RecvHalf) -> Body {
-    let chunks = futures_util::stream::unfold(Some(recv), |recv| async move {
-        let mut recv = recv?;
-        let chunk = match recv.recv_data().await {
-            Ok(Some(mut data)) => Ok(data.copy_to_bytes(data.remaining())),
-            Ok(None) => return None,
+fn request_body(recv: RecvHalf, back: oneshot::Sender<RecvHalf>) -> Body {
+    let state = BodyRecv {
+        recv: Some(recv),
+        back: Some(back),
+    };
+    let chunks = futures_util::stream::unfold(state, |mut state| async move {
+        let recv = state.recv.as_mut()?;
+        let next = match recv.recv_data().await {
+            Ok(Some(mut data)) => Ok(Some(data.copy_to_bytes(data.remaining()))),
+            Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
-        // After an error the stream is read no more.
-        let next = chunk.is_ok().then_some(recv);
-        Some((chunk, next))
+        match next {
+            Ok(Some(chunk)) => Some((Ok(chunk), state)),
+            // Read to its end (or failed): nothing to hand back.
+            Ok(None) => {
+                drop(state.recv.take());
+                None
+            }
+            Err(e) => {
+                state.recv = None;
+                Some((Err(e), state))
+            }
+        }
     });
     Body::from_stream(chunks)
+}
+
+/// Ends the reading half of a request whose route left its body unread:
+/// the client's end of the request (a `GET`'s comes right after its head)
+/// is awaited for a few round trips, then the client is asked to stop
+/// sending with `H3_NO_ERROR` (RFC 9114, 4.1). Dropping the half at once
+/// would stop the stream with code 0 while the client may still be
+/// finishing its request, and fail the request on the client's side.
+async fn settle(back: oneshot::Receiver<RecvHalf>, within: Duration) {
+    let Ok(mut recv) = back.await else {
+        return;
+    };
+    let to_end = async {
+        loop {
+            match recv.recv_data().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    if !matches!(tokio::time::timeout(within, to_end).await, Ok(true)) {
+        recv.stop_sending(::h3::error::Code::H3_NO_ERROR);
+    }
 }
 
 /// Sends `res`: its head, then each body frame as it comes, then the end
