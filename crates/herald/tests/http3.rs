@@ -9,6 +9,7 @@
 //! - A QUIC connection takes a place in the pool of non-stream
 //!   connections: past `max_connections` its requests get `503`.
 //! - Shutdown with an open HTTP/3 event stream ends it and returns.
+//! - A reloaded certificate serves QUIC handshakes too.
 
 mod common;
 
@@ -30,7 +31,8 @@ fn certificate() -> (String, String) {
     (cert.cert.pem(), cert.key_pair.serialize_pem())
 }
 
-/// A hub over TLS (with its certificate's PEM), HTTP/3 on or off.
+/// A hub over TLS (with its certificate's PEM and the folder of its
+/// files), HTTP/3 on or off.
 async fn start_tls(cfg: HubConfig, http3: bool) -> (TestHub, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate();
@@ -386,4 +388,43 @@ async fn shutdown_ends_open_http3_streams_and_returns() {
         .expect("the QUIC connection was not closed")
         .unwrap();
     eprintln!("connection closed: {closed}");
+}
+
+/// QUIC handshakes use the listener's certificate resolver: a new
+/// certificate written over the files is served over HTTP/3 too, while a
+/// connection opened before goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_serves_http3_too() {
+    let (hub, first, dir) = start_tls(config(), true).await;
+    let mut before = H3::connect(hub.addr, &first).await.unwrap();
+    let mut live = before.subscribe(None).await;
+    let (cert, key) = certificate();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    let started = Instant::now();
+    let mut fresh = loop {
+        if let Ok(c) = H3::connect(hub.addr, &cert).await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate was not served over QUIC"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "new certificate served over QUIC after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        H3::connect(hub.addr, &first).await.is_err(),
+        "the old certificate is still served"
+    );
+    fresh.publish("after the reload").await;
+    assert_eq!(
+        live.next_event(LONG).await.unwrap().data,
+        "after the reload"
+    );
+    assert_eq!(before.get("/healthz").await.0, 200);
+    hub.stop().await.unwrap();
 }
