@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::server::{full, Shared, H2_MAX_STREAMS, HEAD_TIMEOUT};
+use super::shared::{full, Shared, H2_MAX_STREAMS, HEAD_TIMEOUT};
 use super::tls::Tls;
 use crate::http::conn::ConnContext;
 

@@ -21,4 +21,5 @@
 mod h3;
 pub(crate) mod http1;
 pub mod server;
+mod shared;
 pub mod tls;

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use tower_http::cors::CorsLayer;
-
 use super::http1::direct::{self, error_response};
 use super::http1::head::{self, Head};
 use super::http1::parked::Flusher;
 use super::http1::rewind::Rewind;
+use super::shared::{full, Shared};
+pub use super::shared::{H2_MAX_STREAMS, HEAD_TIMEOUT};
 use super::tls::Tls;
 use crate::http::conn::ConnContext;
 use crate::http::error::HttpError;
@@ -80,27 +80,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// client on a long path is not held back.
 #[cfg(target_os = "linux")]
 const UNSENT_LIMIT: u32 = 64 * 1024;
-
-/// Time a connection has to send a complete request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every connection of one server shares (one `Arc` per connection).
-#[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) hub: Hub,
-    pub(super) app: axum::Router,
-    /// The router's CORS rules, for streams on the fast path.
-    cors: Option<CorsLayer>,
-    /// Writes parked streams; `None` when streams keep their tasks.
-    flusher: Option<Arc<Flusher>>,
-    /// Connections of every other kind (as many as `max_connections`;
-    /// event streams take the hub's own permits).
-    pub(super) requests: Arc<Semaphore>,
-    /// The listener speaks TLS.
-    tls: Option<Tls>,
-    /// `Alt-Svc` of responses over TLS when HTTP/3 is served too.
-    alt_svc: Option<HeaderValue>,
-}
 
 /// Answers `503` with `Retry-After` on a connection the hub has no room
 /// for, and closes it.
@@ -172,18 +151,6 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 
 /// The start of HTTP/2's connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
-/// Concurrent streams one HTTP/2 connection may carry: a browser puts
-/// every `EventSource` of an origin on one connection.
-pub const H2_MAX_STREAMS: u32 = 1024;
-
-/// The `503` of a hub with no room for one more connection.
-pub(super) fn full() -> HttpError {
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the hub is at its limit of connections; retry shortly",
-    )
-}
 
 /// How a connection speaks, for `herald_connections_accepted_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
