@@ -72,6 +72,8 @@ struct Plan {
     otlp: Option<OtlpConfig>,
     /// The listener's certificate, when it speaks TLS.
     tls: Option<TlsConfig>,
+    /// HTTP/3 on the same port (UDP) when there is TLS.
+    http3: bool,
 }
 
 enum EngineChoice {
@@ -331,6 +333,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     Ok(Plan {
         otlp,
         tls,
+        http3: s.value("http3")?,
         public_url_given,
         addr: s.value("addr")?,
         hub,
@@ -409,6 +412,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         print_quickstart(&plan.hub, addr)?;
     }
     let tls = plan.tls.map(Tls::new).transpose()?;
+    let http3 = plan.http3;
     let hub = Hub::new(plan.hub, engine).map_err(|e| anyhow::anyhow!("{e}"))?;
     let otlp = match &plan.otlp {
         Some(cfg) => {
@@ -423,6 +427,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut server = herald::Server::new(hub);
     if let Some(tls) = tls {
         server = server.tls(tls);
+    }
+    // With TLS, the server logs the UDP address of HTTP/3 once bound.
+    #[cfg(feature = "http3")]
+    {
+        server = server.http3(http3);
+    }
+    #[cfg(not(feature = "http3"))]
+    if http3 && scheme == "https" {
+        tracing::info!("HTTP/3 is not built into this herald (the `http3` feature)");
     }
     let served = server.serve(listener, shutdown_signal()).await;
     if let Some(otlp) = otlp {

@@ -29,6 +29,8 @@ const HUB: &[Setting] = &[
     text("tls_cert", Unset("none"),
         "certificate chain (PEM file) to serve TLS with: HTTP/2 or HTTP/1.1 by ALPN; reloaded on SIGHUP or when the file changes. Without it the listener speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c)"),
     text("tls_key", Unset("none"), "private key of `tls_cert` (PEM file)"),
+    switch("http3", Value("true"),
+        "with TLS, also serve HTTP/3 (QUIC) on the same port over UDP, advertised to TCP clients with `Alt-Svc`; `false` turns it off"),
     text("publisher_jwt", Unset("generated"),
         "key verifying publisher tokens: an HMAC secret, or a PEM public key (text or file path) for RSA/EC/EdDSA").secret(),
     text("publisher_jwt_alg", Value("HS256"),

@@ -705,7 +705,9 @@ fn traces_are_exported_over_otlp_and_flushed_at_shutdown() {
 }
 
 /// `--tls-cert` and `--tls-key`: curl gets HTTP/2 over TLS by ALPN, and
-/// receives over it what another client publishes; a plain listener takes
+/// receives over it what another client publishes; HTTP/3 holds the same
+/// port over UDP and is advertised with `Alt-Svc` (`--http3 false`: not
+/// at all); a plain listener takes
 /// HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`); one of
 /// the two settings alone is a clear error.
 #[test]
@@ -741,6 +743,21 @@ fn tls_and_h2c_serve_curl_over_http2() {
     let health = curl(&["-w", " %{http_version}", &format!("{base}/healthz")]);
     assert!(health.status.success(), "{}", stderr(&health));
     assert_eq!(stdout(&health), "ok\n 2");
+    // HTTP/3 is on with TLS: the same port is bound over UDP, and TCP
+    // responses say so with `Alt-Svc`.
+    let head = curl(&["-o", "/dev/null", "-D", "-", &format!("{base}/healthz")]);
+    assert!(
+        stdout(&head).contains(&format!("alt-svc: h3=\":{port}\"; ma=86400")),
+        "{}",
+        stdout(&head)
+    );
+    let udp = std::net::UdpSocket::bind(&hub.addr);
+    assert_eq!(
+        udp.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::AddrInUse),
+        "herald does not hold UDP {}",
+        hub.addr
+    );
     // A stream over HTTP/2 gets what is published.
     let sub = Command::new("curl")
         .args(["-sSN", "--http2", "--cacert", cert_path.to_str().unwrap()])
@@ -770,6 +787,32 @@ fn tls_and_h2c_serve_curl_over_http2() {
         String::from_utf8_lossy(&out.stdout)
     );
     drop(hub);
+
+    // `--http3 false`: TLS over TCP alone, no `Alt-Svc`, UDP left free.
+    let tcp_only = Hub::start(&[
+        "--engine",
+        "memory",
+        "--publisher-jwt",
+        key,
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+        "--http3",
+        "false",
+    ]);
+    let port = tcp_only.addr.rsplit(':').next().unwrap().to_owned();
+    let head = Command::new("curl")
+        .args(["-sS", "--http2", "--cacert", cert_path.to_str().unwrap()])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-o", "/dev/null", "-D", "-"])
+        .arg(format!("https://localhost:{port}/healthz"))
+        .output()
+        .unwrap();
+    assert!(stdout(&head).starts_with("HTTP/2 200"), "{}", stderr(&head));
+    assert!(!stdout(&head).contains("alt-svc"), "{}", stdout(&head));
+    assert!(std::net::UdpSocket::bind(&tcp_only.addr).is_ok());
+    drop(tcp_only);
 
     // h2c on a plain listener.
     let plain = Hub::start(&["--engine", "memory", "--publisher-jwt", key]);

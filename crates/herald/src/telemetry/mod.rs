@@ -67,8 +67,8 @@ pub struct Metrics {
     pub webhooks_dropped: Counter,
     /// New event streams that waited for their turn (`stream_admission_rate`).
     pub paced: Counter,
-    /// Connections served by hyper, by protocol (`http1`, `h2c`,
-    /// `http1-tls`, `h2`); event streams on the HTTP/1.1 fast path are
+    /// Connections served by hyper (and by h3), by protocol (`http1`,
+    /// `h2c`, `http1-tls`, `h2`, `h3`); event streams on the HTTP/1.1 fast path are
     /// counted in `connections_total`.
     pub accepted: Family<ProtocolLabel, Counter>,
     /// Tasks alive in the runtime serving `/metrics`, read at each scrape
@@ -201,7 +201,7 @@ impl Metrics {
         );
         registry.register(
             "transport_connections",
-            "Connections served by hyper and the router, by protocol: http1, h2c (HTTP/2 with prior knowledge), http1-tls, h2 (HTTP/2 over TLS)",
+            "Connections served by the router, by protocol: http1, h2c (HTTP/2 with prior knowledge), http1-tls, h2 (HTTP/2 over TLS), h3 (HTTP/3 over QUIC)",
             m.accepted.clone(),
         );
         registry.register(

@@ -6,6 +6,8 @@
 //! - [`http1`]: the HTTP/1.1 fast path of event streams (direct, then
 //!   parked);
 //! - [`tls`]: rustls with ALPN (`h2`, `http/1.1`) and certificate reload;
+//! - `h3` (the `http3` feature): HTTP/3 over QUIC on the TLS listener's
+//!   port (UDP), advertised to TCP clients with `Alt-Svc`;
 //! - everything else, HTTP/2 included (h2c with prior knowledge on a plain
 //!   listener, `h2` over TLS), is served by hyper and the axum router
 //!   ([`crate::http::router`]).
@@ -15,6 +17,9 @@
 //! [`crate::hub::Wake`] trait. A new transport is a folder here and a line
 //! in [`server`].
 
+#[cfg(feature = "http3")]
+mod h3;
 pub(crate) mod http1;
 pub mod server;
+mod shared;
 pub mod tls;

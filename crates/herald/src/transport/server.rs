@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use tower_http::cors::CorsLayer;
-
 use super::http1::direct::{self, error_response};
 use super::http1::head::{self, Head};
 use super::http1::parked::Flusher;
 use super::http1::rewind::Rewind;
+use super::shared::{full, Shared};
+pub use super::shared::{H2_MAX_STREAMS, HEAD_TIMEOUT};
 use super::tls::Tls;
 use crate::http::conn::ConnContext;
 use crate::http::error::HttpError;
@@ -80,25 +80,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// client on a long path is not held back.
 #[cfg(target_os = "linux")]
 const UNSENT_LIMIT: u32 = 64 * 1024;
-
-/// Time a connection has to send a complete request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every connection of one server shares (one `Arc` per connection).
-#[derive(Debug)]
-struct Shared {
-    hub: Hub,
-    app: axum::Router,
-    /// The router's CORS rules, for streams on the fast path.
-    cors: Option<CorsLayer>,
-    /// Writes parked streams; `None` when streams keep their tasks.
-    flusher: Option<Arc<Flusher>>,
-    /// Connections of every other kind (as many as `max_connections`;
-    /// event streams take the hub's own permits).
-    requests: Arc<Semaphore>,
-    /// The listener speaks TLS.
-    tls: Option<Tls>,
-}
 
 /// Answers `503` with `Retry-After` on a connection the hub has no room
 /// for, and closes it.
@@ -170,18 +151,6 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 
 /// The start of HTTP/2's connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
-/// Concurrent streams one HTTP/2 connection may carry: a browser puts
-/// every `EventSource` of an origin on one connection.
-pub const H2_MAX_STREAMS: u32 = 1024;
-
-/// The `503` of a hub with no room for one more connection.
-fn full() -> HttpError {
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the hub is at its limit of connections; retry shortly",
-    )
-}
 
 /// How a connection speaks, for `herald_connections_accepted_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,15 +232,25 @@ async fn serve_hyper<I>(
     };
     let app = shared.app.clone();
     let admitted = permit.is_some();
+    // Clients over TLS learn that HTTP/3 is on the same port.
+    let alt_svc = shared
+        .alt_svc
+        .clone()
+        .filter(|_| matches!(protocol, Protocol::Http1Tls | Protocol::H2Tls));
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
         let app = app.clone();
+        let alt_svc = alt_svc.clone();
         async move {
-            if admitted {
-                app.oneshot(req).await
+            let mut res = if admitted {
+                app.oneshot(req).await?
             } else {
-                Ok(full().into_response())
+                full().into_response()
+            };
+            if let Some(v) = alt_svc {
+                res.headers_mut().insert(header::ALT_SVC, v);
             }
+            Ok::<_, std::convert::Infallible>(res)
         }
     });
     let _permit = permit;
@@ -330,6 +309,9 @@ pub struct Server {
     hub: Hub,
     parking: bool,
     tls: Option<Tls>,
+    /// HTTP/3 next to TLS (on unless turned off).
+    #[cfg(feature = "http3")]
+    http3: bool,
 }
 
 impl Server {
@@ -338,15 +320,29 @@ impl Server {
             hub,
             parking: true,
             tls: None,
+            #[cfg(feature = "http3")]
+            http3: true,
         }
     }
 
     /// Serves over TLS (see [`super::tls`]): HTTP/2 or HTTP/1.1 as each
-    /// client's ALPN chooses. Without it the listener speaks plain
-    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    /// client's ALPN chooses, and HTTP/3 on the same port over UDP (with
+    /// the `http3` feature, unless [`Server::http3`] turns it off).
+    /// Without it the listener speaks plain HTTP/1.1 and HTTP/2 with prior
+    /// knowledge (h2c).
     #[must_use]
     pub fn tls(mut self, tls: Tls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Whether a server with TLS also serves HTTP/3 (QUIC) on its port
+    /// over UDP and advertises it with `Alt-Svc` (the default). Without
+    /// TLS there is no HTTP/3 either way.
+    #[cfg(feature = "http3")]
+    #[must_use]
+    pub fn http3(mut self, on: bool) -> Self {
+        self.http3 = on;
         self
     }
 
@@ -378,6 +374,26 @@ impl Server {
             let registered = hub.index().set_waker(f.clone());
             std::ptr::addr_eq(Arc::as_ptr(registered), Arc::as_ptr(f))
         });
+        // HTTP/3 on the listener's address, over UDP: bound before any
+        // connection is served, so a port taken is an error at start.
+        #[cfg(feature = "http3")]
+        let quic = match &self.tls {
+            Some(tls) if self.http3 => {
+                let addr = listener.local_addr()?;
+                let endpoint = super::h3::bind(addr, tls)?;
+                let udp = endpoint.local_addr()?;
+                tracing::info!(%udp, "HTTP/3 on udp://{udp}");
+                Some(endpoint)
+            }
+            _ => None,
+        };
+        #[cfg(feature = "http3")]
+        let alt_svc = quic
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+            .map(|a| super::h3::alt_svc(a.port()));
+        #[cfg(not(feature = "http3"))]
+        let alt_svc = None;
         let shared = Arc::new(Shared {
             app: router(hub.clone()),
             cors: cors_layer(&hub.config().cors_origins),
@@ -385,6 +401,7 @@ impl Server {
             flusher: flusher.clone(),
             requests: Arc::new(Semaphore::new(hub.config().max_connections)),
             tls: self.tls.clone(),
+            alt_svc,
         });
         if let Some(tls) = &self.tls {
             tls.watch(hub.shutdown_token().clone());
@@ -394,6 +411,14 @@ impl Server {
         if let Some(oauth) = hub.oauth() {
             // JWKS documents fetched by URL: now, then every five minutes.
             oauth.start_refresh(std::time::Duration::from_secs(300), stop.clone());
+        }
+        #[cfg(feature = "http3")]
+        if let Some(endpoint) = &quic {
+            tracker.spawn(super::h3::serve(
+                endpoint.clone(),
+                shared.clone(),
+                tracker.clone(),
+            ));
         }
         tokio::pin!(shutdown);
 
@@ -434,6 +459,10 @@ impl Server {
             .is_err()
         {
             tracing::warn!("grace period over: dropping remaining connections");
+        }
+        #[cfg(feature = "http3")]
+        if let Some(endpoint) = quic {
+            super::h3::close(endpoint).await;
         }
         hub.close().await?;
         tracing::info!("hub stopped");

@@ -1,4 +1,5 @@
-//! TLS for the listener (rustls): ALPN offers `h2` and `http/1.1`, and the
+//! TLS for the listener (rustls): ALPN offers `h2` and `http/1.1` (and
+//! `h3` on QUIC, with the `http3` feature), and the
 //! certificate is read again whenever its files change or the process
 //! gets `SIGHUP`, without a restart and without touching open
 //! connections (a new certificate applies to new handshakes).
@@ -74,6 +75,22 @@ fn load(cfg: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(certified))
 }
 
+/// A server config (ring) that serves the certificate `current` holds.
+fn server_config(
+    current: &Arc<Current>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> ServerConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(current.clone());
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
 /// Hands every handshake the certificate loaded last.
 #[derive(Debug)]
 struct Current(RwLock<Arc<CertifiedKey>>);
@@ -108,18 +125,20 @@ impl Tls {
     /// The files cannot be read or parsed, or the key does not match.
     pub fn new(cfg: TlsConfig) -> Result<Self, TlsError> {
         let current = Arc::new(Current(RwLock::new(load(&cfg)?)));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .with_no_client_auth()
-            .with_cert_resolver(current.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = server_config(&current, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]);
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             current,
             cfg,
         })
+    }
+
+    /// The TLS of HTTP/3 (QUIC): TLS 1.3 only, as QUIC requires, ALPN
+    /// `h3`, and the same certificate resolver, so a reload serves QUIC
+    /// handshakes too.
+    #[cfg(feature = "http3")]
+    pub(crate) fn quic_config(&self) -> ServerConfig {
+        server_config(&self.current, &[&rustls::version::TLS13], &[b"h3"])
     }
 
     pub fn acceptor(&self) -> &TlsAcceptor {

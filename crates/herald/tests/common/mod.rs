@@ -144,11 +144,14 @@ pub async fn publish_ok(c: &reqwest::Client, hub: &TestHub, fields: &[(&str, &st
     body
 }
 
+/// Why a response body stopped short.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An event-stream subscription read with the real SSE parser.
 pub struct Subscription {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
-    stream: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    stream: Option<futures_util::stream::BoxStream<'static, Result<bytes::Bytes, BodyError>>>,
     parser: Parser,
     pending: std::collections::VecDeque<Item>,
     pub ended: bool,
@@ -183,10 +186,20 @@ impl Subscription {
     pub fn from_response(res: reqwest::Response) -> Subscription {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
+        let body = res.bytes_stream().map(|r| r.map_err(BodyError::from));
+        Self::from_parts(status, headers, body.boxed())
+    }
+
+    /// Reads an event stream whose body comes from another client (HTTP/3).
+    pub fn from_parts(
+        status: u16,
+        headers: reqwest::header::HeaderMap,
+        body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, BodyError>>,
+    ) -> Subscription {
         Subscription {
             status,
             headers,
-            stream: Some(res.bytes_stream().boxed()),
+            stream: Some(body),
             parser: Parser::new(),
             pending: Default::default(),
             ended: false,
