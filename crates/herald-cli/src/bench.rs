@@ -35,6 +35,7 @@
 
 mod args;
 mod connect;
+mod dial;
 mod h2c;
 mod http;
 mod layout;

@@ -378,8 +378,12 @@ mod tests {
                 let parsed = Engine::read(text).unwrap();
                 assert_eq!(parsed.name(), *engine, "{}", s.name);
             }
+            // Lower case, words joined by `_`, digits inside (`http3`).
             assert!(
-                s.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                s.name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && s.name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "{}",
                 s.name
             );

@@ -20,7 +20,9 @@ use http::{Request, Uri};
 use tokio::sync::OnceCell;
 
 use super::http::{user_agent, Target};
-use super::subscriber::{self, io_error, Config};
+use std::net::{IpAddr, SocketAddr};
+
+use super::dial::{io_error, tcp_connect};
 
 /// Flow-control window of each stream: the HTTP/2 default.
 const STREAM_WINDOW: u32 = 65_535;
@@ -74,7 +76,12 @@ impl Pool {
     /// Opens subscriber `index`'s stream: on its shared connection (opened
     /// now if it is the first), or on a connection of its own past the
     /// subscribers (`--churn`). Returns the body once the hub answered 200.
-    pub async fn open(&self, cfg: &Config, index: usize) -> Result<RecvStream, String> {
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        sources: &[IpAddr],
+        index: usize,
+    ) -> Result<RecvStream, String> {
         let group = index / self.per_connection;
         let shared = self
             .connections
@@ -82,10 +89,10 @@ impl Pool {
             .filter(|_| index < self.subscribers);
         let send = match shared {
             Some(cell) => cell
-                .get_or_init(|| connect(cfg, group, self.per_connection))
+                .get_or_init(|| connect(addr, sources, group, self.per_connection))
                 .await
                 .clone()?,
-            None => connect(cfg, group, 1).await?,
+            None => connect(addr, sources, group, 1).await?,
         };
         let mut send = send.ready().await.map_err(|e| h2_error(&e))?;
         let mut request = Request::get(self.uris[index % self.uris.len()].clone())
@@ -106,8 +113,13 @@ impl Pool {
 
 /// Opens connection `group` (bound to the source address of that number)
 /// and starts the task driving it.
-async fn connect(cfg: &Config, group: usize, streams: usize) -> Result<SendRequest<Bytes>, String> {
-    let tcp = subscriber::tcp_connect(cfg, group, false).await?;
+async fn connect(
+    addr: SocketAddr,
+    sources: &[IpAddr],
+    group: usize,
+    streams: usize,
+) -> Result<SendRequest<Bytes>, String> {
+    let tcp = tcp_connect(addr, sources, group, false).await?;
     // Every stream of the connection may hold a full window unread (a
     // slow one never releases it): the connection's window covers them
     // all, so one stalled stream cannot stop the others.
@@ -141,13 +153,10 @@ pub(super) fn h2_error(e: &h2::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
-    use crate::bench::layout::Layout;
-    use crate::bench::stats::Shared;
 
     fn target() -> Target {
         Target {
@@ -220,35 +229,25 @@ mod tests {
     /// Bytes a `flood` stream sends after its event: several windows.
     const FLOOD: usize = 4 * STREAM_WINDOW as usize;
 
-    fn config(addr: SocketAddr) -> Config {
-        Config {
-            target: Target {
-                addr,
-                host: addr.to_string(),
-                path: "/.well-known/mercure".into(),
-                query: None,
-            },
-            requests: Vec::new(),
-            sources: Vec::new(),
-            connect_timeout: std::time::Duration::from_secs(5),
-            layout: Layout::new(1, 1),
-            epoch: std::time::Instant::now(),
-            shared: Arc::new(Shared::new()),
-            slow: 0,
-            transport: subscriber::Transport::Http1,
+    fn target_at(addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            host: addr.to_string(),
+            path: "/.well-known/mercure".into(),
+            query: None,
         }
     }
 
     #[tokio::test]
     async fn streams_open_on_shared_connections_and_report_failures() {
         let (addr, accepted) = server().await;
-        let cfg = config(addr);
-        let ok = vec![cfg.target.subscribe_target(["ok"])];
+        let t = target_at(addr);
+        let ok = vec![t.subscribe_target(["ok"])];
         // Five streams, two per connection: three connections.
-        let pool = Pool::new(&cfg.target, &ok, None, 5, 2).unwrap();
+        let pool = Pool::new(&t, &ok, None, 5, 2).unwrap();
         let mut bodies = Vec::new();
         for index in 0..5 {
-            bodies.push(pool.open(&cfg, index).await.unwrap());
+            bodies.push(pool.open(t.addr, &[], index).await.unwrap());
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         for body in &mut bodies {
@@ -256,36 +255,42 @@ mod tests {
             assert_eq!(&data[..], b"data: hello\n\n");
         }
         // Past the subscribers (--churn): a connection of its own.
-        let _churn = pool.open(&cfg, 5).await.unwrap();
+        let _churn = pool.open(t.addr, &[], 5).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
 
-        let reset = vec![cfg.target.subscribe_target(["reset"])];
-        let pool = Pool::new(&cfg.target, &reset, None, 1, 1).unwrap();
-        let e = pool.open(&cfg, 0).await.unwrap_err();
+        let reset = vec![t.subscribe_target(["reset"])];
+        let pool = Pool::new(&t, &reset, None, 1, 1).unwrap();
+        let e = pool.open(t.addr, &[], 0).await.unwrap_err();
         assert_eq!(e, "HTTP/2 stream reset (REFUSED_STREAM)");
 
-        let missing = vec![cfg.target.subscribe_target(["missing"])];
-        let pool = Pool::new(&cfg.target, &missing, None, 1, 1).unwrap();
-        assert_eq!(pool.open(&cfg, 0).await.unwrap_err(), "HTTP 404");
+        let missing = vec![t.subscribe_target(["missing"])];
+        let pool = Pool::new(&t, &missing, None, 1, 1).unwrap();
+        assert_eq!(pool.open(t.addr, &[], 0).await.unwrap_err(), "HTTP 404");
 
         // Nothing listens: every stream of the connection fails alike.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = config(closed.local_addr().unwrap());
+        let t = target_at(closed.local_addr().unwrap());
         drop(closed);
-        let pool = Pool::new(&cfg.target, &ok, None, 2, 2).unwrap();
-        assert_eq!(pool.open(&cfg, 0).await.unwrap_err(), "connection refused");
-        assert_eq!(pool.open(&cfg, 1).await.unwrap_err(), "connection refused");
+        let pool = Pool::new(&t, &ok, None, 2, 2).unwrap();
+        assert_eq!(
+            pool.open(t.addr, &[], 0).await.unwrap_err(),
+            "connection refused"
+        );
+        assert_eq!(
+            pool.open(t.addr, &[], 1).await.unwrap_err(),
+            "connection refused"
+        );
     }
 
     #[tokio::test]
     async fn a_stream_never_read_does_not_stop_its_neighbours() {
         let (addr, _) = server().await;
-        let cfg = config(addr);
-        let flood = vec![cfg.target.subscribe_target(["flood"])];
-        let pool = Pool::new(&cfg.target, &flood, None, 2, 2).unwrap();
+        let t = target_at(addr);
+        let flood = vec![t.subscribe_target(["flood"])];
+        let pool = Pool::new(&t, &flood, None, 2, 2).unwrap();
         // Stream 0 is never read (--slow): it holds a full window.
-        let _stalled = pool.open(&cfg, 0).await.unwrap();
-        let mut body = pool.open(&cfg, 1).await.unwrap();
+        let _stalled = pool.open(t.addr, &[], 0).await.unwrap();
+        let mut body = pool.open(t.addr, &[], 1).await.unwrap();
         let mut read = 0;
         let all = b"data: hello\n\n".len() + FLOOD;
         let reading = async {

@@ -19,10 +19,10 @@ use tokio::net::TcpStream;
 
 use hdrhistogram::Histogram;
 
+use super::dial::io_error;
 use super::http::{parse_head, BatchTemplate, Framing, PublishTemplate, Target};
 use super::payload;
 use super::stats::{new_histogram, record, Shared};
-use super::subscriber::io_error;
 
 /// One place publications go, with its requests.
 #[derive(Debug)]

@@ -4,15 +4,16 @@
 //! connection (see `h2c.rs`), with `--websocket` a WebSocket on the same
 //! URL (see `ws.rs`); every transport's updates are counted the same way.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::dial::{io_error, tcp_connect};
 use super::h2c;
 use super::http::{parse_head, Framing, Target, MAX_HEAD};
 use super::layout::Layout;
@@ -80,10 +81,6 @@ fn one_in_share(index: usize, pct: u8) -> bool {
     let pct = usize::from(pct);
     (index + 1) * pct / 100 > index * pct / 100
 }
-
-/// Receive buffer of a subscriber that never reads: small, so the hub
-/// finds its socket full soon and its own bounded queue has to hold.
-const SLOW_RECV_BUFFER: u32 = 4096;
 
 /// How connecting went, reported as soon as it is known.
 #[derive(Debug)]
@@ -229,7 +226,10 @@ async fn open(cfg: &Config, index: usize, buf: &mut [u8]) -> Result<Connection, 
             }
             Ok(Connection::Http1(stream, head.framing(), rest))
         }
-        Transport::Http2(pool) => pool.open(cfg, index).await.map(Connection::Http2),
+        Transport::Http2(pool) => pool
+            .open(cfg.target.addr, &cfg.sources, index)
+            .await
+            .map(Connection::Http2),
         Transport::WebSocket { accepts } => {
             let (stream, head, rest) = request(cfg, index, buf).await?;
             if head.status != 101 {
@@ -244,34 +244,6 @@ async fn open(cfg: &Config, index: usize, buf: &mut [u8]) -> Result<Connection, 
     }
 }
 
-/// Opens a TCP connection to the hub, bound to source address number
-/// `source` (cycling), with a small receive buffer when `slow`.
-pub(super) async fn tcp_connect(
-    cfg: &Config,
-    source: usize,
-    slow: bool,
-) -> Result<TcpStream, String> {
-    let addr = cfg.target.addr;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| io_error(&e))?;
-    if slow {
-        let _ = socket.set_recv_buffer_size(SLOW_RECV_BUFFER);
-    }
-    if !cfg.sources.is_empty() {
-        let src = cfg.sources[source % cfg.sources.len()];
-        socket
-            .bind(SocketAddr::new(src, 0))
-            .map_err(|e| format!("bind {src}: {}", io_error(&e)))?;
-    }
-    let stream = socket.connect(addr).await.map_err(|e| io_error(&e))?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
 /// Opens the connection, sends subscriber `index`'s request and reads the
 /// response head. Returns the stream, the head and the bytes read past it.
 async fn request(
@@ -279,7 +251,7 @@ async fn request(
     index: usize,
     buf: &mut [u8],
 ) -> Result<(TcpStream, super::http::Head, Vec<u8>), String> {
-    let mut stream = tcp_connect(cfg, index, cfg.is_slow(index)).await?;
+    let mut stream = tcp_connect(cfg.target.addr, &cfg.sources, index, cfg.is_slow(index)).await?;
     let request = &cfg.requests[index % cfg.requests.len()];
     stream.write_all(request).await.map_err(|e| io_error(&e))?;
     let mut filled = 0;
@@ -477,25 +449,6 @@ impl Reader<'_> {
         }
         shared.add(self.index, fresh, &self.latencies);
         self.latencies.clear();
-    }
-}
-
-/// A short, stable description of a socket error.
-pub(super) fn io_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => "connection refused".into(),
-        K::ConnectionReset => "connection reset".into(),
-        K::ConnectionAborted => "connection aborted".into(),
-        K::TimedOut | K::WouldBlock => "timed out".into(),
-        K::AddrNotAvailable => "address not available (out of ephemeral ports?)".into(),
-        K::AddrInUse => "address in use (out of ephemeral ports?)".into(),
-        K::BrokenPipe => "broken pipe".into(),
-        K::UnexpectedEof => "closed by the hub".into(),
-        _ => match e.raw_os_error() {
-            Some(24) => "too many open files".into(),
-            _ => e.to_string(),
-        },
     }
 }
 

@@ -177,8 +177,9 @@ pub struct Stored {
     /// When this node built it: the start of publish-to-delivery latency.
     pub at: std::time::Instant,
     /// The update as the WebSocket transport sends it, encoded by the
-    /// first socket that sends it and shared by the others, as `frame` is.
-    pub(crate) ws: std::sync::OnceLock<crate::http::websocket::Encoded>,
+    /// first socket that sends it and shared by the others, as `frame` is:
+    /// its JSON after the subscription's name, and a binary payload's bytes.
+    pub(crate) ws: std::sync::OnceLock<(Bytes, Option<Bytes>)>,
 }
 
 impl Stored {

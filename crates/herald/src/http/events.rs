@@ -7,8 +7,7 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -268,30 +267,11 @@ pub(crate) async fn subscribe(
     conn: Option<Extension<ConnContext>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HttpError> {
     let conn = conn.map(|Extension(c)| c);
-    // The same URL opens a WebSocket (see [`super::websocket`]).
-    match ws {
-        Ok(ws) => {
-            return super::websocket::upgrade(hub, ws, conn, query.as_deref(), &headers).await
-        }
-        Err(e) if wants_websocket(&headers) => {
-            return Err(HttpError::new(e.status(), e.body_text()));
-        }
-        Err(_) => {}
-    }
     let permit = stream_permit(&hub, conn.as_ref(), &headers)?;
     let prepared = prepare(&hub, &headers, query.as_deref(), None, conn).await?;
     Ok(event_stream(prepared, permit))
-}
-
-/// An `Upgrade: websocket` request, valid or not.
-fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers.get_all(header::UPGRADE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
-    })
 }
 
 /// A place for one more event stream, or the refusal's answer.

@@ -8,7 +8,7 @@ use axum::Router;
 use super::conn::ConnContext;
 use super::error::HttpError;
 use super::policy::{cors_layer, MERCURE_PATH};
-use super::{admin, events, metadata, page, publish, subscriptions_api};
+use super::{admin, events, metadata, page, publish, subscriptions_api, websocket};
 use crate::hub::handle::Hub;
 
 /// All routes of the hub, with CORS when origins are configured. Mount it
@@ -24,7 +24,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/.well-known/herald/stats", get(admin::stats))
         .route(
             MERCURE_PATH,
-            get(events::subscribe)
+            get(websocket::subscribe)
                 .post(publish::publish)
                 .fallback(other_method),
         )

@@ -40,9 +40,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_protocol::Update;
@@ -78,18 +81,11 @@ const OUT_QUEUE: usize = 64;
 /// is 128 KiB). A larger message takes more reads.
 const READ_BUFFER: usize = 1024;
 
-/// An update encoded for sockets: the part after `"sub":…,`, shared by
-/// every socket that sends it.
-#[derive(Debug)]
-pub(crate) enum Encoded {
-    /// The rest of the JSON object, from the field after `sub`.
-    Text(Bytes),
-    /// A binary update: the rest of its JSON head, and its bytes.
-    Binary(Bytes, Bytes),
-}
-
-impl Encoded {
-    fn of(stored: &Stored) -> Encoded {
+/// An update encoded for sockets: the rest of its JSON object after
+/// `"sub":…,` (a binary update's head), and a binary update's bytes. Kept
+/// in [`Stored`], shared by every socket that sends it.
+fn encode(stored: &Stored) -> (Bytes, Option<Bytes>) {
+    {
         let u = &stored.update;
         let binary = decode_data_url(&u.data);
         let head = serde_json::json!({
@@ -114,10 +110,10 @@ impl Encoded {
         .to_string();
         // Everything after the opening brace: the socket writes its own.
         head.remove(0);
-        match binary {
-            Some((_, bytes)) => Encoded::Binary(Bytes::from(head), Bytes::from(bytes)),
-            None => Encoded::Text(Bytes::from(head)),
-        }
+        (
+            Bytes::from(head),
+            binary.map(|(_, bytes)| Bytes::from(bytes)),
+        )
     }
 }
 
@@ -148,6 +144,33 @@ fn data_url(media_type: &str, bytes: &[u8]) -> String {
     )
 }
 
+/// `GET /.well-known/mercure`: an event stream, or with `Upgrade:
+/// websocket` a socket.
+pub(crate) async fn subscribe(
+    State(hub): State<Hub>,
+    conn: Option<Extension<ConnContext>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HttpError> {
+    match ws {
+        Ok(ws) => {
+            let conn = conn.map(|Extension(c)| c);
+            upgrade(hub, ws, conn, query.as_deref(), &headers).await
+        }
+        Err(e) if wants_websocket(&headers) => Err(HttpError::new(e.status(), e.body_text())),
+        Err(_) => super::events::subscribe(State(hub), conn, RawQuery(query), headers).await,
+    }
+}
+
+/// An `Upgrade: websocket` request, valid or not.
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
+    })
+}
+
 /// What the socket learned at its upgrade.
 struct Opening {
     hub: Hub,
@@ -164,7 +187,7 @@ struct Opening {
 
 /// `GET /.well-known/mercure` with `Upgrade: websocket`: checks the
 /// origin, the token and the URL's selectors, then upgrades.
-pub(crate) async fn upgrade(
+async fn upgrade(
     hub: Hub,
     ws: WebSocketUpgrade,
     conn: Option<ConnContext>,
@@ -845,8 +868,8 @@ impl FeedSink for Updates {
 /// The `update` message of `stored` for the subscription whose message
 /// prefix is `prefix`.
 fn message(prefix: &Bytes, stored: &Stored) -> Message {
-    match stored.ws.get_or_init(|| Encoded::of(stored)) {
-        Encoded::Text(rest) => {
+    match stored.ws.get_or_init(|| encode(stored)) {
+        (rest, None) => {
             let mut b = BytesMut::with_capacity(prefix.len() + rest.len());
             b.put_slice(prefix);
             b.put_slice(rest);
@@ -856,7 +879,7 @@ fn message(prefix: &Bytes, stored: &Stored) -> Message {
                 Err(_) => Message::Binary(Bytes::new()),
             }
         }
-        Encoded::Binary(rest, bytes) => {
+        (rest, Some(bytes)) => {
             let mut b = BytesMut::with_capacity(prefix.len() + rest.len() + 1 + bytes.len());
             b.put_slice(prefix);
             b.put_slice(rest);
