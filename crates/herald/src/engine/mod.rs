@@ -179,7 +179,7 @@ pub struct Stored {
     /// The update as the WebSocket transport sends it, encoded by the
     /// first socket that sends it and shared by the others, as `frame` is:
     /// its JSON after the subscription's name, and a binary payload's bytes.
-    pub(crate) ws: std::sync::OnceLock<(Bytes, Option<Bytes>)>,
+    pub(crate) ws: std::sync::OnceLock<(String, Option<Bytes>)>,
 }
 
 impl Stored {

@@ -11,6 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
+use bytes::Bytes;
 use herald_protocol::matcher::{parse_subscribe_query, Matcher};
 use herald_protocol::Selector;
 
@@ -334,8 +335,19 @@ fn event_stream(prepared: Prepared, permit: StreamPermit) -> Response {
         let _permit = permit;
         let mut out = Vec::new();
         while feed.next(&mut out).await {
-            for frame in out.drain(..) {
-                yield Ok::<_, Infallible>(frame);
+            // Everything queued goes out as one body chunk: over HTTP/2
+            // one DATA frame (and one poll of the stream) per batch
+            // rather than per update.
+            match out.len() {
+                0 => {}
+                1 => yield Ok::<_, Infallible>(out.pop().unwrap_or_default()),
+                _ => {
+                    let mut joined = bytes::BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+                    for frame in out.drain(..) {
+                        joined.extend_from_slice(&frame);
+                    }
+                    yield Ok(joined.freeze());
+                }
             }
         }
     };

@@ -74,6 +74,10 @@ pub const URL_SUBSCRIPTION: &str = "default";
 
 /// Longest subscription name or publish `ref`, in bytes.
 const MAX_NAME: usize = 128;
+/// Bytes of messages gathered before a write to the socket: a burst of
+/// updates goes out in a few writes, not one per update (every batch is
+/// flushed at its end whatever its size).
+const WRITE_BUFFER: usize = 16 * 1024;
 /// Messages waiting for the socket, from all its subscriptions.
 const OUT_QUEUE: usize = 64;
 /// The socket's read buffer, allocated when it opens: client messages
@@ -84,7 +88,7 @@ const READ_BUFFER: usize = 1024;
 /// An update encoded for sockets: the rest of its JSON object after
 /// `"sub":…,` (a binary update's head), and a binary update's bytes. Kept
 /// in [`Stored`], shared by every socket that sends it.
-fn encode(stored: &Stored) -> (Bytes, Option<Bytes>) {
+fn encode(stored: &Stored) -> (String, Option<Bytes>) {
     {
         let u = &stored.update;
         let binary = decode_data_url(&u.data);
@@ -110,10 +114,7 @@ fn encode(stored: &Stored) -> (Bytes, Option<Bytes>) {
         .to_string();
         // Everything after the opening brace: the socket writes its own.
         head.remove(0);
-        (
-            Bytes::from(head),
-            binary.map(|(_, bytes)| Bytes::from(bytes)),
-        )
+        (head, binary.map(|(_, bytes)| Bytes::from(bytes)))
     }
 }
 
@@ -268,7 +269,7 @@ async fn upgrade(
     let max_message = hub.config().max_body_bytes.saturating_add(64 * 1024);
     Ok(ws
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| run(socket, opening)))
@@ -321,6 +322,8 @@ struct Subscribe {
 enum Out {
     /// A message of subscription `key` (dropped if it was unsubscribed).
     Message(u64, Message),
+    /// The updates subscription `key` found queued at once, in order.
+    Updates(u64, Vec<Message>),
     /// Subscription `key` could not open.
     Failed(u64),
     /// Subscription `key` ended by itself.
@@ -456,7 +459,8 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                 while let Some(o) = out.take().or_else(|| rx.try_recv().ok()) {
                     match o {
                         Out::Message(key, m) if subs.is_live(key) => batch.push(m),
-                        Out::Message(..) => {}
+                        Out::Updates(key, ms) if subs.is_live(key) => batch.extend(ms),
+                        Out::Message(..) | Out::Updates(..) => {}
                         Out::Failed(key) => {
                             subs.remove_key(key);
                         }
@@ -743,21 +747,21 @@ impl Context<'_> {
             if tx.send(Out::Message(key, ack)).await.is_err() {
                 return;
             }
-            let prefix = Bytes::from(format!(
+            let prefix = format!(
                 "{{\"op\":\"update\",\"sub\":{},",
                 serde_json::Value::from(name.as_str())
-            ));
+            );
             let mut updates = Updates(Vec::new());
             loop {
                 let more = tokio::select! {
                     more = feed.next(&mut updates) => more,
                     () = tx.closed() => return,
                 };
-                for stored in updates.0.drain(..) {
-                    let m = message(&prefix, &stored);
-                    if tx.send(Out::Message(key, m)).await.is_err() {
-                        return;
-                    }
+                // One hand-over per batch, not per update.
+                let batch: Vec<Message> =
+                    updates.0.drain(..).map(|s| message(&prefix, &s)).collect();
+                if !batch.is_empty() && tx.send(Out::Updates(key, batch)).await.is_err() {
+                    return;
                 }
                 if !more {
                     let _ = tx.send(Out::Ended(key)).await;
@@ -867,22 +871,18 @@ impl FeedSink for Updates {
 
 /// The `update` message of `stored` for the subscription whose message
 /// prefix is `prefix`.
-fn message(prefix: &Bytes, stored: &Stored) -> Message {
+fn message(prefix: &str, stored: &Stored) -> Message {
     match stored.ws.get_or_init(|| encode(stored)) {
         (rest, None) => {
-            let mut b = BytesMut::with_capacity(prefix.len() + rest.len());
-            b.put_slice(prefix);
-            b.put_slice(rest);
-            // Both halves are JSON text.
-            match Utf8Bytes::try_from(b.freeze()) {
-                Ok(t) => Message::Text(t),
-                Err(_) => Message::Binary(Bytes::new()),
-            }
+            let mut text = String::with_capacity(prefix.len() + rest.len());
+            text.push_str(prefix);
+            text.push_str(rest);
+            Message::Text(Utf8Bytes::from(text))
         }
         (rest, Some(bytes)) => {
             let mut b = BytesMut::with_capacity(prefix.len() + rest.len() + 1 + bytes.len());
-            b.put_slice(prefix);
-            b.put_slice(rest);
+            b.put_slice(prefix.as_bytes());
+            b.put_slice(rest.as_bytes());
             b.put_u8(b'\n');
             b.put_slice(bytes);
             Message::Binary(b.freeze())
@@ -945,8 +945,8 @@ mod tests {
                 private: true,
             },
         );
-        let prefix = Bytes::from_static(b"{\"op\":\"update\",\"sub\":\"s\\\"1\",");
-        let Message::Text(t) = message(&prefix, &stored) else {
+        let prefix = "{\"op\":\"update\",\"sub\":\"s\\\"1\",";
+        let Message::Text(t) = message(prefix, &stored) else {
             panic!("a text message")
         };
         let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
