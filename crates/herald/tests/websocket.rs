@@ -526,7 +526,7 @@ async fn the_token_expiry_closes_the_socket() {
 #[tokio::test]
 async fn the_hub_pings_and_closes_a_socket_that_never_answers() {
     let cfg = HubConfig {
-        heartbeat: Duration::from_millis(200),
+        heartbeat: Duration::from_millis(500),
         anonymous: true,
         ..one_key()
     };
@@ -534,7 +534,7 @@ async fn the_hub_pings_and_closes_a_socket_that_never_answers() {
     // A reading client answers the pings (tungstenite does) and stays.
     let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
     let mut pings = 0;
-    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let until = tokio::time::Instant::now() + Duration::from_millis(2700);
     while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
         match m.unwrap().unwrap() {
             Message::Ping(_) => pings += 1,
@@ -542,7 +542,7 @@ async fn the_hub_pings_and_closes_a_socket_that_never_answers() {
             _ => {}
         }
     }
-    assert!(pings >= 3, "{pings} pings in 1.2 s at a 200 ms heartbeat");
+    assert!(pings >= 3, "{pings} pings in 2.7 s at a 500 ms heartbeat");
 
     // A client that never answers: a raw handshake, then silence.
     let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
@@ -553,7 +553,7 @@ async fn the_hub_pings_and_closes_a_socket_that_never_answers() {
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let close_4002 = [0x88, 0x00, 0x0f, 0xa2];
-    let found = tokio::time::timeout(Duration::from_secs(3), async {
+    let found = tokio::time::timeout(Duration::from_secs(8), async {
         let mut buf = [0u8; 4096];
         loop {
             let n = tcp.read(&mut buf).await.unwrap();
@@ -635,4 +635,115 @@ async fn shutdown_closes_sockets_with_going_away() {
         Some(1001)
     );
     stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn without_heartbeats_a_socket_gets_no_pings_and_still_works() {
+    let cfg = HubConfig {
+        heartbeat: Duration::ZERO,
+        anonymous: true,
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let c = client();
+    publish_ok(&c, &hub, &[("topic", TOPIC), ("data", "quiet")]).await;
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut data = Vec::new();
+    while let Ok(m) = tokio::time::timeout_at(quiet, ws.next()).await {
+        match m.unwrap().unwrap() {
+            Message::Text(t) => {
+                data.push(serde_json::from_str::<Value>(t.as_str()).unwrap()["data"].clone())
+            }
+            other => panic!("no heartbeats, yet {other:?}"),
+        }
+    }
+    assert_eq!(data, vec![json!("quiet")]);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_holds_at_most_64_subscriptions() {
+    let hub = TestHub::start(HubConfig {
+        anonymous: true,
+        ..one_key()
+    })
+    .await;
+    let mut ws = connect(&hub, "", None).await;
+    for i in 0..64 {
+        send(&mut ws, json!({"op": "subscribe", "sub": format!("s{i}"), "topics": [format!("https://example.com/{i}")]})).await;
+    }
+    for _ in 0..64 {
+        assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    }
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "one-too-many", "topics": [TOPIC]}),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["status"].as_u64(), e["sub"].as_str()),
+        (Some(429), Some("one-too-many")),
+        "{e}"
+    );
+    // Room again once one goes.
+    send(&mut ws, json!({"op": "unsubscribe", "sub": "s0"})).await;
+    assert_eq!(next_json(&mut ws).await["op"], "unsubscribed");
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "sub": "one-too-many", "topics": [TOPIC]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_busy_topic_never_keeps_the_clients_messages_waiting() {
+    let hub = TestHub::start(HubConfig {
+        anonymous: true,
+        ..one_key()
+    })
+    .await;
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    // Publishers flat out on the socket's topic, in the background.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        let (c, url, stop) = (client(), hub.hub_url(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c
+                    .post(&url)
+                    .bearer_auth(publisher_token())
+                    .form(&[("topic", TOPIC), ("data", "busy")])
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    // Under that stream of updates, an unsubscribe is answered promptly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut ws, json!({"op": "unsubscribe", "sub": "default"})).await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = next_json(&mut ws).await;
+            if m["op"] == "unsubscribed" {
+                return;
+            }
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    assert!(
+        answered.is_ok(),
+        "the unsubscribe waited behind the updates"
+    );
+    hub.stop().await.unwrap();
 }

@@ -322,6 +322,9 @@ pub(crate) async fn subscribe_query(
     Ok(event_stream(prepared, permit))
 }
 
+/// Most bytes of queued frames joined into one body chunk.
+const MAX_JOINED: usize = 64 * 1024;
+
 /// The axum response of an event stream: the feed's frames as the body,
 /// with the stream policy's headers (CORS is the router's layer's), holding
 /// its place among the hub's streams.
@@ -338,15 +341,18 @@ fn event_stream(prepared: Prepared, permit: StreamPermit) -> Response {
             // Everything queued goes out as one body chunk: over HTTP/2
             // one DATA frame (and one poll of the stream) per batch
             // rather than per update.
-            match out.len() {
-                0 => {}
-                1 => yield Ok::<_, Infallible>(out.pop().unwrap_or_default()),
-                _ => {
-                    let mut joined = bytes::BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
-                    for frame in out.drain(..) {
-                        joined.extend_from_slice(&frame);
-                    }
-                    yield Ok(joined.freeze());
+            // (A large batch, a replay's, goes frame by frame: its frames
+            // are shared with every other stream, a copy would not be.)
+            let total: usize = out.iter().map(Bytes::len).sum();
+            if out.len() > 1 && total <= MAX_JOINED {
+                let mut joined = bytes::BytesMut::with_capacity(total);
+                for frame in out.drain(..) {
+                    joined.extend_from_slice(&frame);
+                }
+                yield Ok::<_, Infallible>(joined.freeze());
+            } else {
+                for frame in out.drain(..) {
+                    yield Ok(frame);
                 }
             }
         }

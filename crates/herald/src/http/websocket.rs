@@ -36,7 +36,7 @@
 //! - A page from another site is refused: the `Origin` must be the hub's
 //!   own or one of `cors_origins`.
 
-use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,9 @@ use axum::response::Response;
 use axum::Extension;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::FutureExt as _;
+use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt as _};
 use herald_protocol::Update;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::ConnContext;
@@ -57,7 +58,7 @@ use super::error::HttpError;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::{EngineError, Stored};
 use crate::hub::admission::StreamPermit;
-use crate::hub::feed::{FeedSink, Revision, SubscribeError, SubscribeRequest};
+use crate::hub::feed::{Feed, FeedSink, Revision, SubscribeError, SubscribeRequest};
 use crate::hub::{Hub, PublishError};
 
 /// Close code of a socket whose queue overflowed: it did not read its
@@ -78,8 +79,10 @@ const MAX_NAME: usize = 128;
 /// updates goes out in a few writes, not one per update (every batch is
 /// flushed at its end whatever its size).
 const WRITE_BUFFER: usize = 16 * 1024;
-/// Messages waiting for the socket, from all its subscriptions.
-const OUT_QUEUE: usize = 64;
+/// Most messages gathered for one write.
+const MAX_BATCH: usize = 256;
+/// Most bytes of messages gathered for one write.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// The socket's read buffer, allocated when it opens: client messages
 /// are small, and an idle socket should stay small (tungstenite's default
 /// is 128 KiB). A larger message takes more reads.
@@ -179,6 +182,11 @@ struct Opening {
     publisher: Option<Grants>,
     /// The per-token limits' key of its token.
     token: Option<u64>,
+    /// Its token's key for the per-token publish rate.
+    publish_token: Option<u64>,
+    /// No token: the application's callback authorized the URL's topics,
+    /// and only those (it is not asked again per message).
+    by_callback: bool,
     ip: Option<std::net::IpAddr>,
     peer: Option<std::net::SocketAddr>,
     /// The subscription the URL asked for.
@@ -254,12 +262,19 @@ async fn upgrade(
         .as_ref()
         .filter(|_| hub.limits_tokens())
         .and_then(|_| hub.token_key(headers, query_token.as_deref()));
+    let publish_token = publisher
+        .as_ref()
+        .and_then(|_| hub.token_key(headers, query_token.as_deref()));
+    let by_callback =
+        hub.callback().is_some() && hub.token_key(headers, query_token.as_deref()).is_none();
     let permit = hub.admit_stream(ip).map_err(|r| HttpError::refused(&r))?;
     hub.metrics().connection_accepted("websocket");
     let opening = Opening {
         subscriber,
         publisher,
         token,
+        publish_token,
+        by_callback,
         ip,
         peer: conn.map(|c| c.peer),
         first,
@@ -318,17 +333,21 @@ struct Subscribe {
     last_event_id: Option<String>,
 }
 
-/// What a subscription's task hands the socket.
-enum Out {
-    /// A message of subscription `key` (dropped if it was unsubscribed).
-    Message(u64, Message),
-    /// The updates subscription `key` found queued at once, in order.
-    Updates(u64, Vec<Message>),
-    /// Subscription `key` could not open.
-    Failed(u64),
-    /// Subscription `key` ended by itself.
-    Ended(u64),
+/// What a subscription's stream yields to its socket.
+enum Event {
+    /// It opened: `subscribed`, with where its replay starts.
+    Opened(Option<String>),
+    /// It did not open: the `error` answer.
+    Failed(HttpError),
+    /// Updates it found queued at once, in order.
+    Updates(Vec<Arc<Stored>>),
+    /// It ended by itself.
+    Ended,
 }
+
+/// A subscription of a socket: opening it, then its feed's updates, as a
+/// stream the socket's task polls with the others (no task of its own).
+type SubStream = Pin<Box<dyn Stream<Item = (u64, Event)> + Send>>;
 
 /// A client's message.
 #[derive(serde::Deserialize)]
@@ -367,33 +386,38 @@ struct PublishRequest {
     media_type: Option<String>,
 }
 
-/// The subscriptions of a socket, by name.
+/// The subscriptions of a socket.
 struct Subscriptions {
-    by_name: HashMap<String, (u64, tokio::task::JoinHandle<()>)>,
+    open: Vec<Sub>,
+    /// Their streams, polled together by the socket's task.
+    streams: SelectAll<Abortable<SubStream>>,
     next_key: u64,
 }
 
-impl Subscriptions {
-    fn is_live(&self, key: u64) -> bool {
-        self.by_name.values().any(|(k, _)| *k == key)
-    }
-
-    fn remove_key(&mut self, key: u64) -> Option<String> {
-        let name = self
-            .by_name
-            .iter()
-            .find(|(_, (k, _))| *k == key)
-            .map(|(n, _)| n.clone())?;
-        self.by_name.remove(&name);
-        Some(name)
-    }
+/// One open subscription.
+struct Sub {
+    name: String,
+    key: u64,
+    /// Its `update` messages' beginning: `{"op":"update","sub":NAME,`.
+    prefix: String,
+    abort: AbortHandle,
 }
 
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        for (_, task) in self.by_name.values() {
-            task.abort();
-        }
+impl Subscriptions {
+    fn by_key(&self, key: u64) -> Option<&Sub> {
+        self.open.iter().find(|s| s.key == key)
+    }
+
+    fn remove_key(&mut self, key: u64) -> Option<Sub> {
+        let i = self.open.iter().position(|s| s.key == key)?;
+        Some(self.open.swap_remove(i))
+    }
+
+    fn remove_name(&mut self, name: &str) -> Option<Sub> {
+        let i = self.open.iter().position(|s| s.name == name)?;
+        let sub = self.open.swap_remove(i);
+        sub.abort.abort();
+        Some(sub)
     }
 }
 
@@ -412,21 +436,31 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
         .as_ref()
         .and_then(Grants::exp)
         .and_then(crate::hub::feed::deadline);
-    let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let mut subs = Subscriptions {
-        by_name: HashMap::new(),
+        open: Vec::new(),
+        streams: SelectAll::new(),
         next_key: 0,
     };
     let ctx = Context {
         opening: &opening,
         overflow: &overflow,
-        tx: &tx,
     };
     if let Some(first) = first {
         ctx.subscribe(&mut subs, first);
     }
     let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    // `heartbeat = 0` turns heartbeats off: no pings, no pong deadline.
+    let mut ping = (!heartbeat.is_zero()).then(|| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    // A write the client does not take within this is a client too slow.
+    let write_within = if heartbeat.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        heartbeat * 2
+    };
     let expiry = async {
         match expires {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -438,33 +472,86 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
         let step = tokio::select! {
             biased;
             () = stop.cancelled() => break Closing(1001, "the hub is shutting down"),
-            () = overflow.cancelled() => break Closing(CLOSE_TOO_SLOW, "too slow: the socket's queue overflowed; reconnect and resume"),
+            () = overflow.cancelled() => break Closing(CLOSE_TOO_SLOW, TOO_SLOW),
             () = &mut expiry => break Closing(CLOSE_TOKEN_EXPIRED, "the token expired"),
-            out = rx.recv() => {
-                let Some(out) = out else { break Closing(1011, "internal error") };
-                Step::Out(out)
-            }
+            // The client's messages and the pings before the updates: a
+            // busy topic must never keep a pong, an `unsubscribe` or a
+            // close unread (they are rarely ready, so this costs nothing).
             msg = socket.recv() => match msg {
                 Some(Ok(m)) => Step::In(m),
                 // Gone, or a protocol error tungstenite already answered.
                 _ => return,
             },
-            _ = ping.tick() => Step::Ping,
+            _ = async {
+                match ping.as_mut() {
+                    Some(p) => { p.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => Step::Ping,
+            Some(event) = subs.streams.next(), if !subs.streams.is_empty() => Step::Sub(event),
         };
         let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut early = None;
         match step {
-            Step::Out(out) => {
-                let mut out = Some(out);
-                // Everything already waiting goes out in one flush.
-                while let Some(o) = out.take().or_else(|| rx.try_recv().ok()) {
-                    match o {
-                        Out::Message(key, m) if subs.is_live(key) => batch.push(m),
-                        Out::Updates(key, ms) if subs.is_live(key) => batch.extend(ms),
-                        Out::Message(..) | Out::Updates(..) => {}
-                        Out::Failed(key) => {
-                            subs.remove_key(key);
+            Step::Sub(first) => {
+                let mut event = Some(first);
+                // Everything the subscriptions have ready now goes out in
+                // one flush. (Polling with a no-op waker is safe: the loop
+                // polls them again with its own before it waits.)
+                while let Some((key, e)) = event
+                    .take()
+                    .or_else(|| subs.streams.next().now_or_never().flatten())
+                {
+                    match e {
+                        Event::Opened(resumed_from) => {
+                            if let Some(sub) = subs.by_key(key) {
+                                batch.push(json(&serde_json::json!({
+                                    "op": "subscribed",
+                                    "sub": sub.name,
+                                    "resumed_from": resumed_from,
+                                })));
+                            }
                         }
-                        Out::Ended(key) => {
+                        Event::Failed(e) => {
+                            if let Some(sub) = subs.remove_key(key) {
+                                batch.push(error(Some(&sub.name), None, e.status, &e.reason));
+                            }
+                        }
+                        Event::Updates(updates) => {
+                            let Some(sub) = subs.by_key(key) else {
+                                continue;
+                            };
+                            for s in &updates {
+                                let m = message(&sub.prefix, s);
+                                batch_bytes += size(&m);
+                                batch.push(m);
+                                // A replay hands over up to `replay_batch`
+                                // updates at once: what is gathered goes
+                                // out before their copies pile up.
+                                if batch_bytes >= MAX_BATCH_BYTES {
+                                    match write(
+                                        &mut socket,
+                                        std::mem::take(&mut batch),
+                                        write_within,
+                                        &overflow,
+                                        &stop,
+                                    )
+                                    .await
+                                    {
+                                        Wrote::Done => batch_bytes = 0,
+                                        other => {
+                                            early = Some(other);
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            if early.is_some() {
+                                break;
+                            }
+                        }
+                        Event::Ended => {
                             // An overflow, the shutdown or the token's
                             // expiry ends every subscription: the socket
                             // closes for that reason, just below.
@@ -482,7 +569,7 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                             }
                         }
                     }
-                    if batch.len() >= OUT_QUEUE {
+                    if batch.len() >= MAX_BATCH || batch_bytes >= MAX_BATCH_BYTES {
                         break;
                     }
                 }
@@ -527,35 +614,33 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                 batch.push(Message::Ping(Bytes::new()));
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
         let closes = batch.iter().any(|m| matches!(m, Message::Close(_)));
-        if !write(&mut socket, batch, &overflow, &stop).await {
-            if overflow.is_cancelled() {
-                break Closing(
-                    CLOSE_TOO_SLOW,
-                    "too slow: the socket's queue overflowed; reconnect and resume",
-                );
-            }
-            return;
-        }
-        if closes {
-            return;
+        let wrote = match early {
+            Some(w) => w,
+            None if batch.is_empty() => continue,
+            None => write(&mut socket, batch, write_within, &overflow, &stop).await,
+        };
+        match wrote {
+            Wrote::Done if closes => return,
+            Wrote::Done => {}
+            Wrote::TooSlow => break Closing(CLOSE_TOO_SLOW, TOO_SLOW),
+            Wrote::Stopping => break Closing(1001, "the hub is shutting down"),
+            Wrote::Gone => return,
         }
     };
     drop(subs);
     let Closing(code, reason) = closing;
     tracing::debug!(peer = ?opening.peer, code, "closing WebSocket: {reason}");
+    // A few seconds: the client of a full socket may be about to read.
     let _ = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         socket.send(close_message(code, reason)),
     )
     .await;
 }
 
 enum Step {
-    Out(Out),
+    Sub((u64, Event)),
     In(Message),
     Ping,
 }
@@ -567,15 +652,31 @@ fn close_message(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Writes `batch` and flushes, unless the socket's queue overflows or the
-/// hub shuts down first (a client that stopped reading never lets a
-/// write finish). `false` when the socket is done.
+/// How a write went.
+enum Wrote {
+    Done,
+    /// The socket's queue overflowed, or the client took nothing for a
+    /// while: it is too slow.
+    TooSlow,
+    /// The hub is shutting down.
+    Stopping,
+    /// The connection failed.
+    Gone,
+}
+
+/// The reason of a [`CLOSE_TOO_SLOW`] close.
+const TOO_SLOW: &str = "too slow: the socket's queue overflowed; reconnect and resume";
+
+/// Writes `batch` and flushes, unless the socket's queue overflows, the
+/// client takes nothing for `within`, or the hub shuts down first (a
+/// client that stopped reading never lets a write finish).
 async fn write(
     socket: &mut WebSocket,
     batch: Vec<Message>,
+    within: Duration,
     overflow: &CancellationToken,
     stop: &CancellationToken,
-) -> bool {
+) -> Wrote {
     use futures_util::SinkExt;
     let send = async {
         for m in batch {
@@ -584,9 +685,22 @@ async fn write(
         socket.flush().await
     };
     tokio::select! {
-        r = send => r.is_ok(),
-        () = overflow.cancelled() => false,
-        () = stop.cancelled() => false,
+        r = tokio::time::timeout(within, send) => match r {
+            Ok(Ok(())) => Wrote::Done,
+            Ok(Err(_)) => Wrote::Gone,
+            Err(_) => Wrote::TooSlow,
+        },
+        () = overflow.cancelled() => Wrote::TooSlow,
+        () = stop.cancelled() => Wrote::Stopping,
+    }
+}
+
+/// The bytes of a message's payload.
+fn size(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 2,
     }
 }
 
@@ -594,7 +708,6 @@ async fn write(
 struct Context<'a> {
     opening: &'a Opening,
     overflow: &'a CancellationToken,
-    tx: &'a mpsc::Sender<Out>,
 }
 
 impl Context<'_> {
@@ -622,11 +735,8 @@ impl Context<'_> {
                 topics,
                 last_event_id,
             } => self.subscribe_request(subs, sub, topics, last_event_id),
-            Request::Unsubscribe { sub } => match subs.by_name.remove(&sub) {
-                Some((_, task)) => {
-                    task.abort();
-                    Some(json(&serde_json::json!({"op": "unsubscribed", "sub": sub})))
-                }
+            Request::Unsubscribe { sub } => match subs.remove_name(&sub) {
+                Some(_) => Some(json(&serde_json::json!({"op": "unsubscribed", "sub": sub}))),
                 None => Some(error(
                     Some(&sub),
                     None,
@@ -647,19 +757,26 @@ impl Context<'_> {
     ) -> Option<Message> {
         let hub = &self.opening.hub;
         let refuse = |status, reason: &str| Some(error(Some(&name), None, status, reason));
+        if self.opening.by_callback {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "the application authorized this socket for the topics in its URL only: \
+                 open another socket, or present a token",
+            );
+        }
         if name.is_empty() || name.len() > MAX_NAME {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "sub must name the subscription in 1 to 128 bytes",
             );
         }
-        if subs.by_name.contains_key(&name) {
+        if subs.open.iter().any(|s| s.name == name) {
             return refuse(
                 StatusCode::CONFLICT,
                 "a subscription of this name is open on this socket",
             );
         }
-        if subs.by_name.len() >= MAX_SUBSCRIPTIONS {
+        if subs.open.len() >= MAX_SUBSCRIPTIONS {
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 "this socket holds the most subscriptions it may (64)",
@@ -703,14 +820,12 @@ impl Context<'_> {
         None
     }
 
-    /// Opens a subscription in a task of its own: it acknowledges with
-    /// `subscribed` (or an `error`), then forwards its updates in order.
+    /// Opens a subscription: its stream acknowledges with `subscribed`
+    /// (or an `error`), then yields its updates in order.
     fn subscribe(&self, subs: &mut Subscriptions, req: Subscribe) {
         let key = subs.next_key;
         subs.next_key += 1;
         let o = self.opening;
-        let hub = o.hub.clone();
-        let tx = self.tx.clone();
         let request = SubscribeRequest {
             revision: req.revision,
             selectors: req.selectors,
@@ -722,54 +837,19 @@ impl Context<'_> {
             cancel: Some(self.overflow.clone()),
             token: o.token,
         };
-        let name = req.name.clone();
-        let task = tokio::spawn(async move {
-            // Boxed: opening takes far more room than streaming, and the
-            // task would keep that room for as long as it lives.
-            let (mut feed, resumed_from) = match Box::pin(hub.subscribe(request)).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let e = match e {
-                        SubscribeError::Refused(r) => HttpError::refused(&r),
-                        e => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                    };
-                    let m = error(Some(&name), None, e.status, &e.reason);
-                    let _ = tx.send(Out::Message(key, m)).await;
-                    let _ = tx.send(Out::Failed(key)).await;
-                    return;
-                }
-            };
-            let ack = json(&serde_json::json!({
-                "op": "subscribed",
-                "sub": name,
-                "resumed_from": resumed_from,
-            }));
-            if tx.send(Out::Message(key, ack)).await.is_err() {
-                return;
-            }
-            let prefix = format!(
-                "{{\"op\":\"update\",\"sub\":{},",
-                serde_json::Value::from(name.as_str())
-            );
-            let mut updates = Updates(Vec::new());
-            loop {
-                let more = tokio::select! {
-                    more = feed.next(&mut updates) => more,
-                    () = tx.closed() => return,
-                };
-                // One hand-over per batch, not per update.
-                let batch: Vec<Message> =
-                    updates.0.drain(..).map(|s| message(&prefix, &s)).collect();
-                if !batch.is_empty() && tx.send(Out::Updates(key, batch)).await.is_err() {
-                    return;
-                }
-                if !more {
-                    let _ = tx.send(Out::Ended(key)).await;
-                    return;
-                }
-            }
+        let (stream, abort) =
+            futures_util::stream::abortable(subscription(o.hub.clone(), key, request));
+        subs.streams.push(stream);
+        let prefix = format!(
+            "{{\"op\":\"update\",\"sub\":{},",
+            serde_json::Value::from(req.name.as_str())
+        );
+        subs.open.push(Sub {
+            name: req.name,
+            key,
+            prefix,
+            abort,
         });
-        subs.by_name.insert(req.name, (key, task));
     }
 
     async fn publish(&self, p: PublishRequest, body: Option<Bytes>) -> Message {
@@ -791,7 +871,15 @@ impl Context<'_> {
                 {
                     return fail(StatusCode::BAD_REQUEST, "malformed media_type");
                 }
-                data_url(media_type, &bytes)
+                let url = data_url(media_type, &bytes);
+                // The same bound as a `POST` carrying this update.
+                if url.len() > hub.config().max_body_bytes {
+                    return fail(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the payload, as its data: URL, is larger than max_body_bytes",
+                    );
+                }
+                url
             }
             (Some(_), Some(_), _) => {
                 return fail(
@@ -832,7 +920,7 @@ impl Context<'_> {
             let e = HttpError::auth(hub, &e);
             return fail(e.status, &e.reason);
         }
-        if let Err(r) = hub.admit_publish(self.opening.ip, self.opening.token, 1) {
+        if let Err(r) = hub.admit_publish(self.opening.ip, self.opening.publish_token, 1) {
             let e = HttpError::refused(&r);
             return fail(e.status, &e.reason);
         }
@@ -851,6 +939,57 @@ impl Context<'_> {
             Err(PublishError::Engine(e)) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
     }
+}
+
+/// Subscription `key` as a stream: it opens, then yields its feed's
+/// updates until the feed ends.
+fn subscription(hub: Hub, key: u64, request: SubscribeRequest) -> SubStream {
+    enum State {
+        Opening(Hub, SubscribeRequest),
+        Live(Box<Feed>),
+        Ending,
+        Done,
+    }
+    Box::pin(futures_util::stream::unfold(
+        State::Opening(hub, request),
+        move |state| async move {
+            match state {
+                // Boxed: opening takes far more room than streaming, and
+                // the stream would keep that room for as long as it lives.
+                State::Opening(hub, request) => match Box::pin(hub.subscribe(request)).await {
+                    Ok((feed, from)) => {
+                        Some(((key, Event::Opened(from)), State::Live(Box::new(feed))))
+                    }
+                    Err(e) => {
+                        let e = match e {
+                            SubscribeError::Refused(r) => HttpError::refused(&r),
+                            e => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                        };
+                        Some(((key, Event::Failed(e)), State::Done))
+                    }
+                },
+                State::Live(mut feed) => {
+                    let mut updates = Updates(Vec::new());
+                    loop {
+                        let more = feed.next(&mut updates).await;
+                        if !updates.0.is_empty() {
+                            let next = if more {
+                                State::Live(feed)
+                            } else {
+                                State::Ending
+                            };
+                            return Some(((key, Event::Updates(updates.0)), next));
+                        }
+                        if !more {
+                            return Some(((key, Event::Ended), State::Done));
+                        }
+                    }
+                }
+                State::Ending => Some(((key, Event::Ended), State::Done)),
+                State::Done => None,
+            }
+        },
+    ))
 }
 
 /// The updates of a feed, for a socket (the socket sends its own

@@ -166,7 +166,15 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let stopping = loop {
         tokio::select! {
             r = h3.accept() => match r {
-                Ok(Some(resolver)) => spawn(resolver),
+                Ok(Some(resolver)) => {
+                    spawn(resolver);
+                    // A connection without a place gets its `503`, then
+                    // `GOAWAY` and the close: refused connections do not
+                    // pile up (QUIC's keep-alive would hold them open).
+                    if !admitted {
+                        break true;
+                    }
+                }
                 Ok(None) => break false,
                 Err(e) => {
                     if !e.is_h3_no_error() {
