@@ -27,11 +27,21 @@ const TOPIC = 'https://example.com/chat/1';
 
 const children = [];
 const dirs = [];
-const closers = [];
+const contexts = [];
+const sites = [];
 
+// Browsers first (they hold connections to the sites and hubs), then the
+// sites, then the hubs: nothing is left waiting for a peer to hang up.
 after(async () => {
-  for (const c of closers) await c().catch(() => {});
-  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+  for (const c of contexts) await c.close().catch(() => {});
+  for (const s of sites) {
+    s.closeAllConnections();
+    await new Promise((ok) => s.close(ok));
+  }
+  await Promise.all(children.filter((c) => c.exitCode === null).map((c) => new Promise((ok) => {
+    c.once('exit', ok);
+    c.kill('SIGTERM');
+  })));
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
@@ -72,7 +82,7 @@ async function browser() {
     executablePath: CHROMIUM, headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run'],
   });
-  closers.push(() => context.close());
+  contexts.push(context);
   return context;
 }
 
@@ -185,7 +195,7 @@ test('a page of another origin cannot open a socket', { timeout: 60_000 }, async
   // A second origin: a tiny site on another port.
   const site = createServer((_, res) => { res.writeHead(200, { 'content-type': 'text/html' }); res.end('<!doctype html><title>elsewhere</title>'); });
   await new Promise((ok) => site.listen(0, '127.0.0.1', ok));
-  closers.push(() => new Promise((ok) => site.close(ok)));
+  sites.push(site);
   const context = await browser();
   const page = context.pages()[0] || await context.newPage();
   await page.goto(`http://127.0.0.1:${site.address().port}/`);
