@@ -191,6 +191,7 @@ impl Pacer {
 
 pub(crate) struct Admission {
     streams: Arc<Semaphore>,
+    max_streams: usize,
     per_ip: Counts<IpAddr>,
     max_per_ip: usize,
     per_token: Counts<u64>,
@@ -221,6 +222,7 @@ impl Admission {
     pub fn new(cfg: &crate::config::HubConfig) -> Self {
         Self {
             streams: Arc::new(Semaphore::new(cfg.max_connections)),
+            max_streams: cfg.max_connections,
             per_ip: Counts::default(),
             max_per_ip: cfg.max_streams_per_ip,
             per_token: Counts::default(),
@@ -238,6 +240,12 @@ impl Admission {
     /// The client's address: see the module documentation.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         client_ip(peer, headers, &self.trusted)
+    }
+
+    /// Event streams (and sockets) holding a place now.
+    pub fn open_streams(&self) -> usize {
+        self.max_streams
+            .saturating_sub(self.streams.available_permits())
     }
 
     /// A place for one more event stream from `ip`.

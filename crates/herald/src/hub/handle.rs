@@ -336,6 +336,11 @@ impl Hub {
             .inspect_err(|r| self.inner.metrics.refused(r.kind()))
     }
 
+    /// Event streams and sockets holding a place in `max_connections`.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.inner.admission.open_streams()
+    }
+
     /// Waits for this new stream's turn under `stream_admission_rate`.
     pub(crate) async fn pace_stream(&self) -> Result<(), super::admission::Refused> {
         let wait = self

@@ -447,10 +447,12 @@ impl Server {
         tracing::info!("shutting down: ending streams");
         stop.cancel();
         tracker.close();
-        // Parked streams have no task: the flusher ends them.
+        // Parked streams have no task: the flusher ends them. Upgraded
+        // connections (WebSocket) run in tasks of their own: they are
+        // done once every stream has given its place back.
         let drained = async {
             tracker.wait().await;
-            while flusher.as_ref().is_some_and(|f| f.parked() > 0) {
+            while flusher.as_ref().is_some_and(|f| f.parked() > 0) || hub.open_streams() > 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
