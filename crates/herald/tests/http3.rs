@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use common::{config, publisher_token, value, BodyError, Subscription, TestHub, LONG, SHORT};
+use common::{
+    config, publisher_token, tls_client, value, BodyError, Subscription, TestHub, LONG, SHORT,
+};
 use futures_util::StreamExt;
 use herald::engine::memory::MemoryEngine;
 use herald::transport::tls::{Tls, TlsConfig};
@@ -241,18 +243,6 @@ async fn http3_subscribes_publishes_and_resumes() {
     );
     assert_eq!(value(&metrics, "herald_connections"), 2.0, "{metrics}");
     hub.stop().await.unwrap();
-}
-
-/// A client of the TLS listener over TCP that trusts `cert`.
-fn tls_client(hub: &TestHub, cert: &str, http1: bool) -> reqwest::Client {
-    let b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
-        .resolve("localhost", hub.addr)
-        .no_proxy();
-    let b = if http1 { b.http1_only() } else { b };
-    b.build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config, publisher_token, value, Subscription, TestHub};
+use common::{config, publisher_token, tls_client, value, Subscription, TestHub};
 use herald::engine::memory::MemoryEngine;
 use herald::transport::tls::{Tls, TlsConfig};
 use herald::Server;
@@ -36,18 +36,6 @@ fn write_pair(dir: &Path, (cert, key): &(String, String)) -> TlsConfig {
     std::fs::write(&cfg.key, key).unwrap();
     std::fs::write(&cfg.cert, cert).unwrap();
     cfg
-}
-
-/// A client that trusts `cert` only and reaches `localhost` at the hub.
-fn tls_client(hub: &TestHub, cert: &str, http1: bool) -> reqwest::Client {
-    let b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
-        .resolve("localhost", hub.addr)
-        .no_proxy();
-    let b = if http1 { b.http1_only() } else { b };
-    b.build().unwrap()
 }
 
 fn tls_url(hub: &TestHub, path: &str) -> String {

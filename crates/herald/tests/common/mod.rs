@@ -333,3 +333,15 @@ pub async fn scrape(hub: &TestHub) -> String {
 pub async fn parked_gauge(hub: &TestHub) -> i64 {
     value(&scrape(hub).await, "herald_parked_streams") as i64
 }
+
+/// A client that trusts `cert` only and reaches `localhost` at the hub.
+pub fn tls_client(hub: &TestHub, cert: &str, http1: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .resolve("localhost", hub.addr)
+        .no_proxy();
+    let b = if http1 { b.http1_only() } else { b };
+    b.build().unwrap()
+}
