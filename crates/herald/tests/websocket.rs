@@ -747,3 +747,174 @@ async fn a_busy_topic_never_keeps_the_clients_messages_waiting() {
     );
     hub.stop().await.unwrap();
 }
+
+/// Waits until `herald_parked_streams` is `want`.
+async fn parked_becomes(hub: &TestHub, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = parked_gauge(hub).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} parked, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_socket_is_parked_and_comes_back_when_its_client_speaks() {
+    let cfg = HubConfig {
+        heartbeat: Duration::from_millis(400),
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let token = both(None);
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&hub, &format!("?topic={TOPIC}"), Some(&token)).await;
+        assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+        sockets.push(ws);
+    }
+    // One live subscription each, nothing to say: no task.
+    parked_becomes(&hub, 3).await;
+
+    // Updates reach parked sockets (the hub's flusher writes them).
+    let c = client();
+    for i in 0..3 {
+        let data = format!("parked {i}");
+        publish(&c, &hub, &[("topic", TOPIC), ("data", &data)]).await;
+    }
+    for ws in &mut sockets {
+        for i in 0..3 {
+            let m = next_json(ws).await;
+            assert_eq!(m["op"], "update");
+            assert_eq!(m["sub"], "default");
+            assert_eq!(m["data"], format!("parked {i}"));
+        }
+    }
+    assert_eq!(parked_gauge(&hub).await, 3, "still parked after updates");
+
+    // A client that speaks gets its socket back in a task: a second
+    // subscription keeps it there, ending it parks the socket again.
+    let ws = &mut sockets[0];
+    send(
+        ws,
+        json!({"op": "subscribe", "sub": "more", "topics": ["https://example.com/other"]}),
+    )
+    .await;
+    assert_eq!(next_json(ws).await["op"], "subscribed");
+    parked_becomes(&hub, 2).await;
+    publish(
+        &c,
+        &hub,
+        &[("topic", "https://example.com/other"), ("data", "o")],
+    )
+    .await;
+    let m = next_json(ws).await;
+    assert_eq!(
+        (m["sub"].as_str(), m["data"].as_str()),
+        (Some("more"), Some("o"))
+    );
+    send(ws, json!({"op": "unsubscribe", "sub": "more"})).await;
+    assert_eq!(next_json(ws).await["op"], "unsubscribed");
+    parked_becomes(&hub, 3).await;
+
+    // Parked sockets are pinged when quiet; answering (tungstenite's
+    // pong, sent as its client reads) wakes the socket for a moment, and
+    // it parks again.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let pings = futures_util::future::join_all(sockets.iter_mut().map(|ws| async move {
+        let mut pings = 0;
+        while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+            match m.unwrap().unwrap() {
+                Message::Ping(_) => pings += 1,
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+        pings
+    }))
+    .await;
+    assert!(
+        pings.iter().all(|&p| p >= 2),
+        "{pings:?} pings in 1.5 s at a 400 ms heartbeat"
+    );
+    parked_becomes(&hub, 3).await;
+
+    // A parked socket's client closes: its subscription ends.
+    let mut gone = sockets.pop().unwrap();
+    gone.close(None).await.unwrap();
+    parked_becomes(&hub, 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while value(&scrape(&hub).await, "herald_connections") != 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.stop().await.unwrap();
+}
+
+/// An application serving herald's router itself (axum's upgrade, with
+/// tungstenite) gets the same sockets.
+#[tokio::test]
+async fn sockets_work_in_an_application_serving_the_router() {
+    let cfg = HubConfig {
+        heartbeat: Duration::from_millis(400),
+        ..one_key()
+    };
+    let hub = TestHub::start_serving(
+        cfg,
+        std::sync::Arc::new(herald::engine::memory::MemoryEngine::new(1000)),
+        |listener, hub, stop| {
+            Box::pin(async move {
+                let app = axum::Router::new().merge(herald::http::router(hub.clone()));
+                // Closing the hub closes its sockets, so the graceful
+                // shutdown can finish.
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        stop.await;
+                        let _ = hub.close().await;
+                    })
+                    .await?;
+                Ok(())
+            })
+        },
+    )
+    .await;
+    let token = both(None);
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), Some(&token)).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let c = client();
+    publish(&c, &hub, &[("topic", TOPIC), ("data", "via the router")]).await;
+    let m = next_json(&mut ws).await;
+    assert_eq!(m["data"], "via the router");
+    send(
+        &mut ws,
+        json!({"op": "publish", "ref": "r", "topics": [TOPIC], "data": "back"}),
+    )
+    .await;
+    let mut ops = Vec::new();
+    for _ in 0..2 {
+        ops.push(next_json(&mut ws).await["op"].as_str().unwrap().to_owned());
+    }
+    ops.sort();
+    assert_eq!(ops, ["published", "update"]);
+    // Pings, answered by the client.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    let mut pings = 0;
+    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+        if let Message::Ping(_) = m.unwrap().unwrap() {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    assert_eq!(
+        parked_gauge(&hub).await,
+        0,
+        "the router's sockets keep their task"
+    );
+    drop(ws);
+    hub.stop().await.unwrap();
+}

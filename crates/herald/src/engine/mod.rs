@@ -177,9 +177,22 @@ pub struct Stored {
     /// When this node built it: the start of publish-to-delivery latency.
     pub at: std::time::Instant,
     /// The update as the WebSocket transport sends it, encoded by the
-    /// first socket that sends it and shared by the others, as `frame` is:
-    /// its JSON after the subscription's name, and a binary payload's bytes.
-    pub(crate) ws: std::sync::OnceLock<(String, Option<Bytes>)>,
+    /// first socket that sends it and shared by the others, as `frame` is.
+    pub(crate) ws: std::sync::OnceLock<SocketEncoding>,
+}
+
+/// An update as the WebSocket transport sends it (see [`Stored::ws`]):
+/// plain bytes, which the transport lays out.
+#[derive(Debug)]
+pub(crate) struct SocketEncoding {
+    /// Its `update` message's JSON after the subscription's name.
+    pub rest: Bytes,
+    /// A binary payload's bytes: the message is then a binary frame (the
+    /// JSON head, a newline, these bytes).
+    pub binary: Option<Bytes>,
+    /// The whole frame of the message for the subscription named in the
+    /// URL, which most sockets carry: written to each of them as it is.
+    pub url_frame: Bytes,
 }
 
 impl Stored {

@@ -333,34 +333,114 @@ fn event_stream(prepared: Prepared, permit: StreamPermit) -> Response {
         mut feed,
         headers: extra,
     } = prepared;
-    let stream = async_stream::stream! {
-        // The stream's place in `max_connections`, until it ends.
-        let _permit = permit;
-        let mut out = Vec::new();
-        while feed.next(&mut out).await {
-            // Everything queued goes out as one body chunk: over HTTP/2
-            // one DATA frame (and one poll of the stream) per batch
-            // rather than per update.
-            // (A large batch, a replay's, goes frame by frame: its frames
-            // are shared with every other stream, a copy would not be.)
-            let total: usize = out.iter().map(Bytes::len).sum();
-            if out.len() > 1 && total <= MAX_JOINED {
-                let mut joined = bytes::BytesMut::with_capacity(total);
-                for frame in out.drain(..) {
-                    joined.extend_from_slice(&frame);
-                }
-                yield Ok::<_, Infallible>(joined.freeze());
-            } else {
-                for frame in out.drain(..) {
-                    yield Ok(frame);
-                }
-            }
-        }
+    // `next` returns once live with nothing queued: the body then polls
+    // the subscriber itself, with no future held per stream.
+    feed.set_parking(true);
+    let body = EventBody {
+        state: BodyState::reading(feed),
+        queued: std::collections::VecDeque::new(),
+        _permit: permit,
     };
-    let mut res = Response::new(Body::from_stream(stream));
+    let mut res = Response::new(Body::new(body));
     let h = res.headers_mut();
     for (name, value) in extra {
         h.insert(name, value);
     }
     res
+}
+
+/// The body of an event stream served by hyper (HTTP/2, or HTTP/1.1 on a
+/// connection that began with another request). Written out rather than
+/// generated: a waiting stream holds its feed and nothing else (no
+/// generator, no channel), which over HTTP/2 is most of what each of a
+/// connection's hundreds of streams costs.
+struct EventBody {
+    state: BodyState,
+    /// Frames of a large batch (a replay's), sent one by one: they are
+    /// shared with every other stream, a joined copy would not be.
+    queued: std::collections::VecDeque<Bytes>,
+    /// The stream's place in `max_connections`, until it ends.
+    _permit: StreamPermit,
+}
+
+enum BodyState {
+    /// The first flush and the history: one [`Feed::next`] at a time.
+    Reading(futures_util::future::BoxFuture<'static, (Feed, Vec<Bytes>, bool)>),
+    /// Live: the subscriber is polled in place.
+    Live(Feed),
+    Done,
+}
+
+impl BodyState {
+    fn reading(mut feed: Feed) -> Self {
+        BodyState::Reading(Box::pin(async move {
+            let mut out = Vec::new();
+            let more = feed.next(&mut out).await;
+            (feed, out, more)
+        }))
+    }
+}
+
+impl EventBody {
+    /// The next body chunk from `out`: everything queued at once as one
+    /// chunk (over HTTP/2 one DATA frame, and one poll of the stream, per
+    /// batch rather than per update), or a large batch frame by frame.
+    fn chunk(&mut self, out: Vec<Bytes>) -> Option<Bytes> {
+        let total: usize = out.iter().map(Bytes::len).sum();
+        if out.len() > 1 && total <= MAX_JOINED {
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for frame in out {
+                joined.extend_from_slice(&frame);
+            }
+            return Some(joined.freeze());
+        }
+        self.queued.extend(out);
+        self.queued.pop_front()
+    }
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(frame) = this.queued.pop_front() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))));
+        }
+        loop {
+            let out = match &mut this.state {
+                BodyState::Reading(next) => {
+                    let (feed, out, more) = std::task::ready!(next.as_mut().poll(cx));
+                    this.state = if !more {
+                        BodyState::Done
+                    } else if feed.is_live() {
+                        BodyState::Live(feed)
+                    } else {
+                        BodyState::reading(feed)
+                    };
+                    out
+                }
+                BodyState::Live(feed) => {
+                    let mut out = Vec::new();
+                    if !std::task::ready!(feed.poll_live(cx, &mut out)) {
+                        this.state = BodyState::Done;
+                    }
+                    out
+                }
+                BodyState::Done => return Poll::Ready(None),
+            };
+            if let Some(chunk) = this.chunk(out) {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done) && self.queued.is_empty()
+    }
 }

@@ -16,6 +16,7 @@ pub(crate) mod publish;
 pub(crate) mod router;
 mod subscriptions_api;
 pub(crate) mod websocket;
+pub(crate) mod wsframe;
 
 pub use conn::ConnContext;
 pub use error::HttpError;

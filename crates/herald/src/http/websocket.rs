@@ -38,6 +38,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -48,15 +49,17 @@ use axum::response::Response;
 use axum::Extension;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::future::FutureExt as _;
-use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt as _};
+use futures_util::future::{BoxFuture, FutureExt as _};
+use futures_util::stream::{SelectAll, Stream, StreamExt as _};
+use futures_util::SinkExt as _;
 use herald_protocol::Update;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::ConnContext;
 use super::error::HttpError;
+use super::wsframe;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
-use crate::engine::{EngineError, Stored};
+use crate::engine::{EngineError, SocketEncoding, Stored};
 use crate::hub::admission::StreamPermit;
 use crate::hub::feed::{Feed, FeedSink, Revision, SubscribeError, SubscribeRequest};
 use crate::hub::{Hub, PublishError};
@@ -88,36 +91,59 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// is 128 KiB). A larger message takes more reads.
 const READ_BUFFER: usize = 1024;
 
-/// An update encoded for sockets: the rest of its JSON object after
-/// `"sub":…,` (a binary update's head), and a binary update's bytes. Kept
-/// in [`Stored`], shared by every socket that sends it.
-fn encode(stored: &Stored) -> (String, Option<Bytes>) {
-    {
-        let u = &stored.update;
-        let binary = decode_data_url(&u.data);
-        let head = serde_json::json!({
-            "id": u.id,
-            "type": u.event_type.as_deref().unwrap_or("message"),
-            "topic": u.topics.first(),
-            "topics": u.topics,
-            "private": u.private,
-        });
-        let mut head = match &binary {
-            Some((media_type, _)) => {
-                let mut h = head;
-                h["media_type"] = serde_json::Value::from(media_type.as_str());
-                h
-            }
-            None => {
-                let mut h = head;
-                h["data"] = serde_json::Value::from(u.data.as_str());
-                h
-            }
-        }
-        .to_string();
-        // Everything after the opening brace: the socket writes its own.
-        head.remove(0);
-        (head, binary.map(|(_, bytes)| Bytes::from(bytes)))
+/// The beginning of every `update` message of the subscription the URL
+/// opens.
+const URL_PREFIX: &str = "{\"op\":\"update\",\"sub\":\"default\",";
+
+/// The beginning of every `update` message of subscription `name`:
+/// `{"op":"update","sub":NAME,`.
+fn update_prefix(name: &str) -> String {
+    format!(
+        "{{\"op\":\"update\",\"sub\":{},",
+        serde_json::Value::from(name)
+    )
+}
+
+/// An update encoded for sockets, once, kept in [`Stored`] and shared by
+/// every socket that sends it.
+fn encode(stored: &Stored) -> SocketEncoding {
+    let u = &stored.update;
+    let binary = decode_data_url(&u.data);
+    let mut head = serde_json::json!({
+        "id": u.id,
+        "type": u.event_type.as_deref().unwrap_or("message"),
+        "topic": u.topics.first(),
+        "topics": u.topics,
+        "private": u.private,
+    });
+    match &binary {
+        Some((media_type, _)) => head["media_type"] = serde_json::Value::from(media_type.as_str()),
+        None => head["data"] = serde_json::Value::from(u.data.as_str()),
+    }
+    let mut rest = head.to_string();
+    // Everything after the opening brace: each subscription writes its own
+    // beginning.
+    rest.remove(0);
+    let binary = binary.map(|(_, bytes)| Bytes::from(bytes));
+    let len = URL_PREFIX.len() + rest.len() + binary.as_ref().map_or(0, |b| 1 + b.len());
+    let opcode = if binary.is_some() {
+        wsframe::BINARY
+    } else {
+        wsframe::TEXT
+    };
+    let frame_head = wsframe::Head::new(opcode, len);
+    let mut url_frame = BytesMut::with_capacity(frame_head.as_bytes().len() + len);
+    url_frame.put_slice(frame_head.as_bytes());
+    url_frame.put_slice(URL_PREFIX.as_bytes());
+    url_frame.put_slice(rest.as_bytes());
+    if let Some(b) = &binary {
+        url_frame.put_u8(b'\n');
+        url_frame.put_slice(b);
+    }
+    SocketEncoding {
+        rest: Bytes::from(rest),
+        binary,
+        url_frame: url_frame.freeze(),
     }
 }
 
@@ -176,10 +202,12 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
 }
 
 /// What the socket learned at its upgrade.
-struct Opening {
+pub(crate) struct Opening {
     hub: Hub,
-    subscriber: Option<Grants>,
-    publisher: Option<Grants>,
+    // Boxed, like what follows: a parked socket keeps all this, and most
+    // sockets have no publish rights and no subscription left to open.
+    subscriber: Option<Box<Grants>>,
+    publisher: Option<Box<Grants>>,
     /// The per-token limits' key of its token.
     token: Option<u64>,
     /// Its token's key for the per-token publish rate.
@@ -190,12 +218,13 @@ struct Opening {
     ip: Option<std::net::IpAddr>,
     peer: Option<std::net::SocketAddr>,
     /// The subscription the URL asked for.
-    first: Option<Subscribe>,
-    permit: StreamPermit,
+    first: Option<Box<Subscribe>>,
+    /// Its place among the hub's streams, for as long as it lives.
+    _permit: StreamPermit,
 }
 
-/// `GET /.well-known/mercure` with `Upgrade: websocket`: checks the
-/// origin, the token and the URL's selectors, then upgrades.
+/// `GET /.well-known/mercure` with `Upgrade: websocket`, through axum:
+/// checks the origin, the token and the URL's selectors, then upgrades.
 async fn upgrade(
     hub: Hub,
     ws: WebSocketUpgrade,
@@ -203,6 +232,31 @@ async fn upgrade(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
+    let opening = open(hub, conn, query, headers).await?;
+    let max_message = max_message(&opening.hub);
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| run(socket, opening)))
+}
+
+/// The largest message a client may send: a publish of `max_body_bytes`,
+/// and room for its JSON.
+pub(crate) fn max_message(hub: &Hub) -> usize {
+    hub.config().max_body_bytes.saturating_add(64 * 1024)
+}
+
+/// Checks a socket's opening request (origin, token, the URL's
+/// selectors) and takes its place among the hub's streams: what the
+/// socket then runs with, or the answer to refuse it with.
+pub(crate) async fn open(
+    hub: Hub,
+    conn: Option<ConnContext>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Opening, HttpError> {
     check_origin(&hub, headers)?;
     let pairs = herald_protocol::form::parse(query.unwrap_or("").as_bytes())
         .map_err(|e| HttpError::bad_request(format!("malformed query string: {e}")))?;
@@ -216,7 +270,7 @@ async fn upgrade(
     let first = if has_selectors {
         let req = super::events::parse_request(&hub, headers, pairs)?;
         Some(Subscribe {
-            name: URL_SUBSCRIPTION.to_owned(),
+            name: Name::Borrowed(URL_SUBSCRIPTION),
             revision: req.revision,
             selectors: req.selectors,
             matchers: req.matchers,
@@ -269,25 +323,18 @@ async fn upgrade(
         hub.callback().is_some() && hub.token_key(headers, query_token.as_deref()).is_none();
     let permit = hub.admit_stream(ip).map_err(|r| HttpError::refused(&r))?;
     hub.metrics().connection_accepted("websocket");
-    let opening = Opening {
-        subscriber,
-        publisher,
+    Ok(Opening {
+        subscriber: subscriber.map(Box::new),
+        publisher: publisher.map(Box::new),
         token,
         publish_token,
         by_callback,
         ip,
         peer: conn.map(|c| c.peer),
-        first,
-        permit,
+        first: first.map(Box::new),
+        _permit: permit,
         hub: hub.clone(),
-    };
-    let max_message = hub.config().max_body_bytes.saturating_add(64 * 1024);
-    Ok(ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| run(socket, opening)))
+    })
 }
 
 /// A browser page may open a socket from the hub's own origin, or from
@@ -326,7 +373,7 @@ fn check_origin(hub: &Hub, headers: &HeaderMap) -> Result<(), HttpError> {
 
 /// A subscription to open.
 struct Subscribe {
-    name: String,
+    name: Name,
     revision: Revision,
     selectors: Vec<herald_protocol::Selector>,
     matchers: Vec<herald_protocol::matcher::Matcher>,
@@ -341,13 +388,129 @@ enum Event {
     Failed(HttpError),
     /// Updates it found queued at once, in order.
     Updates(Vec<Arc<Stored>>),
+    /// It sent its history and waits for live updates.
+    Live,
     /// It ended by itself.
     Ended,
 }
 
 /// A subscription of a socket: opening it, then its feed's updates, as a
 /// stream the socket's task polls with the others (no task of its own).
-type SubStream = Pin<Box<dyn Stream<Item = (u64, Event)> + Send>>;
+/// Once live it holds its feed and nothing else, so a socket with one
+/// live subscription can be parked with it (see [`Wire::park`]).
+struct SubStream {
+    key: u64,
+    state: SubState,
+    abort: Arc<Abort>,
+}
+
+/// Ends a subscription's stream from outside (`unsubscribe`): it then
+/// yields nothing more, and leaves the socket's streams.
+#[derive(Default)]
+struct Abort {
+    aborted: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Abort {
+    fn abort(&self) {
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+enum SubState {
+    Opening(BoxFuture<'static, Result<(Feed, Option<String>), SubscribeError>>),
+    /// The history: one [`Feed::next`] at a time.
+    Reading(BoxFuture<'static, (Box<Feed>, Updates, bool)>),
+    /// Live: the subscriber is polled in place.
+    Live(Box<Feed>),
+    /// The feed ended: say so, once.
+    Ending,
+    Done,
+}
+
+impl SubState {
+    fn reading(mut feed: Box<Feed>) -> Self {
+        SubState::Reading(Box::pin(async move {
+            let mut updates = Updates(Vec::new());
+            let more = feed.next(&mut updates).await;
+            (feed, updates, more)
+        }))
+    }
+}
+
+impl Stream for SubStream {
+    type Item = (u64, Event);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let key = this.key;
+        this.abort.waker.register(cx.waker());
+        if this
+            .abort
+            .aborted
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Poll::Ready(None);
+        }
+        loop {
+            let updates = match &mut this.state {
+                SubState::Opening(opening) => {
+                    let opened = std::task::ready!(opening.as_mut().poll(cx));
+                    return Poll::Ready(Some(match opened {
+                        Ok((mut feed, from)) => {
+                            // `next` returns once live with nothing queued.
+                            feed.set_parking(true);
+                            this.state = SubState::reading(Box::new(feed));
+                            (key, Event::Opened(from))
+                        }
+                        Err(e) => {
+                            this.state = SubState::Done;
+                            let e = match e {
+                                SubscribeError::Refused(r) => HttpError::refused(&r),
+                                e => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                            };
+                            (key, Event::Failed(e))
+                        }
+                    }));
+                }
+                SubState::Reading(next) => {
+                    let (feed, updates, more) = std::task::ready!(next.as_mut().poll(cx));
+                    let live = more && feed.is_live();
+                    this.state = if !more {
+                        SubState::Ending
+                    } else if live {
+                        SubState::Live(feed)
+                    } else {
+                        SubState::reading(feed)
+                    };
+                    // Caught up: the socket may park now.
+                    if live && updates.0.is_empty() {
+                        return Poll::Ready(Some((key, Event::Live)));
+                    }
+                    updates
+                }
+                SubState::Live(feed) => {
+                    let mut updates = Updates(Vec::new());
+                    if !std::task::ready!(feed.poll_live(cx, &mut updates)) {
+                        this.state = SubState::Ending;
+                    }
+                    updates
+                }
+                SubState::Ending => {
+                    this.state = SubState::Done;
+                    return Poll::Ready(Some((key, Event::Ended)));
+                }
+                SubState::Done => return Poll::Ready(None),
+            };
+            if !updates.0.is_empty() {
+                return Poll::Ready(Some((key, Event::Updates(updates.0))));
+            }
+        }
+    }
+}
 
 /// A client's message.
 #[derive(serde::Deserialize)]
@@ -387,23 +550,45 @@ struct PublishRequest {
 }
 
 /// The subscriptions of a socket.
+#[derive(Default)]
 struct Subscriptions {
     open: Vec<Sub>,
     /// Their streams, polled together by the socket's task.
-    streams: SelectAll<Abortable<SubStream>>,
+    streams: SelectAll<SubStream>,
     next_key: u64,
 }
 
+/// A subscription's name: the URL's (no allocation) or the client's.
+type Name = std::borrow::Cow<'static, str>;
+
 /// One open subscription.
 struct Sub {
-    name: String,
+    name: Name,
     key: u64,
-    /// Its `update` messages' beginning: `{"op":"update","sub":NAME,`.
+    /// Its `update` messages' beginning (see [`update_prefix`]).
     prefix: String,
-    abort: AbortHandle,
+    abort: Arc<Abort>,
 }
 
 impl Subscriptions {
+    /// Adds a subscription in `state`.
+    fn push(&mut self, name: Name, state: SubState) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let abort = Arc::new(Abort::default());
+        self.streams.push(SubStream {
+            key,
+            state,
+            abort: abort.clone(),
+        });
+        self.open.push(Sub {
+            prefix: update_prefix(&name),
+            name,
+            key,
+            abort,
+        });
+    }
+
     fn by_key(&self, key: u64) -> Option<&Sub> {
         self.open.iter().find(|s| s.key == key)
     }
@@ -419,36 +604,231 @@ impl Subscriptions {
         sub.abort.abort();
         Some(sub)
     }
+
+    /// The one subscription's name and feed, when the socket holds one
+    /// subscription and it is live: the socket may then be parked.
+    fn take_only_live(&mut self) -> Option<(Name, Box<Feed>)> {
+        if self.open.len() != 1 || self.streams.len() != 1 {
+            return None;
+        }
+        let stream = self.streams.iter_mut().next()?;
+        // A feed closed meanwhile ends here, with its reason.
+        if !matches!(&stream.state, SubState::Live(feed)
+            if !feed.is_done() && !feed.subscriber().is_closed())
+        {
+            return None;
+        }
+        let SubState::Live(feed) = std::mem::replace(&mut stream.state, SubState::Done) else {
+            return None;
+        };
+        self.streams = SelectAll::new();
+        let sub = self.open.pop()?;
+        Some((sub.name, feed))
+    }
+}
+
+/// The connection under a socket. axum's `WebSocket` (tungstenite) serves
+/// it wherever the router is mounted; herald's own server serves the
+/// sockets of its plain listener itself (`transport::http1::socket`), and
+/// parks them while they wait.
+pub(crate) trait Wire:
+    Stream<Item = Result<Message, axum::Error>>
+    + futures_util::Sink<Message, Error = axum::Error>
+    + Unpin
+    + Send
+    + Sized
+    + 'static
+{
+    /// Whether [`Wire::park`] would take the socket now: nothing read and
+    /// not yet handled, nothing left to write.
+    fn can_park(&mut self) -> bool {
+        false
+    }
+
+    /// Hands over a socket whose one subscription is live: it keeps no
+    /// task until its client speaks (its transport then calls [`resume`])
+    /// or its stream ends (the transport closes it, see [`Idle`]).
+    fn park(self, idle: Idle) {
+        drop((self, idle));
+    }
+}
+
+impl Wire for WebSocket {}
+
+/// What a socket's task holds besides its subscriptions.
+struct Session {
+    opening: Opening,
+    /// Fired when a subscription's queue overflows.
+    overflow: CancellationToken,
+    /// When its token expires.
+    expires: Option<Instant>,
+    /// When the client last sent anything (a pong included).
+    last_heard: Instant,
+}
+
+impl Session {
+    /// The token has expired (or is about to: the hub's timer and the
+    /// socket's may fire a moment apart).
+    fn expired(&self) -> bool {
+        self.expires
+            .is_some_and(|at| at <= Instant::now() + Duration::from_millis(100))
+    }
+}
+
+/// A parked socket: one live subscription and nothing to do. Its
+/// transport holds it without a task, writes its updates as frames
+/// ([`Idle::take_frames`]), and hands it back to [`resume`] when the
+/// client speaks or the stream ends (the task then closes it with the
+/// reason's code).
+pub(crate) struct Idle {
+    session: Session,
+    name: Name,
+    /// The subscription's `update` prefix, shared by its frames.
+    prefix: Bytes,
+    feed: Feed,
+}
+
+/// What [`Idle::take_frames`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// Nothing to send.
+    Nothing,
+    /// Frames to write.
+    Frames,
+    /// A ping is due, and the client answered none for two heartbeats:
+    /// close the socket with [`Idle::no_pong`].
+    NoPong,
+}
+
+impl Idle {
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Moves the frames of the updates queued now (and a ping, when a
+    /// heartbeat is due) into `out`.
+    pub(crate) fn take_frames(&mut self, out: &mut Vec<Bytes>) -> Taken {
+        let mut frames = Frames {
+            prefix: &self.prefix,
+            url: self.name == URL_SUBSCRIPTION,
+            out,
+            ping: false,
+        };
+        if !self.feed.take_live(&mut frames) {
+            return Taken::Nothing;
+        }
+        let heartbeat = self.session.opening.hub.config().heartbeat;
+        if frames.ping && self.session.last_heard.elapsed() > heartbeat * 2 {
+            return Taken::NoPong;
+        }
+        Taken::Frames
+    }
+
+    /// The close frame of a socket that answered no ping.
+    pub(crate) fn no_pong() -> Bytes {
+        wsframe::close_frame(CLOSE_NO_PONG, NO_PONG)
+    }
+}
+
+/// The frames of a parked socket's updates.
+struct Frames<'a> {
+    prefix: &'a Bytes,
+    /// The subscription is the URL's: its frames are shared whole.
+    url: bool,
+    out: &'a mut Vec<Bytes>,
+    ping: bool,
+}
+
+impl FeedSink for Frames<'_> {
+    fn open(&mut self, _retry: Option<u64>) {}
+
+    fn gap(&mut self, _asked: &str) {}
+
+    fn update(&mut self, stored: &Arc<Stored>) {
+        let enc = stored.ws.get_or_init(|| encode(stored));
+        if self.url {
+            self.out.push(enc.url_frame.clone());
+            return;
+        }
+        let len =
+            self.prefix.len() + enc.rest.len() + enc.binary.as_ref().map_or(0, |b| 1 + b.len());
+        let opcode = if enc.binary.is_some() {
+            wsframe::BINARY
+        } else {
+            wsframe::TEXT
+        };
+        self.out.push(Bytes::copy_from_slice(
+            wsframe::Head::new(opcode, len).as_bytes(),
+        ));
+        self.out.push(self.prefix.clone());
+        self.out.push(enc.rest.clone());
+        if let Some(b) = &enc.binary {
+            self.out.push(Bytes::from_static(b"\n"));
+            self.out.push(b.clone());
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.out.push(Bytes::from_static(wsframe::PING_FRAME));
+        self.ping = true;
+    }
 }
 
 /// Why a socket closes.
 struct Closing(u16, &'static str);
 
-async fn run(mut socket: WebSocket, mut opening: Opening) {
+/// Runs a socket from its opening: the URL's subscription, then the
+/// client's messages and the subscriptions' updates, until it closes or
+/// is parked.
+pub(crate) async fn run<W: Wire>(socket: W, mut opening: Opening) {
     let first = opening.first.take();
-    let hub = opening.hub.clone();
-    let _permit = &opening.permit;
-    let heartbeat = hub.config().heartbeat;
-    let stop = hub.shutdown_token().clone();
-    let overflow = CancellationToken::new();
     let expires = opening
         .subscriber
         .as_ref()
-        .and_then(Grants::exp)
+        .and_then(|g| g.exp())
         .and_then(crate::hub::feed::deadline);
-    let mut subs = Subscriptions {
-        open: Vec::new(),
-        streams: SelectAll::new(),
-        next_key: 0,
-    };
-    let ctx = Context {
-        opening: &opening,
-        overflow: &overflow,
-    };
+    let session = Box::new(Session {
+        opening,
+        overflow: CancellationToken::new(),
+        expires,
+        last_heard: Instant::now(),
+    });
+    let mut subs = Subscriptions::default();
     if let Some(first) = first {
-        ctx.subscribe(&mut subs, first);
+        session.context().subscribe(&mut subs, *first);
     }
-    let mut last_heard = Instant::now();
+    serve(socket, session, subs).await;
+}
+
+/// Takes back a parked socket whose client spoke (or whose transport
+/// could not keep it parked), and runs it as [`run`] does.
+pub(crate) async fn resume<W: Wire>(socket: W, idle: Idle) {
+    let Idle {
+        session,
+        name,
+        prefix: _,
+        feed,
+    } = idle;
+    let mut subs = Subscriptions::default();
+    subs.push(name, SubState::Live(Box::new(feed)));
+    serve(socket, Box::new(session), subs).await;
+}
+
+impl Session {
+    fn context(&self) -> Context<'_> {
+        Context {
+            opening: &self.opening,
+            overflow: &self.overflow,
+        }
+    }
+}
+
+async fn serve<W: Wire>(mut socket: W, mut session: Box<Session>, mut subs: Subscriptions) {
+    let hub = session.opening.hub.clone();
+    let heartbeat = hub.config().heartbeat;
+    let stop = hub.shutdown_token().clone();
+    let overflow = session.overflow.clone();
+    let expires = session.expires;
     // `heartbeat = 0` turns heartbeats off: no pings, no pong deadline.
     let mut ping = (!heartbeat.is_zero()).then(|| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -469,17 +849,35 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
     };
     tokio::pin!(expiry);
     let closing = loop {
+        // One live subscription, nothing read, nothing to write: the
+        // socket waits parked, without this task, if its transport can.
+        if socket.can_park() && !stop.is_cancelled() && !overflow.is_cancelled() {
+            if let Some((name, feed)) = subs.take_only_live() {
+                let prefix = if name == URL_SUBSCRIPTION {
+                    Bytes::from_static(URL_PREFIX.as_bytes())
+                } else {
+                    Bytes::from(update_prefix(&name))
+                };
+                socket.park(Idle {
+                    session: *session,
+                    name,
+                    prefix,
+                    feed: *feed,
+                });
+                return;
+            }
+        }
         let step = tokio::select! {
             biased;
-            () = stop.cancelled() => break Closing(1001, "the hub is shutting down"),
+            () = stop.cancelled() => break Closing(1001, SHUTTING_DOWN),
             () = overflow.cancelled() => break Closing(CLOSE_TOO_SLOW, TOO_SLOW),
-            () = &mut expiry => break Closing(CLOSE_TOKEN_EXPIRED, "the token expired"),
+            () = &mut expiry => break Closing(CLOSE_TOKEN_EXPIRED, TOKEN_EXPIRED),
             // The client's messages and the pings before the updates: a
             // busy topic must never keep a pong, an `unsubscribe` or a
             // close unread (they are rarely ready, so this costs nothing).
-            msg = socket.recv() => match msg {
+            msg = socket.next() => match msg {
                 Some(Ok(m)) => Step::In(m),
-                // Gone, or a protocol error tungstenite already answered.
+                // Gone, or a protocol error the wire already answered.
                 _ => return,
             },
             _ = async {
@@ -551,20 +949,15 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                                 break;
                             }
                         }
+                        Event::Live => {}
                         Event::Ended => {
                             // An overflow, the shutdown or the token's
                             // expiry ends every subscription: the socket
                             // closes for that reason, just below.
-                            let explained = overflow.is_cancelled()
-                                || stop.is_cancelled()
-                                || expires.is_some_and(|at| {
-                                    at <= Instant::now() + Duration::from_millis(100)
-                                });
+                            let explained =
+                                overflow.is_cancelled() || stop.is_cancelled() || session.expired();
                             if subs.remove_key(key).is_some() && !explained {
-                                batch.push(close_message(
-                                    1001,
-                                    "a subscription ended: reconnect and resume",
-                                ));
+                                batch.push(close_message(1001, SUBSCRIPTION_ENDED));
                                 break;
                             }
                         }
@@ -575,7 +968,8 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                 }
             }
             Step::In(m) => {
-                last_heard = Instant::now();
+                session.last_heard = Instant::now();
+                let ctx = session.context();
                 match m {
                     Message::Text(text) => {
                         batch.extend(ctx.handle(&mut subs, text.as_bytes(), None).await);
@@ -605,11 +999,8 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
                 }
             }
             Step::Ping => {
-                if last_heard.elapsed() > heartbeat * 2 {
-                    break Closing(
-                        CLOSE_NO_PONG,
-                        "no pong: the socket answered no ping for two heartbeats",
-                    );
+                if session.last_heard.elapsed() > heartbeat * 2 {
+                    break Closing(CLOSE_NO_PONG, NO_PONG);
                 }
                 batch.push(Message::Ping(Bytes::new()));
             }
@@ -624,13 +1015,13 @@ async fn run(mut socket: WebSocket, mut opening: Opening) {
             Wrote::Done if closes => return,
             Wrote::Done => {}
             Wrote::TooSlow => break Closing(CLOSE_TOO_SLOW, TOO_SLOW),
-            Wrote::Stopping => break Closing(1001, "the hub is shutting down"),
+            Wrote::Stopping => break Closing(1001, SHUTTING_DOWN),
             Wrote::Gone => return,
         }
     };
     drop(subs);
     let Closing(code, reason) = closing;
-    tracing::debug!(peer = ?opening.peer, code, "closing WebSocket: {reason}");
+    tracing::debug!(peer = ?session.opening.peer, code, "closing WebSocket: {reason}");
     // A few seconds: the client of a full socket may be about to read.
     let _ = tokio::time::timeout(
         Duration::from_secs(3),
@@ -666,12 +1057,16 @@ enum Wrote {
 
 /// The reason of a [`CLOSE_TOO_SLOW`] close.
 const TOO_SLOW: &str = "too slow: the socket's queue overflowed; reconnect and resume";
+const SHUTTING_DOWN: &str = "the hub is shutting down";
+const TOKEN_EXPIRED: &str = "the token expired";
+const NO_PONG: &str = "no pong: the socket answered no ping for two heartbeats";
+const SUBSCRIPTION_ENDED: &str = "a subscription ended: reconnect and resume";
 
 /// Writes `batch` and flushes, unless the socket's queue overflows, the
 /// client takes nothing for `within`, or the hub shuts down first (a
 /// client that stopped reading never lets a write finish).
-async fn write(
-    socket: &mut WebSocket,
+async fn write<W: Wire>(
+    socket: &mut W,
     batch: Vec<Message>,
     within: Duration,
     overflow: &CancellationToken,
@@ -810,7 +1205,7 @@ impl Context<'_> {
         self.subscribe(
             subs,
             Subscribe {
-                name,
+                name: name.into(),
                 revision: Revision::Draft07,
                 selectors,
                 matchers: Vec::new(),
@@ -823,33 +1218,22 @@ impl Context<'_> {
     /// Opens a subscription: its stream acknowledges with `subscribed`
     /// (or an `error`), then yields its updates in order.
     fn subscribe(&self, subs: &mut Subscriptions, req: Subscribe) {
-        let key = subs.next_key;
-        subs.next_key += 1;
         let o = self.opening;
         let request = SubscribeRequest {
             revision: req.revision,
             selectors: req.selectors,
             matchers: req.matchers,
-            grants: o.subscriber.clone(),
+            grants: o.subscriber.as_deref().cloned(),
             last_event_id: req.last_event_id,
             gap_event: false,
             peer: o.peer,
             cancel: Some(self.overflow.clone()),
             token: o.token,
         };
-        let (stream, abort) =
-            futures_util::stream::abortable(subscription(o.hub.clone(), key, request));
-        subs.streams.push(stream);
-        let prefix = format!(
-            "{{\"op\":\"update\",\"sub\":{},",
-            serde_json::Value::from(req.name.as_str())
-        );
-        subs.open.push(Sub {
-            name: req.name,
-            key,
-            prefix,
-            abort,
-        });
+        let hub = o.hub.clone();
+        // Boxed: opening takes far more room than streaming.
+        let opening = Box::pin(async move { hub.subscribe(request).await });
+        subs.push(req.name, SubState::Opening(opening));
     }
 
     async fn publish(&self, p: PublishRequest, body: Option<Bytes>) -> Message {
@@ -941,57 +1325,6 @@ impl Context<'_> {
     }
 }
 
-/// Subscription `key` as a stream: it opens, then yields its feed's
-/// updates until the feed ends.
-fn subscription(hub: Hub, key: u64, request: SubscribeRequest) -> SubStream {
-    enum State {
-        Opening(Hub, SubscribeRequest),
-        Live(Box<Feed>),
-        Ending,
-        Done,
-    }
-    Box::pin(futures_util::stream::unfold(
-        State::Opening(hub, request),
-        move |state| async move {
-            match state {
-                // Boxed: opening takes far more room than streaming, and
-                // the stream would keep that room for as long as it lives.
-                State::Opening(hub, request) => match Box::pin(hub.subscribe(request)).await {
-                    Ok((feed, from)) => {
-                        Some(((key, Event::Opened(from)), State::Live(Box::new(feed))))
-                    }
-                    Err(e) => {
-                        let e = match e {
-                            SubscribeError::Refused(r) => HttpError::refused(&r),
-                            e => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                        };
-                        Some(((key, Event::Failed(e)), State::Done))
-                    }
-                },
-                State::Live(mut feed) => {
-                    let mut updates = Updates(Vec::new());
-                    loop {
-                        let more = feed.next(&mut updates).await;
-                        if !updates.0.is_empty() {
-                            let next = if more {
-                                State::Live(feed)
-                            } else {
-                                State::Ending
-                            };
-                            return Some(((key, Event::Updates(updates.0)), next));
-                        }
-                        if !more {
-                            return Some(((key, Event::Ended), State::Done));
-                        }
-                    }
-                }
-                State::Ending => Some(((key, Event::Ended), State::Done)),
-                State::Done => None,
-            }
-        },
-    ))
-}
-
 /// The updates of a feed, for a socket (the socket sends its own
 /// heartbeats, and `subscribed` says where a resume started).
 struct Updates(Vec<Arc<Stored>>);
@@ -1011,17 +1344,20 @@ impl FeedSink for Updates {
 /// The `update` message of `stored` for the subscription whose message
 /// prefix is `prefix`.
 fn message(prefix: &str, stored: &Stored) -> Message {
-    match stored.ws.get_or_init(|| encode(stored)) {
-        (rest, None) => {
+    let enc = stored.ws.get_or_init(|| encode(stored));
+    let rest = &enc.rest;
+    match &enc.binary {
+        None => {
             let mut text = String::with_capacity(prefix.len() + rest.len());
             text.push_str(prefix);
-            text.push_str(rest);
+            // It was encoded from a `String`.
+            text.push_str(std::str::from_utf8(rest).unwrap_or_default());
             Message::Text(Utf8Bytes::from(text))
         }
-        (rest, Some(bytes)) => {
+        Some(bytes) => {
             let mut b = BytesMut::with_capacity(prefix.len() + rest.len() + 1 + bytes.len());
             b.put_slice(prefix.as_bytes());
-            b.put_slice(rest.as_bytes());
+            b.put_slice(rest);
             b.put_u8(b'\n');
             b.put_slice(bytes);
             Message::Binary(b.freeze())

@@ -456,6 +456,31 @@ impl Feed {
         self.phase == Phase::Live && self.take_queued(out)
     }
 
+    /// Polls for live frames (the history is sent, [`Feed::is_live`]):
+    /// `Ready(true)` with frames handed to `out` (or a heartbeat, which a
+    /// sink may ignore), `Ready(false)` once the feed ended; otherwise the
+    /// task is woken when there is more. A transport that polls its
+    /// streams itself (a socket carrying several) calls this rather than
+    /// holding a [`Feed::next`] future per stream.
+    pub fn poll_live<S: FeedSink>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut S,
+    ) -> std::task::Poll<bool> {
+        loop {
+            if self.phase != Phase::Live {
+                return std::task::Poll::Ready(false);
+            }
+            if self.take_queued(out) {
+                return std::task::Poll::Ready(true);
+            }
+            if self.phase == Phase::Done {
+                return std::task::Poll::Ready(false);
+            }
+            std::task::ready!(self.reg.sub.poll_ready(cx));
+        }
+    }
+
     /// Resolves once the subscriber is closed (queue overflow, shutdown):
     /// the connection must go.
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {

@@ -231,6 +231,15 @@ impl Subscriber {
         drop(self.waker.take());
     }
 
+    /// Back to a task: wakeups go to the waker its task registers with
+    /// [`Subscriber::poll_ready`] (a transport whose client spoke takes
+    /// the stream back from where it parked it).
+    pub fn set_unparked(&self) {
+        let mut q = self.queue.lock();
+        q.parked = false;
+        q.blocked = false;
+    }
+
     /// Closed: disconnected, overflowed, expired or shut down.
     pub fn is_closed(&self) -> bool {
         self.queue.lock().closed

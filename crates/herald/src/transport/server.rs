@@ -41,6 +41,7 @@ use super::http1::direct::{self, error_response};
 use super::http1::head::{self, Head};
 use super::http1::parked::Flusher;
 use super::http1::rewind::Rewind;
+use super::http1::socket;
 use super::shared::{full, Shared};
 pub use super::shared::{H2_MAX_STREAMS, HEAD_TIMEOUT};
 use super::tls::Tls;
@@ -112,7 +113,25 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if !complete {
         return;
     }
-    if let Head::Subscribe { headers, query } = head::classify(&buf) {
+    let head = head::classify(&buf);
+    if let Head::WebSocket { headers, query } = head {
+        drop(buf);
+        // The socket takes its place among the streams as it opens.
+        let ctx = ConnContext { cancel: None, peer };
+        let (hub, flusher) = (shared.hub.clone(), shared.flusher.clone());
+        socket::open(
+            stream,
+            hub,
+            headers,
+            query,
+            ctx,
+            shared.cors.as_ref(),
+            flusher,
+        )
+        .await;
+        return;
+    }
+    if let Head::Subscribe { headers, query } = head {
         drop(buf);
         let ip = shared.hub.client_ip(peer.ip(), &headers);
         let permit = match shared.hub.admit_stream(Some(ip)) {
@@ -241,7 +260,10 @@ async fn serve_hyper<I>(
         req.extensions_mut().insert(ctx.clone());
         let app = app.clone();
         let alt_svc = alt_svc.clone();
-        async move {
+        // Boxed: over HTTP/2 each stream's task is sized by this future
+        // for as long as the stream lives, though it is done (and freed)
+        // once the response head is out.
+        Box::pin(async move {
             let mut res = if admitted {
                 app.oneshot(req).await?
             } else {
@@ -251,7 +273,7 @@ async fn serve_hyper<I>(
                 res.headers_mut().insert(header::ALT_SVC, v);
             }
             Ok::<_, std::convert::Infallible>(res)
-        }
+        })
     });
     let _permit = permit;
     macro_rules! drive {
@@ -367,7 +389,7 @@ impl Server {
         let hub = self.hub;
         let flusher = self
             .parking
-            .then(|| Flusher::start(hub.index(), hub.metrics().clone()));
+            .then(|| Flusher::start(hub.index(), hub.metrics().clone(), socket::resume));
         // One transport parks a hub's streams: a second server of the same
         // hub keeps its streams' tasks.
         let flusher = flusher.filter(|f| {

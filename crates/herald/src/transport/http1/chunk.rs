@@ -97,7 +97,20 @@ pub fn append(out: &mut Vec<u8>, frames: &[Bytes]) {
 /// did not take.
 pub fn try_write(stream: &std::net::TcpStream, frames: &[Bytes]) -> io::Result<Option<Bytes>> {
     let heads = chunk_heads(frames);
-    let mut slices = chunk_slices(frames, &heads);
+    try_write_slices(stream, chunk_slices(frames, &heads))
+}
+
+/// Writes `frames` as they are (a parked socket's WebSocket frames)
+/// without blocking. Returns the bytes the socket did not take.
+pub fn try_write_raw(stream: &std::net::TcpStream, frames: &[Bytes]) -> io::Result<Option<Bytes>> {
+    // Each `writev` takes at most `IOV_MAX` buffers: the rest follow.
+    try_write_slices(stream, frames.iter().map(|f| IoSlice::new(f)).collect())
+}
+
+fn try_write_slices(
+    stream: &std::net::TcpStream,
+    mut slices: Vec<IoSlice<'_>>,
+) -> io::Result<Option<Bytes>> {
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match (&*stream).write_vectored(rest) {

@@ -27,6 +27,12 @@ pub enum Head {
         headers: HeaderMap,
         query: Option<String>,
     },
+    /// A WebSocket opening (`Upgrade: websocket`), served below hyper too
+    /// ([`super::socket`]).
+    WebSocket {
+        headers: HeaderMap,
+        query: Option<String>,
+    },
     /// Anything else, for hyper.
     Other,
     /// More bytes are needed.
@@ -90,9 +96,14 @@ pub fn classify(buf: &[u8]) -> Head {
         return Head::Other;
     }
     let mut map = HeaderMap::with_capacity(req.headers.len());
+    let mut websocket = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("upgrade") {
-            return Head::Other;
+            // Another protocol (h2c's upgrade): hyper's.
+            if !h.value.eq_ignore_ascii_case(b"websocket") {
+                return Head::Other;
+            }
+            websocket = true;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
@@ -101,6 +112,12 @@ pub fn classify(buf: &[u8]) -> Head {
             return Head::Other;
         };
         map.append(name, value);
+    }
+    if websocket {
+        return Head::WebSocket {
+            headers: map,
+            query,
+        };
     }
     Head::Subscribe {
         headers: map,
@@ -136,6 +153,14 @@ mod tests {
             h => panic!("{h:?}"),
         }
         assert!(matches!(classify(&sub[..20]), Head::Partial));
+        let ws = b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
+        match classify(ws) {
+            Head::WebSocket { headers, query } => {
+                assert_eq!(query.as_deref(), Some("topic=a"));
+                assert_eq!(headers["connection"], "Upgrade");
+            }
+            h => panic!("{h:?}"),
+        }
         // Another request line goes to hyper before its head is complete.
         assert!(matches!(
             classify(b"POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\nCookie: "),
@@ -154,7 +179,7 @@ mod tests {
             b"GET /.well-known/mercure?topic=a HTTP/1.0\r\n\r\n",
             b"GET /metrics HTTP/1.1\r\n\r\n",
             b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\n\r\n",
-            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
             b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             b"\x00\x01garbage\r\n\r\n",
         ] {

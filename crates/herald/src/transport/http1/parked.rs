@@ -20,6 +20,10 @@
 //!   through mio, whose descriptor tokio watches): it reports clients that
 //!   close or fail, discards bytes a client sends, and reschedules a
 //!   connection whose full socket drained.
+//!
+//! A parked WebSocket ([`super::socket`]) is served the same way, its
+//! updates written as frames and its heartbeats as pings; when its client
+//! sends anything the watcher hands it back to a task.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -36,6 +40,7 @@ use crate::hub::admission::StreamPermit;
 
 use super::chunk;
 use crate::http::policy::{discard_input, Input, WRITE_STALL};
+use crate::http::websocket::{Idle, Taken};
 use crate::hub::feed::Feed;
 use crate::hub::index::TopicIndex;
 use crate::hub::subscriber::{ParkedState, Subscriber};
@@ -50,15 +55,38 @@ const FLUSH_SLICE: usize = 64;
 /// A parked connection: what its task held, minus the task.
 pub(crate) struct Parked {
     stream: std::net::TcpStream,
-    feed: Feed,
-    /// The connection's place under the connection limit.
-    _permit: Option<StreamPermit>,
+    kind: Kind,
     /// Bytes of a chunk the socket did not take yet, and since when
     /// (boxed: rare, and every parked connection would carry its room).
     pending: Option<Box<(Bytes, Instant)>>,
     /// Registered for writability (after a first full socket).
     watch_writable: bool,
 }
+
+/// What a parked connection carries.
+enum Kind {
+    /// An event stream: its frames go out as HTTP/1.1 chunks.
+    Events {
+        feed: Feed,
+        /// The connection's place under the connection limit.
+        _permit: Option<StreamPermit>,
+    },
+    /// A WebSocket: its frames go out as they are.
+    Socket(Box<Idle>),
+}
+
+impl Kind {
+    fn feed(&self) -> &Feed {
+        match self {
+            Kind::Events { feed, .. } => feed,
+            Kind::Socket(idle) => idle.feed(),
+        }
+    }
+}
+
+/// Hands a parked socket whose client spoke back to a task: its socket,
+/// what it had not yet written, its state (see [`super::socket::resume`]).
+pub(crate) type Resume = fn(std::net::TcpStream, Option<Bytes>, Idle, Arc<Flusher>);
 
 impl std::fmt::Debug for Parked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +114,9 @@ pub struct Flusher {
     /// Registers sockets with the watcher; `None` if it could not start
     /// (connections then keep their tasks).
     watcher: OnceLock<Option<mio::Registry>>,
+    /// Takes back parked sockets whose client spoke.
+    resume: Resume,
+    me: Weak<Flusher>,
 }
 
 impl std::fmt::Debug for Flusher {
@@ -101,13 +132,19 @@ impl Flusher {
     /// Starts the flusher tasks on the current runtime, for the parked
     /// streams of `index`. One task per core the process may run on: the
     /// flusher's work is spread like the connection tasks it replaces.
-    pub fn start(index: &Arc<TopicIndex>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn start(
+        index: &Arc<TopicIndex>,
+        metrics: Arc<Metrics>,
+        resume: Resume,
+    ) -> Arc<Self> {
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let flusher = Arc::new(Self {
+        let flusher = Arc::new_cyclic(|me| Self {
             shards: (0..n).map(|_| Shard::default()).collect(),
             index: Arc::downgrade(index),
             metrics,
             watcher: OnceLock::new(),
+            resume,
+            me: me.clone(),
         });
         for i in 0..n {
             tokio::spawn(run_shard(flusher.clone(), i));
@@ -141,13 +178,15 @@ impl Flusher {
 
     fn watcher(&self) -> Option<&mio::Registry> {
         self.watcher
-            .get_or_init(|| match start_watcher(self.index.clone()) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!("cannot watch parked connections, keeping their tasks: {e}");
-                    None
-                }
-            })
+            .get_or_init(
+                || match start_watcher(self.index.clone(), self.me.clone()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!("cannot watch parked connections, keeping their tasks: {e}");
+                        None
+                    }
+                },
+            )
             .as_ref()
     }
 }
@@ -194,10 +233,33 @@ impl Flusher {
         stream: tokio::net::TcpStream,
         permit: Option<StreamPermit>,
     ) {
+        let sub = feed.subscriber().clone();
+        self.park_kind(
+            sub,
+            stream,
+            Kind::Events {
+                feed,
+                _permit: permit,
+            },
+        );
+    }
+
+    /// Parks a socket with one live subscription, as [`Flusher::park`]
+    /// parks an event stream. If it cannot be watched it is closed.
+    pub(crate) fn park_socket(self: &Arc<Self>, stream: tokio::net::TcpStream, idle: Idle) {
+        let sub = idle.feed().subscriber().clone();
+        self.park_kind(sub, stream, Kind::Socket(Box::new(idle)));
+    }
+
+    fn park_kind(
+        self: &Arc<Self>,
+        sub: Arc<Subscriber>,
+        stream: tokio::net::TcpStream,
+        kind: Kind,
+    ) {
         let Some(watcher) = self.watcher() else {
             return;
         };
-        let sub = feed.subscriber().clone();
         // Leaves tokio's reactor: the socket stays non-blocking.
         let stream = match stream.into_std() {
             Ok(s) => s,
@@ -212,8 +274,7 @@ impl Flusher {
         let mut slot = sub.parked().lock();
         *slot = Some(Box::new(Parked {
             stream,
-            feed,
-            _permit: permit,
+            kind,
             pending: None,
             watch_writable: false,
         }));
@@ -290,9 +351,15 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
             }
             Ok(false) => {
                 // Closed meanwhile (its queue overflowed, shutdown, expiry):
-                // a client that is not reading gets no more waiting.
+                // a client that is not reading gets no more waiting. A
+                // socket's task finishes the frame and says why it closes,
+                // if the client takes them within a few seconds.
                 if sub.is_closed() {
-                    end(flusher, guard, false);
+                    if matches!(p.kind, Kind::Socket(_)) {
+                        hand_back(flusher, sub, guard);
+                    } else {
+                        end(flusher, guard, false);
+                    }
                     return;
                 }
                 if since.elapsed() >= WRITE_STALL {
@@ -311,13 +378,40 @@ fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
         }
     }
     let mut out = Vec::new();
-    if !p.feed.take_live(&mut out) {
-        if p.feed.is_done() {
-            end(flusher, guard, true);
+    let taken = match &mut p.kind {
+        Kind::Events { feed, .. } => {
+            if feed.take_live(&mut out) {
+                Taken::Frames
+            } else {
+                Taken::Nothing
+            }
         }
-        return;
+        Kind::Socket(idle) => idle.take_frames(&mut out),
+    };
+    match taken {
+        Taken::Frames => {}
+        Taken::Nothing => {
+            if p.kind.feed().is_done() {
+                // A socket's task closes it with the reason's code.
+                if matches!(p.kind, Kind::Socket(_)) {
+                    hand_back(flusher, sub, guard);
+                } else {
+                    end(flusher, guard, true);
+                }
+            }
+            return;
+        }
+        Taken::NoPong => {
+            let _ = (&p.stream).write(&Idle::no_pong());
+            end(flusher, guard, false);
+            return;
+        }
     }
-    match chunk::try_write(&p.stream, &out) {
+    let written = match p.kind {
+        Kind::Events { .. } => chunk::try_write(&p.stream, &out),
+        Kind::Socket(_) => chunk::try_write_raw(&p.stream, &out),
+    };
+    match written {
         Ok(None) => {}
         Ok(Some(rest)) => {
             p.pending = Some(Box::new((rest, Instant::now())));
@@ -362,7 +456,7 @@ fn end(flusher: &Flusher, mut guard: MutexGuard<'_, Option<ParkedState>>, last_c
     if let Some(Some(w)) = flusher.watcher.get() {
         let _ = w.deregister(&mut SourceFd(&p.stream.as_raw_fd()));
     }
-    if last_chunk {
+    if last_chunk && matches!(p.kind, Kind::Events { .. }) {
         let _ = (&p.stream).write(chunk::LAST_CHUNK);
     }
     // Counted down once the connection is gone: the server waits for
@@ -391,7 +485,7 @@ fn write_pending(stream: &std::net::TcpStream, rest: &mut Bytes) -> io::Result<b
 /// readiness of its epoll instance (which tokio's own epoll reports like
 /// any descriptor), so closes are handled on the runtime's threads with
 /// no thread switch. It stops once the topic index is gone.
-fn start_watcher(index: Weak<TopicIndex>) -> io::Result<mio::Registry> {
+fn start_watcher(index: Weak<TopicIndex>, flusher: Weak<Flusher>) -> io::Result<mio::Registry> {
     let poll = mio::Poll::new()?;
     let handle = poll.registry().try_clone()?;
     // tokio deprecates its safe constructors because an arbitrary
@@ -437,6 +531,12 @@ fn start_watcher(index: Weak<TopicIndex>) -> io::Result<mio::Registry> {
                 let Some(sub) = index.get(ev.token().0 as u64) else {
                     continue;
                 };
+                // A socket whose client sent something (or went away)
+                // goes back to a task, which reads it.
+                let spoke = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                if spoke && flusher.upgrade().is_some_and(|f| unpark_socket(&f, &sub)) {
+                    continue;
+                }
                 let closed =
                     ev.is_error() || ev.is_read_closed() || (ev.is_readable() && discard(&sub));
                 if closed {
@@ -460,4 +560,43 @@ fn discard(sub: &Subscriber) -> bool {
         return false;
     };
     discard_input(|b| (&p.stream).read(b)) == Input::Closed
+}
+
+/// Hands a parked socket back to a task (see [`Resume`]); `false` when
+/// the subscriber's parked connection is not a socket.
+fn unpark_socket(flusher: &Flusher, sub: &Subscriber) -> bool {
+    let mut guard = sub.parked().lock();
+    if !parked_mut(&mut guard).is_some_and(|p| matches!(p.kind, Kind::Socket(_))) {
+        return false;
+    }
+    hand_back(flusher, sub, guard);
+    true
+}
+
+/// Takes the parked socket in `guard` off the watcher and hands it to a
+/// task: its client spoke, or its stream ended and the task closes it
+/// with the reason's code.
+fn hand_back(flusher: &Flusher, sub: &Subscriber, mut guard: MutexGuard<'_, Option<ParkedState>>) {
+    let Some(state) = guard.take() else {
+        return;
+    };
+    drop(guard);
+    let Ok(p) = state.downcast::<Parked>() else {
+        return;
+    };
+    let Parked {
+        stream,
+        kind,
+        pending,
+        ..
+    } = *p;
+    if let Some(Some(w)) = flusher.watcher.get() {
+        let _ = w.deregister(&mut SourceFd(&stream.as_raw_fd()));
+    }
+    flusher.metrics.parked_streams.dec();
+    // Wakeups go to the task again; what was queued meanwhile, it reads.
+    sub.set_unparked();
+    if let (Kind::Socket(idle), Some(me)) = (kind, flusher.me.upgrade()) {
+        (flusher.resume)(stream, pending.map(|p| p.0), *idle, me);
+    }
 }
