@@ -197,6 +197,8 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         retry: s.get("retry")?,
         retry_jitter: s.value("retry_jitter")?,
         max_body_bytes: s.value("max_body_bytes")?,
+        publish_stream_idle: s.value("publish_stream_idle")?,
+        publish_stream_updates: s.value("publish_stream_updates")?,
         max_connections: s.value("max_connections")?,
         max_streams_per_ip: s.value("max_streams_per_ip")?,
         max_streams_per_token: s.value("max_streams_per_token")?,
@@ -515,6 +517,8 @@ mod tests {
         assert_eq!(got.heartbeat, lib.heartbeat);
         assert_eq!(got.retry, lib.retry);
         assert_eq!(got.max_body_bytes, lib.max_body_bytes);
+        assert_eq!(got.publish_stream_idle, lib.publish_stream_idle);
+        assert_eq!(got.publish_stream_updates, lib.publish_stream_updates);
         assert_eq!(got.max_connections, lib.max_connections);
         assert_eq!(got.max_selectors, lib.max_selectors);
         assert_eq!(got.max_topics_per_update, lib.max_topics_per_update);

@@ -50,7 +50,12 @@ const HUB: &[Setting] = &[
         "`local`: durable store on disk; `memory`: a bounded ring, lost on restart; `redis://HOST:PORT/DB` \
          or `rediss://…`: nodes share one Redis or Valkey; `postgres://USER@HOST:PORT/DB` (or \
          `postgresql://`): nodes share one PostgreSQL; `nats://HOST:PORT`: nodes share one NATS with JetStream"),
-    text("max_body_bytes", Value("1048576"), "largest publish body in bytes (`413` beyond)"),
+    text("max_body_bytes", Value("1048576"),
+        "largest publish body in bytes (`413` beyond); in a streaming publish (`application/x-ndjson`), the largest line"),
+    text("publish_stream_idle", Value("30s"),
+        "a streaming publish that sends nothing for this long is ended (a `408` line); `0`: no limit"),
+    text("publish_stream_updates", Value("1000000"),
+        "most updates one streaming publish may carry (the line past them is answered `413` and the stream ends)"),
     text("auth_callback_url", Unset("none"),
         "the application's URL herald asks whether a request without a token may subscribe or publish (it answers with token claims)"),
     list("auth_callback_forward", Unset("`cookie`"),

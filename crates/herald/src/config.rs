@@ -41,8 +41,14 @@ pub struct HubConfig {
     /// plus this, so clients cut off together (a restart) come back apart.
     /// Zero: every stream gets `retry` as it is.
     pub retry_jitter: Duration,
-    /// Largest accepted publish body, in bytes (`413` beyond).
+    /// Largest accepted publish body, in bytes (`413` beyond); in a
+    /// streaming publish (`application/x-ndjson`), the largest line.
     pub max_body_bytes: usize,
+    /// A streaming publish that sends nothing for this long is ended.
+    /// Zero: no limit.
+    pub publish_stream_idle: Duration,
+    /// Most updates one streaming publish may carry.
+    pub publish_stream_updates: usize,
     /// Most topics in one update.
     pub max_topics_per_update: usize,
     /// Most selectors in one subscription request.
@@ -156,6 +162,8 @@ impl Default for HubConfig {
             retry: None,
             retry_jitter: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
+            publish_stream_idle: Duration::from_secs(30),
+            publish_stream_updates: 1_000_000,
             max_topics_per_update: 64,
             max_selectors: 64,
             queue_frames: 4096,
@@ -230,6 +238,9 @@ impl HubConfig {
     /// # Errors
     /// The first bad setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.publish_stream_updates == 0 {
+            return Err(ConfigError::NotPositive("publish_stream_updates"));
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::NotPositive("max_body_bytes"));
         }

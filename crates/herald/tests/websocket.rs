@@ -918,3 +918,42 @@ async fn sockets_work_in_an_application_serving_the_router() {
     drop(ws);
     hub.stop().await.unwrap();
 }
+
+/// A parked socket on a busy topic is not pinged (its updates keep the
+/// connection alive); when the topic goes quiet the first ping must not
+/// find it "silent for two heartbeats" and close it.
+#[tokio::test]
+async fn a_busy_spell_never_counts_as_silence() {
+    let cfg = HubConfig {
+        heartbeat: Duration::from_millis(300),
+        anonymous: true,
+        ..one_key()
+    };
+    let hub = TestHub::start(cfg).await;
+    let mut ws = connect(&hub, &format!("?topic={TOPIC}"), None).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    parked_becomes(&hub, 1).await;
+    let c = client();
+    let busy = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut sent = 0;
+    while tokio::time::Instant::now() < busy {
+        publish(&c, &hub, &[("topic", TOPIC), ("data", "busy")]).await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Quiet now: pings come, the client (reading) answers them, and the
+    // socket stays open.
+    let (mut updates, mut pings) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+        match m.unwrap().unwrap() {
+            Message::Text(_) => updates += 1,
+            Message::Ping(_) => pings += 1,
+            Message::Close(c) => panic!("closed after a busy spell: {c:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(updates, sent);
+    assert!(pings >= 2, "{pings} pings");
+    hub.stop().await.unwrap();
+}

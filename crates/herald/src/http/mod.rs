@@ -13,6 +13,8 @@ mod metadata;
 mod page;
 pub mod policy;
 pub(crate) mod publish;
+mod publish_rules;
+mod publish_stream;
 pub(crate) mod router;
 mod subscriptions_api;
 pub(crate) mod websocket;

@@ -6,6 +6,9 @@
 //! fsync with the `local` engine), in order. The answer lists their ids in
 //! the same order. `max_body_bytes` bounds a batch like any body, and a
 //! batch holds at most half of `queue_frames` updates.
+//!
+//! A third form streams: `application/x-ndjson`, one update per line,
+//! each published as its line arrives (see [`super::publish_stream`]).
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -16,6 +19,10 @@ use herald_protocol::{Update, UpdateError};
 
 use super::conn::ConnContext;
 use super::error::HttpError;
+#[cfg(feature = "fuzzing")]
+pub(crate) use super::publish_rules::id_is_valid;
+use super::publish_rules::BatchUpdate;
+use super::publish_rules::{check_rules, check_topics};
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
 use crate::engine::EngineError;
 use crate::hub::{Hub, PublishError};
@@ -74,11 +81,20 @@ async fn publish_request(
                 false
             } else if mime.eq_ignore_ascii_case("application/json") {
                 true
+            } else if mime.eq_ignore_ascii_case(super::publish_stream::NDJSON) {
+                let publisher = super::publish_stream::Publisher {
+                    hub,
+                    grants,
+                    token,
+                    ip,
+                    headers,
+                };
+                return super::publish_stream::publish(publisher, body);
             } else {
                 return Err(HttpError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "expected Content-Type: application/x-www-form-urlencoded (one update) \
-                     or application/json (a batch)",
+                    "expected Content-Type: application/x-www-form-urlencoded (one update), \
+                     application/json (a batch) or application/x-ndjson (a stream of updates)",
                 ));
             }
         }
@@ -192,98 +208,6 @@ fn authorize_publisher(
     Ok((grants, hub.token_key(headers, query_token.as_deref())))
 }
 
-/// Every topic of the update must be granted to the publisher.
-pub(crate) fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
-    for topic in &update.topics {
-        if !grants.can_publish(topic) {
-            return Err(AuthError::TopicNotAllowed(topic.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// True when a publisher may not use `topic`; see [`check_rules`].
-fn in_hub_namespace(topic: &str, base: &url::Url, draft08: bool) -> bool {
-    use herald_protocol::matcher::{is_reserved_topic, HUB_PATH};
-    if !is_reserved_topic(topic, base) {
-        return false;
-    }
-    if draft08 {
-        return true;
-    }
-    let below = base.join(topic).is_ok_and(|u| u.path() != HUB_PATH);
-    let names_the_hub = topic.starts_with('/') || url::Url::parse(topic).is_ok();
-    below || names_the_hub
-}
-
-/// Longest topic a publisher may use, in bytes.
-pub(crate) const MAX_TOPIC_LEN: usize = 4096;
-
-/// Longest update id a publisher may give, in bytes (a resume cursor must
-/// fit in a `Last-Event-ID` header).
-pub(crate) const MAX_ID_LEN: usize = 1024;
-
-/// The publishing rules of Mercure 1.0, applied to publishers of both
-/// revisions because they protect subscribers of both:
-///
-/// - `*` is the wildcard matcher, so a topic named `*` could not be
-///   selected alone (400);
-/// - topics in the hub's own `/.well-known/mercure` namespace, once
-///   resolved against the hub's URL, are the hub's (subscription events),
-///   so a publisher cannot forge them (403). For a draft-08 publisher that
-///   is the whole namespace, as Mercure 1.0 says; a draft-07 publisher
-///   keeps the relative topics that merely resolve to the hub's URL itself
-///   (`#general`, `?room=1`, `mercure`), which draft-07 allowed and which
-///   no subscription event uses;
-/// - the event type `mercure` marks subscription events (400);
-/// - an id starting with `#` is reserved for ids the hub generates, and ids
-///   and topics have length limits (400).
-pub(crate) fn check_rules(hub: &Hub, update: &Update, draft08: bool) -> Result<(), HttpError> {
-    // The event-stream rules first: an empty topic is a bad topic, not the
-    // hub's own URL.
-    update
-        .validate(hub.config().max_topics_per_update)
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
-    for topic in &update.topics {
-        if topic == herald_protocol::matcher::WILDCARD {
-            return Err(HttpError::bad_request(
-                "topic \"*\" is reserved for the wildcard matcher",
-            ));
-        }
-        if topic.len() > MAX_TOPIC_LEN {
-            return Err(HttpError::bad_request(format!(
-                "topic longer than {MAX_TOPIC_LEN} bytes"
-            )));
-        }
-        if in_hub_namespace(topic, &hub.config().public_url, draft08) {
-            return Err(HttpError::new(
-                StatusCode::FORBIDDEN,
-                format!("topic {topic:?} is in the hub's reserved /.well-known/mercure namespace"),
-            ));
-        }
-    }
-    if update.event_type.as_deref() == Some(crate::hub::active::EVENT_TYPE) {
-        return Err(HttpError::bad_request(
-            "type \"mercure\" is reserved for subscription events",
-        ));
-    }
-    if update.id.starts_with('#') {
-        return Err(HttpError::bad_request("id must not start with '#'"));
-    }
-    if update.id.len() > MAX_ID_LEN {
-        return Err(HttpError::bad_request(format!(
-            "id longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// The id rules of [`check_rules`] that do not depend on the hub.
-#[cfg(feature = "fuzzing")]
-pub(crate) fn id_is_valid(id: &str) -> bool {
-    !id.starts_with('#') && id.len() <= MAX_ID_LEN
-}
-
 /// Builds an update from form fields. `topic` may repeat (the first is the
 /// canonical topic); `private` counts by presence, as in Mercure.
 pub(crate) fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, HttpError> {
@@ -317,24 +241,6 @@ pub(crate) fn update_from_form(fields: Vec<(String, String)>) -> Result<Update, 
     Ok(u)
 }
 
-/// One update of a batch. Unknown fields are refused, so a misspelt
-/// `private` or `topics` is an error rather than a public update.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchUpdate {
-    topics: Vec<String>,
-    #[serde(default)]
-    data: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default, rename = "type")]
-    event_type: Option<String>,
-    #[serde(default)]
-    retry: Option<u64>,
-    #[serde(default)]
-    private: bool,
-}
-
 /// Most updates in one batch: half a subscriber's queue, so one batch to a
 /// topic never overflows the queues of its live subscribers (which would
 /// disconnect them all at once).
@@ -359,17 +265,8 @@ pub(crate) fn updates_from_json(body: &[u8], max: usize) -> Result<Vec<Update>, 
         .into_iter()
         .enumerate()
         .map(|(i, b)| {
-            if b.topics.is_empty() {
-                return Err(HttpError::bad_request(format!("update {i}: missing topic")));
-            }
-            Ok(Update {
-                id: b.id.unwrap_or_default(),
-                topics: b.topics,
-                data: b.data,
-                event_type: b.event_type.filter(|t| !t.is_empty()),
-                retry: b.retry,
-                private: b.private,
-            })
+            b.into_update()
+                .map_err(|e| HttpError::bad_request(format!("update {i}: {}", e.reason)))
         })
         .collect()
 }

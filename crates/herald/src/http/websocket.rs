@@ -124,26 +124,31 @@ fn encode(stored: &Stored) -> SocketEncoding {
     // Everything after the opening brace: each subscription writes its own
     // beginning.
     rest.remove(0);
-    let binary = binary.map(|(_, bytes)| Bytes::from(bytes));
-    let len = URL_PREFIX.len() + rest.len() + binary.as_ref().map_or(0, |b| 1 + b.len());
-    let opcode = if binary.is_some() {
+    let bytes = binary.map(|(_, bytes)| bytes);
+    let len = URL_PREFIX.len() + rest.len() + bytes.as_ref().map_or(0, |b| 1 + b.len());
+    let opcode = if bytes.is_some() {
         wsframe::BINARY
     } else {
         wsframe::TEXT
     };
+    // One buffer: the URL subscription's whole frame, of which the
+    // message's rest and the binary payload are slices.
     let frame_head = wsframe::Head::new(opcode, len);
+    let start = frame_head.as_bytes().len() + URL_PREFIX.len();
     let mut url_frame = BytesMut::with_capacity(frame_head.as_bytes().len() + len);
     url_frame.put_slice(frame_head.as_bytes());
     url_frame.put_slice(URL_PREFIX.as_bytes());
     url_frame.put_slice(rest.as_bytes());
-    if let Some(b) = &binary {
+    if let Some(b) = &bytes {
         url_frame.put_u8(b'\n');
         url_frame.put_slice(b);
     }
+    let url_frame = url_frame.freeze();
+    let end = start + rest.len();
     SocketEncoding {
-        rest: Bytes::from(rest),
-        binary,
-        url_frame: url_frame.freeze(),
+        rest: url_frame.slice(start..end),
+        binary: bytes.map(|_| url_frame.slice(end + 1..)),
+        url_frame,
     }
 }
 
@@ -664,6 +669,10 @@ struct Session {
     expires: Option<Instant>,
     /// When the client last sent anything (a pong included).
     last_heard: Instant,
+    /// The first ping sent while parked that the client has not answered
+    /// yet (parked sockets are pinged only when quiet, so `last_heard`
+    /// alone would say nothing of a busy topic's sockets).
+    ping_sent: Option<Instant>,
 }
 
 impl Session {
@@ -717,9 +726,16 @@ impl Idle {
         if !self.feed.take_live(&mut frames) {
             return Taken::Nothing;
         }
-        let heartbeat = self.session.opening.hub.config().heartbeat;
-        if frames.ping && self.session.last_heard.elapsed() > heartbeat * 2 {
-            return Taken::NoPong;
+        if frames.ping {
+            // A ping goes out a heartbeat after the last one while the
+            // client stays silent: the third finds the first unanswered
+            // for two heartbeats (less a quarter, the ticker's step).
+            let heartbeat = self.session.opening.hub.config().heartbeat;
+            match self.session.ping_sent {
+                Some(at) if at.elapsed() >= heartbeat * 7 / 4 => return Taken::NoPong,
+                Some(_) => {}
+                None => self.session.ping_sent = Some(Instant::now()),
+            }
         }
         Taken::Frames
     }
@@ -792,6 +808,7 @@ pub(crate) async fn run<W: Wire>(socket: W, mut opening: Opening) {
         overflow: CancellationToken::new(),
         expires,
         last_heard: Instant::now(),
+        ping_sent: None,
     });
     let mut subs = Subscriptions::default();
     if let Some(first) = first {
@@ -891,6 +908,9 @@ async fn serve<W: Wire>(mut socket: W, mut session: Box<Session>, mut subs: Subs
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut early = None;
+        // After a client message the wire is flushed even with nothing to
+        // say: a pong it answered, or what it had not written when parked.
+        let flush = matches!(step, Step::In(_));
         match step {
             Step::Sub(first) => {
                 let mut event = Some(first);
@@ -969,6 +989,7 @@ async fn serve<W: Wire>(mut socket: W, mut session: Box<Session>, mut subs: Subs
             }
             Step::In(m) => {
                 session.last_heard = Instant::now();
+                session.ping_sent = None;
                 let ctx = session.context();
                 match m {
                     Message::Text(text) => {
@@ -991,8 +1012,13 @@ async fn serve<W: Wire>(mut socket: W, mut session: Box<Session>, mut subs: Subs
                             )),
                         }
                     }
-                    Message::Close(_) => {
-                        let _ = socket.send(Message::Close(None)).await;
+                    Message::Close(frame) => {
+                        // The client's code, echoed (RFC 6455, 5.5.1).
+                        let echo = frame.map(|f| CloseFrame {
+                            code: f.code,
+                            reason: Utf8Bytes::from_static(""),
+                        });
+                        let _ = socket.send(Message::Close(echo)).await;
                         return;
                     }
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -1008,7 +1034,7 @@ async fn serve<W: Wire>(mut socket: W, mut session: Box<Session>, mut subs: Subs
         let closes = batch.iter().any(|m| matches!(m, Message::Close(_)));
         let wrote = match early {
             Some(w) => w,
-            None if batch.is_empty() => continue,
+            None if batch.is_empty() && !flush => continue,
             None => write(&mut socket, batch, write_within, &overflow, &stop).await,
         };
         match wrote {
@@ -1296,10 +1322,10 @@ impl Context<'_> {
             retry: p.retry,
             private: p.private,
         };
-        if let Err(e) = super::publish::check_rules(hub, &update, grants.is_access_token()) {
+        if let Err(e) = super::publish_rules::check_rules(hub, &update, grants.is_access_token()) {
             return fail(e.status, &e.reason);
         }
-        if let Err(e) = super::publish::check_topics(grants, &update) {
+        if let Err(e) = super::publish_rules::check_topics(grants, &update) {
             hub.metrics().auth_failed("publish", &e);
             let e = HttpError::auth(hub, &e);
             return fail(e.status, &e.reason);

@@ -84,6 +84,12 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// Whether a client may close with `code` (RFC 6455, 7.4): the defined
+/// codes it may send, and those of the registry and of applications.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Why a client's bytes are not a valid frame: the close code to answer
 /// with, and a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +141,11 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Invalid> {
             }
             let mut b = [0u8; 8];
             b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
+            let len = u64::from_be_bytes(b);
+            if len >> 63 != 0 {
+                return Err(Invalid(PROTOCOL_ERROR, "the length's top bit is set"));
+            }
+            (len, 10)
         }
         n => (u64::from(n), 2),
     };
@@ -151,7 +161,9 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Invalid> {
     };
     let head = at + 4;
     if buf.len() < head + len {
-        buf.reserve(head + len - buf.len());
+        // Room for what is coming, a chunk at a time: a header alone
+        // never makes the hub set aside the length it claims.
+        buf.reserve((head + len - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];

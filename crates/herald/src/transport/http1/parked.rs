@@ -268,8 +268,10 @@ impl Flusher {
                 return;
             }
         };
-        // Stored before the watcher sees the socket, so its first event
-        // finds it (stray bytes are drained at once).
+        // Stored, counted and marked parked before the watcher sees the
+        // socket, all under the slot's lock: its first event (stray bytes,
+        // or a socket's client speaking, which takes it back at once)
+        // finds it complete.
         let fd = stream.as_raw_fd();
         let mut slot = sub.parked().lock();
         *slot = Some(Box::new(Parked {
@@ -278,20 +280,22 @@ impl Flusher {
             pending: None,
             watch_writable: false,
         }));
+        self.metrics.parked_streams.inc();
+        sub.set_parked();
         if let Err(e) = watcher.register(
             &mut SourceFd(&fd),
             Token(sub.id as usize),
             Interest::READABLE,
         ) {
             let parked = slot.take();
+            sub.set_unparked();
+            self.metrics.parked_streams.dec();
             drop(slot);
             tracing::warn!(subscriber = sub.id, "cannot watch stream, closing it: {e}");
             drop(parked);
             return;
         }
         drop(slot);
-        self.metrics.parked_streams.inc();
-        sub.set_parked();
         // Frames queued while parking woke the task that just left.
         self.schedule(&sub);
     }
@@ -580,6 +584,10 @@ fn hand_back(flusher: &Flusher, sub: &Subscriber, mut guard: MutexGuard<'_, Opti
     let Some(state) = guard.take() else {
         return;
     };
+    // Wakeups go to the task again (what was queued meanwhile, it reads),
+    // before anyone can park it anew.
+    sub.set_unparked();
+    flusher.metrics.parked_streams.dec();
     drop(guard);
     let Ok(p) = state.downcast::<Parked>() else {
         return;
@@ -593,9 +601,6 @@ fn hand_back(flusher: &Flusher, sub: &Subscriber, mut guard: MutexGuard<'_, Opti
     if let Some(Some(w)) = flusher.watcher.get() {
         let _ = w.deregister(&mut SourceFd(&stream.as_raw_fd()));
     }
-    flusher.metrics.parked_streams.dec();
-    // Wakeups go to the task again; what was queued meanwhile, it reads.
-    sub.set_unparked();
     if let (Kind::Socket(idle), Some(me)) = (kind, flusher.me.upgrade()) {
         (flusher.resume)(stream, pending.map(|p| p.0), *idle, me);
     }

@@ -107,6 +107,7 @@ pub(crate) fn resume(
     let mut socket = RawSocket::new(stream, max, Some(flusher));
     if let Some(rest) = pending {
         socket.out.push_back(rest);
+        socket.front_started = true;
     }
     tokio::spawn(websocket::resume(socket, idle));
 }
@@ -150,8 +151,11 @@ pub struct RawSocket {
     read: BytesMut,
     /// A fragmented message begun: text or binary, its bytes so far.
     partial: Option<(bool, BytesMut)>,
-    /// Frame heads and payloads not yet written, in order.
+    /// Frames not yet written, in order, one buffer each.
     out: VecDeque<Bytes>,
+    /// The first of `out` is partly written: a close frame must wait for
+    /// its end.
+    front_started: bool,
     max_message: usize,
     /// Parks the socket once it waits; `None` when streams are not parked.
     flusher: Option<Arc<Flusher>>,
@@ -167,19 +171,19 @@ impl RawSocket {
             read: BytesMut::new(),
             partial: None,
             out: VecDeque::new(),
+            front_started: false,
             max_message,
             flusher,
             unread: true,
         }
     }
 
-    fn queue(&mut self, opcode: u8, payload: Bytes) {
-        self.out.push_back(Bytes::copy_from_slice(
-            wsframe::Head::new(opcode, payload.len()).as_bytes(),
-        ));
-        if !payload.is_empty() {
-            self.out.push_back(payload);
-        }
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let head = wsframe::Head::new(opcode, payload.len());
+        let mut frame = BytesMut::with_capacity(head.as_bytes().len() + payload.len());
+        frame.extend_from_slice(head.as_bytes());
+        frame.extend_from_slice(payload);
+        self.out.push_back(frame.freeze());
     }
 
     /// Writes what the socket takes now, without waiting.
@@ -208,8 +212,10 @@ impl RawSocket {
                 if n >= front.len() {
                     n -= front.len();
                     self.out.pop_front();
+                    self.front_started = false;
                 } else {
                     let _ = front.split_to(n);
+                    self.front_started = true;
                     n = 0;
                 }
             }
@@ -220,7 +226,10 @@ impl RawSocket {
     /// Answers a protocol failure with its close frame (if the socket
     /// takes it now): the socket then ends.
     fn fail(&mut self, invalid: Invalid) -> axum::Error {
+        // A frame begun goes out whole first; the others are dropped.
+        let begun = self.out.pop_front().filter(|_| self.front_started);
         self.out.clear();
+        self.out.extend(begun);
         self.out
             .push_back(wsframe::close_frame(invalid.0, invalid.1));
         self.write_now();
@@ -240,7 +249,7 @@ impl RawSocket {
         };
         match frame.opcode {
             wsframe::PING => {
-                self.queue(wsframe::PONG, frame.payload.clone());
+                self.queue(wsframe::PONG, &frame.payload);
                 self.write_now();
                 Ok(Some(Message::Ping(frame.payload)))
             }
@@ -250,6 +259,9 @@ impl RawSocket {
                 let close = match p.len() {
                     0 => None,
                     1 => return Err(Invalid(wsframe::PROTOCOL_ERROR, "malformed close frame")),
+                    _ if !wsframe::valid_close_code(u16::from_be_bytes([p[0], p[1]])) => {
+                        return Err(Invalid(wsframe::PROTOCOL_ERROR, "invalid close code"));
+                    }
                     _ => Some(CloseFrame {
                         code: u16::from_be_bytes([p[0], p[1]]),
                         reason: Utf8Bytes::try_from(p.slice(2..)).map_err(|_| {
@@ -352,7 +364,7 @@ impl Sink<Message> for RawSocket {
                 return Ok(());
             }
         };
-        this.queue(opcode, payload);
+        this.queue(opcode, &payload);
         Ok(())
     }
 
