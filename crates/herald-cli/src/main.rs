@@ -1,6 +1,7 @@
 //! The `herald` command: a thin layer over the `herald` library.
 
 mod bench;
+mod bridge;
 mod publish;
 mod serve;
 mod settings;
@@ -29,6 +30,8 @@ enum Command {
     Token(token::Args),
     /// Measure a hub: subscribers, publishers, deliveries/s and latency.
     Bench(bench::Args),
+    /// Publish events from a database or broker to a hub, in the foreground.
+    Bridge(bridge::Args),
 }
 
 fn main() {
@@ -50,6 +53,7 @@ fn main() {
             Command::Tail(args) => tail::run(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Bridge(args) => bridge::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -346,7 +346,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     })
 }
 
-fn init_logs(filter: &str, json: bool) -> anyhow::Result<()> {
+pub(crate) fn init_logs(filter: &str, json: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
     let builder = tracing_subscriber::fmt()

@@ -1,0 +1,225 @@
+//! PostgreSQL into a hub.
+//!
+//! - **NOTIFY** (`--channel`, repeatable): each notification on a channel
+//!   becomes an update. Fire-and-forget, as NOTIFY itself is: what is
+//!   notified while the bridge is not connected is not seen.
+//! - **Outbox** (`--outbox TABLE`): the application inserts rows
+//!   `(channel, payload)` into the table in its own transactions; the
+//!   bridge publishes them in id order and deletes each only once the hub
+//!   has appended it. Each row's update id is `TABLE:ID`, so a row
+//!   published before a crash and read again is refused by the hub as a
+//!   duplicate and deleted: at least once, never twice (while the hub's
+//!   history still holds the id). The bridge creates the table, and a
+//!   trigger that notifies it of inserts, if they do not exist; it also
+//!   reads the table every `--poll`, in case a notification is missed.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls};
+
+use super::shared::{dead_letter, Backoff, Hub, Mapping, Published, Target};
+
+/// Rows read from an outbox at a time.
+const OUTBOX_BATCH: i64 = 100;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The PostgreSQL to read, e.g. `postgres://app@127.0.0.1:5432/app`.
+    #[arg(long, value_name = "URL", env = "HERALD_BRIDGE_POSTGRES")]
+    postgres: String,
+    /// A NOTIFY channel to listen on (repeatable).
+    #[arg(
+        long = "channel",
+        value_name = "NAME",
+        required_unless_present = "outbox",
+        conflicts_with = "outbox"
+    )]
+    channels: Vec<String>,
+    /// An outbox table to publish and empty (created if missing).
+    #[arg(long, value_name = "TABLE")]
+    outbox: Option<String>,
+    /// How often the outbox is read when no insert is notified.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    poll: Duration,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::settings::parse_duration(s).map_err(|e| format!("{e:#}"))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mapping = args.target.mapping();
+    let hub = Hub::new(&args.target)?;
+    match &args.outbox {
+        Some(table) => {
+            if !is_identifier(table) {
+                bail!("--outbox {table:?}: a table name is letters, digits and _, not starting with a digit");
+            }
+            outbox(&args, table, &mapping, &hub).await
+        }
+        None => notify(&args, &mapping, &hub).await,
+    }
+}
+
+/// A plain SQL identifier, safe to write unquoted.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// Connects, runs `setup`, and returns the client and the notifications
+/// (channel, payload) as they come; the receiver ends with the connection.
+async fn connect(
+    url: &str,
+    setup: &str,
+) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<(String, String)>)> {
+    let (client, mut connection) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+            .await
+            .context("PostgreSQL did not answer within 10 s")?
+            .context("cannot connect to PostgreSQL")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!("PostgreSQL connection failed: {e}");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client
+        .batch_execute(setup)
+        .await
+        .context("cannot set the source up")?;
+    Ok((client, rx))
+}
+
+/// `LISTEN "name"`, quoted.
+fn listen(channel: &str) -> String {
+    format!("LISTEN \"{}\";", channel.replace('"', "\"\""))
+}
+
+async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()> {
+    let setup: String = args.channels.iter().map(|c| listen(c)).collect();
+    let mut backoff = Backoff::new();
+    loop {
+        let (_client, mut events) = match connect(&args.postgres, &setup).await {
+            Ok(c) => c,
+            Err(e) => {
+                backoff.wait("PostgreSQL source", &e).await;
+                continue;
+            }
+        };
+        tracing::info!(channels = ?args.channels, "listening");
+        backoff.reset();
+        while let Some((channel, payload)) = events.recv().await {
+            let update = match mapping.update(&channel, &payload, None) {
+                Ok(u) => u,
+                Err(reason) => {
+                    dead_letter(&channel, None, &payload, &reason);
+                    continue;
+                }
+            };
+            // The hub down: this event waits (later ones queue behind it).
+            let mut hub_backoff = Backoff::new();
+            loop {
+                match hub.publish(&update).await {
+                    Ok(Published::Appended | Published::Duplicate) => break,
+                    Ok(Published::Refused(reason)) => {
+                        dead_letter(&channel, None, &payload, &reason);
+                        break;
+                    }
+                    Err(e) => hub_backoff.wait("hub", &e).await,
+                }
+            }
+        }
+        let e = anyhow::anyhow!("the connection ended");
+        backoff.wait("PostgreSQL source", &e).await;
+    }
+}
+
+async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()> {
+    let setup = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+             id bigserial PRIMARY KEY,
+             channel text NOT NULL DEFAULT '',
+             payload text NOT NULL,
+             created_at timestamptz NOT NULL DEFAULT now());
+         CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_notify('{table}', ''); RETURN NULL; END $$;
+         CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
+             FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
+         {}",
+        listen(table)
+    );
+    let select =
+        format!("SELECT id, channel, payload FROM {table} ORDER BY id LIMIT {OUTBOX_BATCH}");
+    let delete = format!("DELETE FROM {table} WHERE id = ANY($1)");
+    let mut backoff = Backoff::new();
+    loop {
+        let (client, mut wakeups) = match connect(&args.postgres, &setup).await {
+            Ok(c) => c,
+            Err(e) => {
+                backoff.wait("PostgreSQL outbox", &e).await;
+                continue;
+            }
+        };
+        tracing::info!(table, "reading the outbox");
+        let result: anyhow::Result<()> = async {
+            loop {
+                let rows = client.query(select.as_str(), &[]).await?;
+                backoff.reset();
+                let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: i64 = row.get(0);
+                    let channel: String = row.get(1);
+                    let payload: String = row.get(2);
+                    let position = format!("{table}:{id}");
+                    match mapping.update(&channel, &payload, Some(&position)) {
+                        Err(reason) => dead_letter(table, Some(&position), &payload, &reason),
+                        Ok(update) => match hub.publish(&update).await {
+                            Ok(Published::Appended | Published::Duplicate) => {}
+                            Ok(Published::Refused(reason)) => {
+                                dead_letter(table, Some(&position), &payload, &reason);
+                            }
+                            Err(e) => {
+                                // Rows published so far go; this one stays.
+                                client.execute(delete.as_str(), &[&done]).await?;
+                                return Err(e);
+                            }
+                        },
+                    }
+                    done.push(id);
+                }
+                if !done.is_empty() {
+                    client.execute(delete.as_str(), &[&done]).await?;
+                }
+                if rows.len() < OUTBOX_BATCH as usize {
+                    // Caught up: until an insert is notified, or the poll.
+                    if let Ok(None) = tokio::time::timeout(args.poll, wakeups.recv()).await {
+                        bail!("the connection ended");
+                    }
+                    while wakeups.try_recv().is_ok() {}
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            backoff.wait("PostgreSQL outbox", &e).await;
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `herald bridge postgres` against the machine's PostgreSQL
+//! (HERALD_TEST_POSTGRES_URL; skipped without it) and a real `herald
+//! serve`: NOTIFY payloads mapped to topics, bad payloads to the
+//! dead-letter log, and an outbox table published at least once and never
+//! twice across a bridge killed mid-stream.
+
+mod common;
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use herald::auth::{sign, Claims, KeyConfig, MercureClaim};
+use herald_protocol::sse::{Item, Parser};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+const SECRET: &str = "bridge-test-secret-bridge-test-secret";
+
+fn pg_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    }
+    url
+}
+
+fn publisher_token() -> String {
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: Some(vec!["*".into()]),
+            ..MercureClaim::default()
+        },
+        ..Claims::default()
+    };
+    sign(&claims, &KeyConfig::hmac(SECRET)).unwrap()
+}
+
+/// A child process killed on drop, its stderr kept.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("HERALD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push_str(&text);
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `needle`.
+    async fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within 15 s: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hub on a free port: its process and its URL.
+async fn hub() -> (Proc, String) {
+    let p = Proc::spawn(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--publisher-jwt",
+        SECRET,
+        "--log",
+        "info",
+    ]);
+    p.wait_for("herald listening on").await;
+    let addr = p.stderr().lines().find_map(common::listening_addr).unwrap();
+    (p, format!("http://{addr}/.well-known/mercure"))
+}
+
+/// The (id, data) of the events on `topic`, as they come.
+async fn subscribe(
+    hub: &str,
+    topic: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    let res = reqwest::Client::new()
+        .get(hub)
+        .query(&[("topic", topic)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = res.bytes_stream();
+        let mut parser = Parser::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            for item in parser.feed(&chunk) {
+                if let Item::Event(e) = item {
+                    let _ = tx.send((e.id, e.data));
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream open")
+}
+
+async fn postgres(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn notify_payloads_become_updates_and_bad_ones_dead_letters() {
+    let Some(pg) = pg_url() else { return };
+    let (_hub, url) = hub().await;
+    let channel = unique("orders");
+    let token = publisher_token();
+    let bridge = Proc::spawn(&[
+        "bridge",
+        "postgres",
+        "--postgres",
+        &pg,
+        "--channel",
+        &channel,
+        "--hub",
+        &url,
+        "--token",
+        &token,
+        "--payload",
+        "json",
+        "--topic",
+        "https://example.com/orders/{order}",
+        "--type",
+        "order",
+    ]);
+    bridge.wait_for("listening").await;
+    let mut events = subscribe(&url, "https://example.com/orders/{order}").await;
+    let db = postgres(&pg).await;
+    let notify = |payload: &str| format!("NOTIFY {channel}, '{payload}'");
+    db.batch_execute(&notify(r#"{"order": 7, "data": "shipped"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut events).await.1, "shipped");
+    db.batch_execute(&notify("not json")).await.unwrap();
+    db.batch_execute(&notify(r#"{"data": "no order for the topic"}"#))
+        .await
+        .unwrap();
+    db.batch_execute(&notify(r#"{"order": 8, "data": {"total": 3}}"#))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut events).await.1, r#"{"total":3}"#);
+    let log = bridge.stderr();
+    assert!(log.contains("herald::dead_letter"), "{log}");
+    assert!(log.contains("not JSON"), "{log}");
+    assert!(log.contains("no order for the topic template"), "{log}");
+}
+
+#[tokio::test]
+async fn an_outbox_is_published_once_across_a_killed_bridge() {
+    let Some(pg) = pg_url() else { return };
+    let (_hub, url) = hub().await;
+    let table = unique("outbox");
+    let token = publisher_token();
+    let args = |table: &str| -> Vec<String> {
+        [
+            "bridge",
+            "postgres",
+            "--postgres",
+            &pg,
+            "--outbox",
+            table,
+            "--hub",
+            &url,
+            "--token",
+            &token,
+            "--topic",
+            "https://example.com/log/{channel}",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let spawn = |table: &str| {
+        let a = args(table);
+        Proc::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut events = subscribe(&url, "https://example.com/log/app").await;
+    let db = postgres(&pg).await;
+
+    let bridge = spawn(&table);
+    bridge.wait_for("reading the outbox").await;
+    // Rows keep coming, every 10 ms, while the bridge is killed
+    // (SIGKILL: no goodbye) after the fifth is out, and while it is down.
+    let insert = format!("INSERT INTO {table} (channel, payload) VALUES ('app', $1)");
+    let writer = {
+        let (pg, insert) = (pg.clone(), insert.clone());
+        tokio::spawn(async move {
+            let db = postgres(&pg).await;
+            for i in 0..40 {
+                db.execute(insert.as_str(), &[&format!("row {i}")])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next(&mut events).await);
+    }
+    drop(bridge);
+    writer.await.unwrap();
+    // One more row, whose update the hub already holds: published just
+    // before a crash, and not yet deleted.
+    let row = db
+        .query_one(
+            format!("INSERT INTO {table} (channel, payload) VALUES ('app', 'row 40') RETURNING id")
+                .as_str(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let id: i64 = row.get(0);
+    let early = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!([{
+            "topics": ["https://example.com/log/app"], "data": "row 40", "id": format!("{table}:{id}")
+        }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 200);
+
+    let bridge = spawn(&table);
+    bridge.wait_for("reading the outbox").await;
+    while seen.len() < 41 {
+        seen.push(next(&mut events).await);
+    }
+    let data: Vec<&str> = seen.iter().map(|(_, d)| d.as_str()).collect();
+    let want: Vec<String> = (0..41).map(|i| format!("row {i}")).collect();
+    // Row 40 went out before the others that were waiting: order holds
+    // for the bridge's own publishes.
+    let mut sorted = data.clone();
+    sorted.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
+    assert_eq!(sorted, want, "every row once");
+    let ids: std::collections::HashSet<&str> = seen.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids.len(), 41, "no update twice");
+    // Nothing more comes, and the table is empty.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.recv())
+            .await
+            .is_err(),
+        "an update came twice"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: i64 = db
+            .query_one(format!("SELECT count(*) FROM {table}").as_str(), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} rows left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bridge);
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}
