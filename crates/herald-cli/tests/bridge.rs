@@ -322,3 +322,43 @@ async fn an_outbox_is_published_once_across_a_killed_bridge() {
     .await
     .unwrap();
 }
+
+#[test]
+fn bad_arguments_are_refused_with_a_message() {
+    let out = Command::new(BIN)
+        .args([
+            "bridge",
+            "postgres",
+            "--postgres",
+            "nonsense://x",
+            "--channel",
+            "c",
+            "--token",
+            "t",
+            "--topic",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid connection string"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "bridge",
+            "postgres",
+            "--postgres",
+            "postgres://x",
+            "--outbox",
+            "Bad-Name",
+            "--token",
+            "t",
+            "--topic",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a table name is"), "{err}");
+}

@@ -52,6 +52,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Err(e) = args.postgres.parse::<tokio_postgres::Config>() {
+        bail!("--postgres {:?}: {e}", args.postgres);
+    }
     let mapping = args.target.mapping();
     let hub = Hub::new(&args.target)?;
     match &args.outbox {

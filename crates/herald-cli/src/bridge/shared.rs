@@ -20,7 +20,7 @@ pub struct Target {
     #[arg(long, value_name = "JWT", env = "HERALD_TOKEN", hide_env_values = true)]
     token: String,
     /// The topic of each update: a template over `{channel}` and the
-    /// fields of a JSON payload, e.g. `https://example.com/orders/{id}`.
+    /// fields of a JSON payload, e.g. `https://example.com/orders/{order}`.
     #[arg(long, value_name = "TEMPLATE")]
     topic: String,
     /// `data`: the payload is the update's data. `json`: the payload is a
