@@ -202,6 +202,42 @@ async fn notify_payloads_become_updates_and_bad_ones_dead_letters() {
     assert!(log.contains("herald::dead_letter"), "{log}");
     assert!(log.contains("not JSON"), "{log}");
     assert!(log.contains("no order for the topic template"), "{log}");
+
+    // A token the hub refuses: nothing will pass, so the bridge exits.
+    let mut refused = Proc::spawn(&[
+        "bridge",
+        "postgres",
+        "--postgres",
+        &pg,
+        "--channel",
+        &channel,
+        "--hub",
+        &url,
+        "--token",
+        "not-a-token",
+        "--topic",
+        "https://example.com/x",
+    ]);
+    refused.wait_for("listening").await;
+    db.batch_execute(&notify("hello")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = refused.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            refused.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        refused.stderr().contains("refused the bridge's token"),
+        "{}",
+        refused.stderr()
+    );
 }
 
 #[tokio::test]

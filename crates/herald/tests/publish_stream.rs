@@ -51,6 +51,16 @@ impl Stream {
         }
     }
 
+    /// Sends bytes as they are (part of a line).
+    async fn send_raw(&mut self, bytes: &str) {
+        self.lines
+            .as_ref()
+            .unwrap()
+            .send(Ok(bytes.to_owned()))
+            .await
+            .unwrap();
+    }
+
     async fn send(&mut self, line: &str) {
         self.lines
             .as_ref()
@@ -178,6 +188,15 @@ async fn the_limits_end_what_they_must() {
     let a = s.answer().await.unwrap();
     assert_eq!(a["line"], 2);
     assert!(a["id"].is_string(), "{a}");
+    // Also when it comes in pieces, answered before its end.
+    s.send_raw(&"y".repeat(200)).await;
+    s.send_raw(&"y".repeat(200)).await;
+    let a = s.answer().await.unwrap();
+    assert_eq!(
+        (a["line"].as_u64(), a["status"].as_u64()),
+        (Some(3), Some(413))
+    );
+    s.send_raw(&format!("{}\n", "y".repeat(200))).await;
 
     // At most 3 updates: the fourth ends the stream (the refused line
     // does not count).
@@ -189,7 +208,7 @@ async fn the_limits_end_what_they_must() {
     let a = s.answer().await.unwrap();
     assert_eq!(
         (a["line"].as_u64(), a["status"].as_u64()),
-        (Some(5), Some(413))
+        (Some(6), Some(413))
     );
     assert_eq!(s.answer().await, None);
 

@@ -23,6 +23,9 @@ use super::shared::{dead_letter, Backoff, Hub, Mapping, Published, Target};
 
 /// Rows read from an outbox at a time.
 const OUTBOX_BATCH: i64 = 100;
+/// Notifications held while the hub is slow or down; past them they go
+/// to the dead-letter log (NOTIFY is fire-and-forget anyway).
+const NOTIFY_QUEUE: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -68,7 +71,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// A plain SQL identifier, safe to write unquoted.
+/// A plain SQL identifier (written quoted all the same, so a reserved
+/// word works too).
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 48
@@ -77,23 +81,43 @@ fn is_identifier(s: &str) -> bool {
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
+/// Why a connection could not be set up.
+enum ConnectError {
+    /// Down, or refused us: try again later.
+    Retry(anyhow::Error),
+    /// The setup itself is wrong (a syntax or feature error): it will
+    /// never work.
+    Fatal(anyhow::Error),
+}
+
 /// Connects, runs `setup`, and returns the client and the notifications
 /// (channel, payload) as they come; the receiver ends with the connection.
 async fn connect(
     url: &str,
     setup: &str,
-) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<(String, String)>)> {
+) -> Result<(Client, mpsc::Receiver<(String, String)>), ConnectError> {
     let (client, mut connection) =
         tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
             .await
-            .context("PostgreSQL did not answer within 10 s")?
-            .context("cannot connect to PostgreSQL")?;
-    let (tx, rx) = mpsc::unbounded_channel();
+            .context("PostgreSQL did not answer within 10 s")
+            .and_then(|r| r.context("cannot connect to PostgreSQL"))
+            .map_err(ConnectError::Retry)?;
+    let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                    if tx
+                        .try_send((n.channel().to_owned(), n.payload().to_owned()))
+                        .is_err()
+                    {
+                        dead_letter(
+                            n.channel(),
+                            None,
+                            n.payload(),
+                            "dropped: the hub is behind and the bridge holds the most it may",
+                        );
+                    }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -104,10 +128,17 @@ async fn connect(
             }
         }
     });
-    client
-        .batch_execute(setup)
-        .await
-        .context("cannot set the source up")?;
+    if let Err(e) = client.batch_execute(setup).await {
+        let fatal = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("0A"));
+        let e = anyhow::Error::new(e).context("cannot set the source up");
+        return Err(if fatal {
+            ConnectError::Fatal(e)
+        } else {
+            ConnectError::Retry(e)
+        });
+    }
     Ok((client, rx))
 }
 
@@ -122,7 +153,8 @@ async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()>
     loop {
         let (_client, mut events) = match connect(&args.postgres, &setup).await {
             Ok(c) => c,
-            Err(e) => {
+            Err(ConnectError::Fatal(e)) => return Err(e),
+            Err(ConnectError::Retry(e)) => {
                 backoff.wait("PostgreSQL source", &e).await;
                 continue;
             }
@@ -130,13 +162,19 @@ async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()>
         tracing::info!(channels = ?args.channels, "listening");
         backoff.reset();
         while let Some((channel, payload)) = events.recv().await {
-            let update = match mapping.update(&channel, &payload, None) {
+            let mut update = match mapping.update(&channel, &payload, None) {
                 Ok(u) => u,
                 Err(reason) => {
                     dead_letter(&channel, None, &payload, &reason);
                     continue;
                 }
             };
+            // An id of its own, so a retry after an answer that was lost
+            // is refused as a duplicate rather than published twice.
+            if update.get("id").is_none() {
+                update["id"] =
+                    serde_json::Value::from(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+            }
             // The hub down: this event waits (later ones queue behind it).
             let mut hub_backoff = Backoff::new();
             loop {
@@ -145,6 +183,9 @@ async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()>
                     Ok(Published::Refused(reason)) => {
                         dead_letter(&channel, None, &payload, &reason);
                         break;
+                    }
+                    Ok(Published::Unauthorized(reason)) => {
+                        bail!("the hub refused the bridge's token: {reason}")
                     }
                     Err(e) => hub_backoff.wait("hub", &e).await,
                 }
@@ -155,28 +196,42 @@ async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()>
     }
 }
 
+/// An error that ends the bridge rather than being retried.
+#[derive(Debug)]
+struct Fatal(anyhow::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
 async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()> {
+    // Quoted: the name is checked to be plain, and may be a reserved word.
     let setup = format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+        "CREATE TABLE IF NOT EXISTS \"{table}\" (
              id bigserial PRIMARY KEY,
              channel text NOT NULL DEFAULT '',
              payload text NOT NULL,
              created_at timestamptz NOT NULL DEFAULT now());
-         CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS
+         CREATE OR REPLACE FUNCTION \"{table}_notify\"() RETURNS trigger LANGUAGE plpgsql AS
              $$ BEGIN PERFORM pg_notify('{table}', ''); RETURN NULL; END $$;
-         CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
-             FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
+         CREATE OR REPLACE TRIGGER \"{table}_notify\" AFTER INSERT ON \"{table}\"
+             FOR EACH STATEMENT EXECUTE FUNCTION \"{table}_notify\"();
          {}",
         listen(table)
     );
     let select =
-        format!("SELECT id, channel, payload FROM {table} ORDER BY id LIMIT {OUTBOX_BATCH}");
-    let delete = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        format!("SELECT id, channel, payload FROM \"{table}\" ORDER BY id LIMIT {OUTBOX_BATCH}");
+    let delete = format!("DELETE FROM \"{table}\" WHERE id = ANY($1)");
     let mut backoff = Backoff::new();
     loop {
         let (client, mut wakeups) = match connect(&args.postgres, &setup).await {
             Ok(c) => c,
-            Err(e) => {
+            Err(ConnectError::Fatal(e)) => return Err(e),
+            Err(ConnectError::Retry(e)) => {
                 backoff.wait("PostgreSQL outbox", &e).await;
                 continue;
             }
@@ -192,19 +247,46 @@ async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyho
                     let channel: String = row.get(1);
                     let payload: String = row.get(2);
                     let position = format!("{table}:{id}");
-                    match mapping.update(&channel, &payload, Some(&position)) {
-                        Err(reason) => dead_letter(table, Some(&position), &payload, &reason),
-                        Ok(update) => match hub.publish(&update).await {
-                            Ok(Published::Appended | Published::Duplicate) => {}
+                    let update = match mapping.update(&channel, &payload, Some(&position)) {
+                        Ok(u) => u,
+                        Err(reason) => {
+                            dead_letter(table, Some(&position), &payload, &reason);
+                            done.push(id);
+                            continue;
+                        }
+                    };
+                    // The hub down: this row waits, on the same connection
+                    // (the rows before it are deleted first).
+                    let mut hub_backoff = Backoff::new();
+                    loop {
+                        match hub.publish(&update).await {
+                            Ok(Published::Appended) => break,
+                            Ok(Published::Duplicate) => {
+                                tracing::warn!(
+                                    position,
+                                    "the hub already holds this row's update: deleted as published"
+                                );
+                                break;
+                            }
                             Ok(Published::Refused(reason)) => {
                                 dead_letter(table, Some(&position), &payload, &reason);
+                                break;
+                            }
+                            Ok(Published::Unauthorized(reason)) => {
+                                client.execute(delete.as_str(), &[&done]).await?;
+                                return Err(Fatal(anyhow::anyhow!(
+                                    "the hub refused the bridge's token: {reason}"
+                                ))
+                                .into());
                             }
                             Err(e) => {
-                                // Rows published so far go; this one stays.
-                                client.execute(delete.as_str(), &[&done]).await?;
-                                return Err(e);
+                                if !done.is_empty() {
+                                    client.execute(delete.as_str(), &[&done]).await?;
+                                    done.clear();
+                                }
+                                hub_backoff.wait("hub", &e).await;
                             }
-                        },
+                        }
                     }
                     done.push(id);
                 }
@@ -222,6 +304,9 @@ async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyho
         }
         .await;
         if let Err(e) = result {
+            if let Some(Fatal(e)) = e.downcast_ref::<Fatal>() {
+                bail!("{e:#}");
+            }
             backoff.wait("PostgreSQL outbox", &e).await;
         }
     }

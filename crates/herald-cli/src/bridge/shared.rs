@@ -175,6 +175,8 @@ pub enum Published {
     /// The hub refused the update itself (400, 403, 413): a bad payload,
     /// with the hub's reason.
     Refused(String),
+    /// The hub refused the bridge's token (401): nothing will pass.
+    Unauthorized(String),
 }
 
 impl Hub {
@@ -212,9 +214,7 @@ impl Hub {
             StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN | StatusCode::PAYLOAD_TOO_LARGE => {
                 Ok(Published::Refused(format!("{status}: {}", body.trim())))
             }
-            StatusCode::UNAUTHORIZED => {
-                bail!("the hub refused the bridge's token: {}", body.trim())
-            }
+            StatusCode::UNAUTHORIZED => Ok(Published::Unauthorized(body.trim().to_owned())),
             _ => bail!("the hub answered {status}: {}", body.trim()),
         }
     }

@@ -84,9 +84,13 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
         let mut published = 0usize;
         // Skipping the rest of a line already answered as too long.
         let mut skipping = false;
+        // Bytes of `buf` already searched for a newline: a line arriving
+        // a byte at a time is scanned once, not once per byte.
+        let mut scanned = 0;
         'read: loop {
-            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                let text = buf.split_to(end + 1);
+            while let Some(end) = buf[scanned..].iter().position(|&b| b == b'\n') {
+                let text = buf.split_to(scanned + end + 1);
+                scanned = 0;
                 line += 1;
                 if std::mem::take(&mut skipping) {
                     continue;
@@ -113,11 +117,13 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
                 }
                 yield Ok(answer.0);
             }
+            scanned = buf.len();
             if buf.len() > max_line {
                 if !skipping {
                     yield Ok(failed(line + 1, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line)));
                 }
                 buf.clear();
+                scanned = 0;
                 skipping = true;
             }
             let next = if idle.is_zero() {
