@@ -22,9 +22,8 @@ use super::error::HttpError;
 #[cfg(feature = "fuzzing")]
 pub(crate) use super::publish_rules::id_is_valid;
 use super::publish_rules::BatchUpdate;
-use super::publish_rules::{check_rules, check_topics};
+use super::publish_rules::{check_rules, check_topics, publish_error};
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
-use crate::engine::EngineError;
 use crate::hub::{Hub, PublishError};
 use crate::telemetry::traces;
 
@@ -168,20 +167,10 @@ async fn publish_request(
                 .unwrap_or_default();
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response())
         }
-        Err(PublishError::Invalid(e)) => Err(HttpError::bad_request(e.to_string())),
         Err(PublishError::InvalidAt(i, e)) => {
             Err(HttpError::bad_request(format!("update {i}: {e}")))
         }
-        Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
-            Err(HttpError::new(StatusCode::CONFLICT, e.to_string()))
-        }
-        Err(PublishError::Engine(e)) => {
-            tracing::error!("publish failed: {e}");
-            Err(HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            ))
-        }
+        Err(e) => Err(publish_error(e)),
     }
 }
 

@@ -8,7 +8,8 @@ use herald_protocol::Update;
 
 use super::error::HttpError;
 use crate::auth::{AuthError, Grants};
-use crate::hub::Hub;
+use crate::engine::EngineError;
+use crate::hub::{Hub, PublishError};
 
 /// Every topic of the update must be granted to the publisher.
 pub(crate) fn check_topics(grants: &Grants, update: &Update) -> Result<(), AuthError> {
@@ -134,5 +135,22 @@ impl BatchUpdate {
             retry: self.retry,
             private: self.private,
         })
+    }
+}
+
+/// The answer to a publish the hub did not take: `400` for an invalid
+/// update, `409` for an id it holds, `503` when the engine cannot append.
+pub(crate) fn publish_error(e: PublishError) -> HttpError {
+    match e {
+        PublishError::Invalid(e) | PublishError::InvalidAt(_, e) => {
+            HttpError::bad_request(e.to_string())
+        }
+        PublishError::Engine(e @ EngineError::DuplicateId(_)) => {
+            HttpError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        PublishError::Engine(e) => {
+            tracing::error!("publish failed: {e}");
+            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }

@@ -30,10 +30,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
 use super::error::HttpError;
-use super::publish_rules::{check_rules, check_topics, BatchUpdate};
+use super::publish_rules::{check_rules, check_topics, publish_error, BatchUpdate};
 use crate::auth::{self, AuthError, Grants};
-use crate::engine::EngineError;
-use crate::hub::{Hub, PublishError};
+use crate::hub::Hub;
 
 /// The media type of a streaming publish, and of its answer.
 pub(crate) const NDJSON: &str = "application/x-ndjson";
@@ -240,19 +239,7 @@ impl Publisher {
                 .first()
                 .map(|s| s.update.id.clone())
                 .unwrap_or_default()),
-            Err(PublishError::Invalid(e) | PublishError::InvalidAt(_, e)) => {
-                Err(HttpError::bad_request(e.to_string()))
-            }
-            Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
-                Err(HttpError::new(StatusCode::CONFLICT, e.to_string()))
-            }
-            Err(PublishError::Engine(e)) => {
-                tracing::error!("publish failed: {e}");
-                Err(HttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    e.to_string(),
-                ))
-            }
+            Err(e) => Err(publish_error(e)),
         }
     }
 }

@@ -59,10 +59,10 @@ use super::conn::ConnContext;
 use super::error::HttpError;
 use super::wsframe;
 use crate::auth::{self, AuthError, Grants, Role, TokenSource};
-use crate::engine::{EngineError, SocketEncoding, Stored};
+use crate::engine::{SocketEncoding, Stored};
 use crate::hub::admission::StreamPermit;
 use crate::hub::feed::{Feed, FeedSink, Revision, SubscribeError, SubscribeRequest};
-use crate::hub::{Hub, PublishError};
+use crate::hub::Hub;
 
 /// Close code of a socket whose queue overflowed: it did not read its
 /// updates fast enough. Reconnect and resume from the last id.
@@ -1340,13 +1340,10 @@ impl Context<'_> {
                 "ref": reference,
                 "id": stored.first().map(|s| s.update.id.as_str()),
             })),
-            Err(PublishError::Invalid(e) | PublishError::InvalidAt(_, e)) => {
-                fail(StatusCode::BAD_REQUEST, &e.to_string())
+            Err(e) => {
+                let e = super::publish_rules::publish_error(e);
+                fail(e.status, &e.reason)
             }
-            Err(PublishError::Engine(e @ EngineError::DuplicateId(_))) => {
-                fail(StatusCode::CONFLICT, &e.to_string())
-            }
-            Err(PublishError::Engine(e)) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
     }
 }
