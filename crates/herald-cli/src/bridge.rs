@@ -1,29 +1,48 @@
-//! `herald bridge`: events from where they already are, published to a
-//! hub. One bridge runs in the foreground against a hub URL and publishes
-//! over HTTP, so every update passes the hub's own authorization and
-//! validation, as any publisher's does.
+//! Bridges: events from where they already are, published to a hub.
 //!
-//! The first source is PostgreSQL ([`postgres`]): `LISTEN`/`NOTIFY`
-//! channels (fire-and-forget, as NOTIFY is), and an outbox table whose
-//! rows are removed only once the hub has appended them (at least once,
-//! across restarts of the bridge and of the hub; never twice, since each
-//! row's update id is its row's key and the hub refuses an id it holds).
+//! A bridge runs two ways:
+//! - `herald bridge SOURCE …` in the foreground against a hub URL, for
+//!   one-off use: it publishes over HTTP with a token;
+//! - inside `herald serve`, from `[[bridge]]` sections of the TOML file
+//!   (or `--bridge "SOURCE …"`): it publishes to the hub itself, with the
+//!   rights its `publish` selectors give, and counts its events and
+//!   failures in `/metrics` (`herald_bridge_events_total`).
 //!
-//! A source event becomes an update by a [`Mapping`]: a topic template
-//! over the channel and the payload's fields, and the payload taken as
-//! the data or as a JSON update. An event that maps to no valid update is
-//! a bad payload: it goes to the dead-letter log (target
+//! Either way every update passes the hub's own publishing rules and
+//! rights checks, as any publisher's does.
+//!
+//! A source event becomes an update by a mapping: a topic template over
+//! the channel and the payload's fields, and the payload taken as the
+//! data or as a JSON update. An event that maps to no valid update is a
+//! bad payload: it goes to the dead-letter log (target
 //! `herald::dead_letter`, with its reason) and the bridge goes on. A
 //! source that is down or refuses the bridge is retried with backoff.
+//!
+//! Sources:
+//! - [`postgres`]: `LISTEN`/`NOTIFY` channels (fire-and-forget, as NOTIFY
+//!   is), and an outbox table whose rows are removed only once the hub
+//!   has appended them (at least once, across restarts of the bridge and
+//!   of the hub; never twice, since each row's update id is its row's key
+//!   and the hub refuses an id it holds).
 
 pub mod postgres;
 pub mod shared;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::{FromArgMatches as _, Subcommand as _};
+
+use shared::{Backoff, Bridge, HubArgs, MapArgs, Sink};
 
 /// Bridge events from a source into a hub.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
     source: Source,
+    #[command(flatten)]
+    hub: HubArgs,
     /// Log filter (`RUST_LOG` syntax); bad payloads are logged at `error`
     /// under the target `herald::dead_letter`.
     #[arg(
@@ -36,16 +55,173 @@ pub struct Args {
     log: String,
 }
 
-#[derive(clap::Subcommand, Debug)]
-enum Source {
+/// Where events come from.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Source {
     /// PostgreSQL: NOTIFY channels (`--channel`), or an outbox table
     /// (`--outbox`).
     Postgres(postgres::Args),
 }
 
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    fn map(&self) -> &MapArgs {
+        match self {
+            Self::Postgres(a) => &a.map,
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(a) => a.check(),
+        }
+    }
+
+    /// Runs until a fatal error: a setup that can never work, or a token
+    /// the hub refuses.
+    async fn run(&self, bridge: Arc<Bridge>) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(a) => postgres::run(a, bridge).await,
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::serve::init_logs(&args.log, false)?;
-    match args.source {
-        Source::Postgres(a) => postgres::run(a).await,
+    args.source.check()?;
+    let sink = Sink::http(&args.hub)?;
+    let bridge = Bridge::new(
+        args.source.name().to_owned(),
+        sink,
+        args.source.map().mapping(),
+    );
+    args.source.run(Arc::new(bridge)).await
+}
+
+/// One bridge `herald serve` runs: a `[[bridge]]` section, or a
+/// `--bridge "SOURCE …"` flag, read with the same arguments as
+/// `herald bridge SOURCE …` and two of its own.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    /// Its name in logs and in `/metrics`.
+    pub name: String,
+    /// The topics it may publish to, as a token's `mercure.publish`.
+    pub publish: Vec<String>,
+    source: Source,
+}
+
+/// The arguments of one `--bridge`: a source's, plus `--name` and
+/// `--publish`.
+fn command() -> clap::Command {
+    let cmd = clap::Command::new("bridge")
+        .no_binary_name(true)
+        .subcommand_required(true)
+        .arg(
+            clap::Arg::new("name")
+                .long("name")
+                .global(true)
+                .help("the bridge's name in logs and metrics [default: its source and place]"),
+        )
+        .arg(
+            clap::Arg::new("publish")
+                .long("publish")
+                .global(true)
+                .action(clap::ArgAction::Append)
+                .help("a topic selector the bridge may publish to (repeatable) [default: *]"),
+        );
+    Source::augment_subcommands(cmd)
+}
+
+/// Reads one bridge from its arguments (`what` names it in errors).
+pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<Configured> {
+    let m = command()
+        .try_get_matches_from(argv)
+        .map_err(|e| anyhow!("{what}: {}", e.render().to_string().trim()))?;
+    let source = Source::from_arg_matches(&m).map_err(|e| anyhow!("{what}: {e}"))?;
+    source.check().with_context(|| what.to_owned())?;
+    let name = m
+        .get_one::<String>("name")
+        .cloned()
+        .unwrap_or_else(|| format!("{}-{}", source.name(), index + 1));
+    let publish = m
+        .get_many::<String>("publish")
+        .map(|p| p.cloned().collect())
+        .unwrap_or_else(|| vec!["*".to_owned()]);
+    Ok(Configured {
+        name,
+        publish,
+        source,
+    })
+}
+
+/// A `[[bridge]]` table as arguments: `source = "postgres"` first, then
+/// each key as its flag (`outbox = "events"` → `--outbox events`, an
+/// array repeats the flag, `true` is the flag alone, `false` leaves it
+/// out).
+pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
+    let Some(source) = table.get("source") else {
+        return Err("`source` is missing (postgres)".into());
+    };
+    let Some(source) = source.as_str() else {
+        return Err("`source` is not a string".into());
+    };
+    let mut argv = vec![source.to_owned()];
+    for (key, value) in table {
+        if key == "source" {
+            continue;
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            _ => None,
+        };
+        match value {
+            toml::Value::Boolean(true) => argv.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    let v = scalar(item)
+                        .ok_or_else(|| format!("`{key}`: expected strings or numbers"))?;
+                    argv.extend([flag.clone(), v]);
+                }
+            }
+            v => {
+                let v = scalar(v).ok_or_else(|| {
+                    format!("`{key}`: expected a string, a number, a boolean or an array")
+                })?;
+                argv.extend([flag, v]);
+            }
+        }
+    }
+    Ok(argv)
+}
+
+/// Starts `herald serve`'s bridges on `hub`. Each runs until the hub
+/// stops; a fatal error (a setup the source refuses) is logged, counted
+/// and retried after a minute, so one broken bridge never stops the hub.
+pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
+    for c in bridges {
+        let sink = Sink::Local {
+            hub: hub.clone(),
+            publisher: herald::http::LocalPublisher::new(c.publish.clone()),
+        };
+        let bridge = Arc::new(Bridge::new(c.name.clone(), sink, c.source.map().mapping()));
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            loop {
+                if let Err(e) = c.source.run(bridge.clone()).await {
+                    tracing::error!(bridge = c.name, "bridge stopped: {e:#}; restarted in 60 s");
+                    bridge.count("source_failure");
+                    backoff.reset();
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        });
     }
 }

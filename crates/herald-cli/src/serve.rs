@@ -74,6 +74,8 @@ struct Plan {
     tls: Option<TlsConfig>,
     /// HTTP/3 on the same port (UDP) when there is TLS.
     http3: bool,
+    /// The bridges the hub runs.
+    bridges: Vec<crate::bridge::Configured>,
 }
 
 enum EngineChoice {
@@ -179,7 +181,31 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
             .iter()
             .map(|i| issuer_config(&i.issuer, &i.key, i.algorithms.clone()))
             .collect::<anyhow::Result<_>>()?,
-        Some(Raw::One(_)) | None => Vec::new(),
+        Some(Raw::One(_) | Raw::Bridges(_)) | None => Vec::new(),
+    };
+    let bridges = match s.raw("bridge") {
+        Some(Raw::List(flags)) => flags
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .enumerate()
+            .map(|(i, spec)| {
+                let what = format!("--bridge {spec:?}");
+                let argv = shlex::split(spec)
+                    .ok_or_else(|| anyhow::anyhow!("{what}: unbalanced quotes"))?;
+                crate::bridge::configured(&argv, &what, i)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Some(Raw::Bridges(tables)) => tables
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let what = format!("[[bridge]] number {}", i + 1);
+                let argv =
+                    crate::bridge::table_argv(table).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+                crate::bridge::configured(&argv, &what, i)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Some(Raw::One(_) | Raw::Issuers(_)) | None => Vec::new(),
     };
     let public_url: Option<url::Url> = s.get("public_url")?;
     let public_url_given = public_url.is_some();
@@ -343,6 +369,7 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         generated_key,
         log: s.value("log")?,
         log_json,
+        bridges,
     })
 }
 
@@ -426,6 +453,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, engine = engine_name, "herald listening on {scheme}://{addr}");
+    crate::bridge::spawn(&hub, plan.bridges);
     let mut server = herald::Server::new(hub);
     if let Some(tls) = tls {
         server = server.tls(tls);

@@ -100,6 +100,9 @@ const HUB: &[Setting] = &[
     Setting { flag: Some("issuer"), kind: Kind::Issuers, ..text("issuers", Unset("none"),
         "issuers trusted for draft-08 access tokens: `[[issuers]]` tables, or \
          `--issuer \"ISSUER KEY [ALGS]\"` per issuer (`;` between issuers in the variable)").secret() },
+    Setting { flag: Some("bridge"), kind: Kind::Bridges, ..text("bridge", Unset("none"),
+        "bridges run by the hub: `[[bridge]]` tables (`source` and the arguments of `herald bridge SOURCE` as keys, plus `name` and `publish`), or \
+         `--bridge \"SOURCE ARGS\"` per bridge (`;` between bridges in the variable); see \"Bridges\"") },
     text("access_token_cookie", Value("__Secure-mercure_access_token"), "draft-08 access token cookie"),
     list("authorization_servers", Unset("none"),
         "trusted issuers to advertise as OAuth authorization servers in the protected resource \
@@ -247,6 +250,9 @@ pub enum Kind {
     /// Repeated `--issuer`, `;`-separated in the variable, `[[issuers]]`
     /// tables in TOML.
     Issuers,
+    /// Repeated `--bridge`, `;`-separated in the variable, `[[bridge]]`
+    /// tables in TOML.
+    Bridges,
 }
 
 /// What a setting is when no source gives it.

@@ -112,14 +112,58 @@ async fn hub() -> (Proc, String) {
     (p, format!("http://{addr}/.well-known/mercure"))
 }
 
+/// A hub on a free port run with `config` (TOML, `addr` and the key
+/// added): its process and its URL.
+async fn hub_with(dir: &std::path::Path, config: &str) -> (Proc, String) {
+    let path = dir.join("herald.toml");
+    std::fs::write(
+        &path,
+        format!("addr = \"127.0.0.1:0\"\npublisher_jwt = \"{SECRET}\"\n{config}"),
+    )
+    .unwrap();
+    let p = Proc::spawn(&["serve", "--config", path.to_str().unwrap()]);
+    p.wait_for("herald listening on").await;
+    let addr = p.stderr().lines().find_map(common::listening_addr).unwrap();
+    (p, format!("http://{addr}/.well-known/mercure"))
+}
+
+/// `/metrics`' value of `herald_bridge_events_total` for a bridge and
+/// outcome (0 when absent).
+async fn bridge_metric(hub: &str, bridge: &str, outcome: &str) -> u64 {
+    let text = reqwest::get(hub.replace("/.well-known/mercure", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series =
+        format!("herald_bridge_events_total{{bridge=\"{bridge}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// The (id, data) of the events on `topic`, as they come.
 async fn subscribe(
     hub: &str,
     topic: &str,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    subscribe_from(hub, topic, None).await
+}
+
+/// As [`subscribe`], resuming after `last` (`earliest`: all history).
+async fn subscribe_from(
+    hub: &str,
+    topic: &str,
+    last: Option<&str>,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    let mut query = vec![("topic", topic)];
+    if let Some(last) = last {
+        query.push(("lastEventID", last));
+    }
     let res = reqwest::Client::new()
         .get(hub)
-        .query(&[("topic", topic)])
+        .query(&query)
         .send()
         .await
         .unwrap();
@@ -397,4 +441,168 @@ fn bad_arguments_are_refused_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a table name is"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bridge_section_runs_inside_the_hub_with_its_rights_and_metrics() {
+    let Some(pg) = pg_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("orders_outbox");
+    let (hub, url) = hub_with(
+        dir.path(),
+        &format!(
+            "engine = \"memory\"\n\
+             [[bridge]]\nsource = \"postgres\"\nname = \"orders\"\npostgres = \"{pg}\"\n\
+             outbox = \"{table}\"\npayload = \"json\"\n\
+             topic = \"https://example.com/orders/{{order}}\"\n\
+             publish = [\"https://example.com/orders/{{id}}\"]\n"
+        ),
+    )
+    .await;
+    hub.wait_for("reading the outbox").await;
+    let mut events = subscribe(&url, "https://example.com/orders/{order}").await;
+    let db = postgres(&pg).await;
+    let insert = format!("INSERT INTO {table} (payload) VALUES ($1)");
+    for payload in [
+        r#"{"order": 1, "data": "first"}"#,
+        "not json",
+        // Outside the bridge's `publish` rights: refused as a publisher
+        // holding them would be (403), so dead-lettered.
+        r#"{"topic": "https://example.com/secret", "data": "x"}"#,
+        // The hub's own namespace: refused by the publishing rules.
+        r#"{"topic": "/.well-known/mercure/subscriptions/x", "data": "x"}"#,
+        r#"{"order": 2, "data": "second"}"#,
+    ] {
+        db.execute(insert.as_str(), &[&payload]).await.unwrap();
+    }
+    assert_eq!(next(&mut events).await.1, "first");
+    assert_eq!(next(&mut events).await.1, "second");
+    assert_eq!(bridge_metric(&url, "orders", "published").await, 2);
+    assert_eq!(bridge_metric(&url, "orders", "dead_letter").await, 3);
+    let log = hub.stderr();
+    assert!(log.contains("herald::dead_letter"), "{log}");
+    assert!(log.contains("not JSON"), "{log}");
+    assert!(log.contains("403"), "{log}");
+    drop(hub);
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}
+
+/// The hub, and its bridge with it, killed (SIGKILL) mid-stream and
+/// started again on its durable store: every outbox row is in the
+/// topic's history exactly once.
+#[tokio::test]
+async fn a_hub_killed_mid_outbox_loses_and_repeats_nothing() {
+    let Some(pg) = pg_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("log_outbox");
+    let config = format!(
+        "engine = \"local\"\ndata_dir = \"{}\"\n\
+         [[bridge]]\nsource = \"postgres\"\npostgres = \"{pg}\"\noutbox = \"{table}\"\n\
+         topic = \"https://example.com/log/{{channel}}\"\n",
+        dir.path().join("data").display()
+    );
+    let (hub, url) = hub_with(dir.path(), &config).await;
+    hub.wait_for("reading the outbox").await;
+    let mut events = subscribe(&url, "https://example.com/log/app").await;
+    let insert = format!("INSERT INTO {table} (channel, payload) VALUES ('app', $1)");
+    let writer = {
+        let (pg, insert) = (pg.clone(), insert.clone());
+        tokio::spawn(async move {
+            let db = postgres(&pg).await;
+            for i in 0..40 {
+                db.execute(insert.as_str(), &[&format!("row {i}")])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    for _ in 0..5 {
+        next(&mut events).await;
+    }
+    drop(hub);
+    writer.await.unwrap();
+    let (hub, url) = hub_with(dir.path(), &config).await;
+    hub.wait_for("reading the outbox").await;
+    let db = postgres(&pg).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = db
+            .query_one(format!("SELECT count(*) FROM {table}").as_str(), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} rows left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut history = subscribe_from(&url, "https://example.com/log/app", Some("earliest")).await;
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        seen.push(next(&mut history).await.1);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), history.recv())
+            .await
+            .is_err(),
+        "a row is in the history twice"
+    );
+    let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
+    assert_eq!(seen, want, "every row once, in order");
+    drop(hub);
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_bridge_the_hub_cannot_run_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    for (config, says) in [
+        (
+            "[[bridge]]\nsource = \"postgres\"\npostgres = \"postgres://x\"\noutbox = \"Bad-Name\"\ntopic = \"x\"\n",
+            "a table name is",
+        ),
+        ("[[bridge]]\ntopic = \"x\"\n", "`source` is missing"),
+        (
+            "[[bridge]]\nsource = \"postgres\"\npostgres = \"postgres://x\"\nchannel = [\"c\"]\ntopic = \"x\"\ncolour = \"red\"\n",
+            "--colour",
+        ),
+    ] {
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--engine", "memory", "--config"])
+            .arg(&path)
+            .env_remove("HERALD_BRIDGE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("[[bridge]] number 1"), "{err}");
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--engine",
+            "memory",
+            "--bridge",
+            "pigeon --topic x",
+        ])
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bridge \"pigeon --topic x\""), "{err}");
+    assert!(err.contains("unrecognized subcommand"), "{err}");
 }

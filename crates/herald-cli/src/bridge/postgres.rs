@@ -13,13 +13,14 @@
 //!   trigger that notifies it of inserts, if they do not exist; it also
 //!   reads the table every `--poll`, in case a notification is missed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
-use super::shared::{dead_letter, Backoff, Hub, Mapping, Published, Target};
+use super::shared::{Backoff, Bridge, Fatal, MapArgs, Settled};
 
 /// Rows read from an outbox at a time.
 const OUTBOX_BATCH: i64 = 100;
@@ -27,7 +28,7 @@ const OUTBOX_BATCH: i64 = 100;
 /// to the dead-letter log (NOTIFY is fire-and-forget anyway).
 const NOTIFY_QUEUE: usize = 10_000;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The PostgreSQL to read, e.g. `postgres://app@127.0.0.1:5432/app`.
     #[arg(long, value_name = "URL", env = "HERALD_BRIDGE_POSTGRES")]
@@ -47,27 +48,34 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     poll: Duration,
     #[command(flatten)]
-    target: Target,
+    pub map: MapArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::settings::parse_duration(s).map_err(|e| format!("{e:#}"))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    if let Err(e) = args.postgres.parse::<tokio_postgres::Config>() {
-        bail!("--postgres {:?}: {e}", args.postgres);
-    }
-    let mapping = args.target.mapping();
-    let hub = Hub::new(&args.target)?;
-    match &args.outbox {
-        Some(table) => {
+impl Args {
+    /// Refuses arguments that can never work, before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Err(e) = self.postgres.parse::<tokio_postgres::Config>() {
+            bail!("--postgres {:?}: {e}", self.postgres);
+        }
+        if let Some(table) = &self.outbox {
             if !is_identifier(table) {
                 bail!("--outbox {table:?}: a table name is letters, digits and _, not starting with a digit");
             }
-            outbox(&args, table, &mapping, &hub).await
         }
-        None => notify(&args, &mapping, &hub).await,
+        Ok(())
+    }
+}
+
+/// Runs the bridge until a [`Fatal`] error.
+pub async fn run(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
+    args.check()?;
+    match &args.outbox {
+        Some(table) => outbox(args, table, &bridge).await,
+        None => notify(args, bridge).await,
     }
 }
 
@@ -95,6 +103,7 @@ enum ConnectError {
 async fn connect(
     url: &str,
     setup: &str,
+    bridge: Arc<Bridge>,
 ) -> Result<(Client, mpsc::Receiver<(String, String)>), ConnectError> {
     let (client, mut connection) =
         tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
@@ -111,7 +120,7 @@ async fn connect(
                         .try_send((n.channel().to_owned(), n.payload().to_owned()))
                         .is_err()
                     {
-                        dead_letter(
+                        bridge.dead_letter(
                             n.channel(),
                             None,
                             n.payload(),
@@ -147,68 +156,29 @@ fn listen(channel: &str) -> String {
     format!("LISTEN \"{}\";", channel.replace('"', "\"\""))
 }
 
-async fn notify(args: &Args, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()> {
+async fn notify(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
     let setup: String = args.channels.iter().map(|c| listen(c)).collect();
     let mut backoff = Backoff::new();
     loop {
-        let (_client, mut events) = match connect(&args.postgres, &setup).await {
+        let (_client, mut events) = match connect(&args.postgres, &setup, bridge.clone()).await {
             Ok(c) => c,
             Err(ConnectError::Fatal(e)) => return Err(e),
             Err(ConnectError::Retry(e)) => {
-                backoff.wait("PostgreSQL source", &e).await;
+                bridge.source_failed(&mut backoff, &e).await;
                 continue;
             }
         };
-        tracing::info!(channels = ?args.channels, "listening");
+        tracing::info!(bridge = bridge.name, channels = ?args.channels, "listening");
         backoff.reset();
         while let Some((channel, payload)) = events.recv().await {
-            let mut update = match mapping.update(&channel, &payload, None) {
-                Ok(u) => u,
-                Err(reason) => {
-                    dead_letter(&channel, None, &payload, &reason);
-                    continue;
-                }
-            };
-            // An id of its own, so a retry after an answer that was lost
-            // is refused as a duplicate rather than published twice.
-            if update.get("id").is_none() {
-                update["id"] =
-                    serde_json::Value::from(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
-            }
-            // The hub down: this event waits (later ones queue behind it).
-            let mut hub_backoff = Backoff::new();
-            loop {
-                match hub.publish(&update).await {
-                    Ok(Published::Appended | Published::Duplicate) => break,
-                    Ok(Published::Refused(reason)) => {
-                        dead_letter(&channel, None, &payload, &reason);
-                        break;
-                    }
-                    Ok(Published::Unauthorized(reason)) => {
-                        bail!("the hub refused the bridge's token: {reason}")
-                    }
-                    Err(e) => hub_backoff.wait("hub", &e).await,
-                }
-            }
+            bridge.deliver(&channel, &payload, None).await?;
         }
         let e = anyhow::anyhow!("the connection ended");
-        backoff.wait("PostgreSQL source", &e).await;
+        bridge.source_failed(&mut backoff, &e).await;
     }
 }
 
-/// An error that ends the bridge rather than being retried.
-#[derive(Debug)]
-struct Fatal(anyhow::Error);
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
-
-async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyhow::Result<()> {
+async fn outbox(args: &Args, table: &str, bridge: &Arc<Bridge>) -> anyhow::Result<()> {
     // Quoted: the name is checked to be plain, and may be a reserved word.
     let setup = format!(
         "CREATE TABLE IF NOT EXISTS \"{table}\" (
@@ -228,15 +198,15 @@ async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyho
     let delete = format!("DELETE FROM \"{table}\" WHERE id = ANY($1)");
     let mut backoff = Backoff::new();
     loop {
-        let (client, mut wakeups) = match connect(&args.postgres, &setup).await {
+        let (client, mut wakeups) = match connect(&args.postgres, &setup, bridge.clone()).await {
             Ok(c) => c,
             Err(ConnectError::Fatal(e)) => return Err(e),
             Err(ConnectError::Retry(e)) => {
-                backoff.wait("PostgreSQL outbox", &e).await;
+                bridge.source_failed(&mut backoff, &e).await;
                 continue;
             }
         };
-        tracing::info!(table, "reading the outbox");
+        tracing::info!(bridge = bridge.name, table, "reading the outbox");
         let result: anyhow::Result<()> = async {
             loop {
                 let rows = client.query(select.as_str(), &[]).await?;
@@ -247,48 +217,15 @@ async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyho
                     let channel: String = row.get(1);
                     let payload: String = row.get(2);
                     let position = format!("{table}:{id}");
-                    let update = match mapping.update(&channel, &payload, Some(&position)) {
-                        Ok(u) => u,
-                        Err(reason) => {
-                            dead_letter(table, Some(&position), &payload, &reason);
-                            done.push(id);
-                            continue;
-                        }
-                    };
-                    // The hub down: this row waits, on the same connection
-                    // (the rows before it are deleted first).
-                    let mut hub_backoff = Backoff::new();
-                    loop {
-                        match hub.publish(&update).await {
-                            Ok(Published::Appended) => break,
-                            Ok(Published::Duplicate) => {
-                                tracing::warn!(
-                                    position,
-                                    "the hub already holds this row's update: deleted as published"
-                                );
-                                break;
-                            }
-                            Ok(Published::Refused(reason)) => {
-                                dead_letter(table, Some(&position), &payload, &reason);
-                                break;
-                            }
-                            Ok(Published::Unauthorized(reason)) => {
-                                client.execute(delete.as_str(), &[&done]).await?;
-                                return Err(Fatal(anyhow::anyhow!(
-                                    "the hub refused the bridge's token: {reason}"
-                                ))
-                                .into());
-                            }
-                            Err(e) => {
-                                if !done.is_empty() {
-                                    client.execute(delete.as_str(), &[&done]).await?;
-                                    done.clear();
-                                }
-                                hub_backoff.wait("hub", &e).await;
-                            }
+                    // Appended, held already, or dead-lettered: the row is
+                    // done. The hub down: it waits, on this connection.
+                    match bridge.deliver(&channel, &payload, Some(&position)).await {
+                        Ok(Settled::Published | Settled::DeadLetter) => done.push(id),
+                        Err(fatal) => {
+                            client.execute(delete.as_str(), &[&done]).await?;
+                            return Err(fatal.into());
                         }
                     }
-                    done.push(id);
                 }
                 if !done.is_empty() {
                     client.execute(delete.as_str(), &[&done]).await?;
@@ -307,7 +244,7 @@ async fn outbox(args: &Args, table: &str, mapping: &Mapping, hub: &Hub) -> anyho
             if let Some(Fatal(e)) = e.downcast_ref::<Fatal>() {
                 bail!("{e:#}");
             }
-            backoff.wait("PostgreSQL outbox", &e).await;
+            bridge.source_failed(&mut backoff, &e).await;
         }
     }
 }

@@ -1,7 +1,10 @@
-//! What every source of `herald bridge` shares: the hub it publishes to
-//! ([`Target`], [`Hub`]), how events become updates ([`Mapping`]), the
-//! dead-letter log and the backoff.
+//! What every source of a bridge shares: where it publishes ([`Sink`]:
+//! a hub over HTTP for `herald bridge`, the hub itself for a `[[bridge]]`
+//! of `herald serve`), how its events become updates ([`Mapping`]), how
+//! one event is delivered ([`Bridge::deliver`]: retried while the hub
+//! cannot take it, dead-lettered when it is bad), and the backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -10,17 +13,29 @@ use serde_json::Value;
 
 use crate::publish::{cause, parse_hub_url};
 
-/// Where a bridge publishes, and how its events become updates.
+/// The hub `herald bridge` publishes to over HTTP.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Target {
+pub struct HubArgs {
     /// Hub URL; a bare host (or path `/`) gets `/.well-known/mercure`.
-    #[arg(long, value_name = "URL", env = "HERALD_HUB_URL", default_value = crate::publish::DEFAULT_HUB, value_parser = parse_hub_url)]
+    #[arg(long, value_name = "URL", env = "HERALD_HUB_URL", default_value = crate::publish::DEFAULT_HUB, value_parser = parse_hub_url, global = true)]
     hub: Url,
     /// JWT allowing the bridge to publish to its topics.
-    #[arg(long, value_name = "JWT", env = "HERALD_TOKEN", hide_env_values = true)]
-    token: String,
-    /// The topic of each update: a template over `{channel}` and the
-    /// fields of a JSON payload, e.g. `https://example.com/orders/{order}`.
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "HERALD_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+}
+
+/// How a source's events become updates.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
+    /// The topic of each update: a template over `{channel}` (the channel,
+    /// subject, topic or key the event came from) and the fields of a JSON
+    /// payload, e.g. `https://example.com/orders/{order}`.
     #[arg(long, value_name = "TEMPLATE")]
     topic: String,
     /// `data`: the payload is the update's data. `json`: the payload is a
@@ -36,8 +51,8 @@ pub struct Target {
     private: bool,
 }
 
-impl Target {
-    /// How this target maps events.
+impl MapArgs {
+    /// How these arguments map events.
     pub fn mapping(&self) -> Mapping {
         Mapping::new(
             &self.topic,
@@ -157,11 +172,20 @@ fn expand(
     Ok(out)
 }
 
-/// Publishes updates to the hub over HTTP.
-pub struct Hub {
-    url: Url,
-    token: String,
-    client: reqwest::Client,
+/// Where a bridge's updates go.
+pub enum Sink {
+    /// A hub over HTTP, with a token: `herald bridge`.
+    Http {
+        url: Url,
+        token: String,
+        client: reqwest::Client,
+    },
+    /// The hub of this process, with the rights of its `[[bridge]]`
+    /// section: `herald serve`.
+    Local {
+        hub: herald::Hub,
+        publisher: herald::http::LocalPublisher,
+    },
 }
 
 /// How a publish went.
@@ -179,11 +203,15 @@ pub enum Published {
     Unauthorized(String),
 }
 
-impl Hub {
-    pub fn new(target: &Target) -> anyhow::Result<Self> {
-        Ok(Self {
-            url: target.hub.clone(),
-            token: target.token.clone(),
+impl Sink {
+    /// The hub of `herald bridge`.
+    pub fn http(args: &HubArgs) -> anyhow::Result<Self> {
+        let Some(token) = args.token.clone() else {
+            bail!("--token (or HERALD_TOKEN) is required: a JWT allowing the bridge to publish");
+        };
+        Ok(Self::Http {
+            url: args.hub.clone(),
+            token,
             client: crate::publish::client(Some(Duration::from_secs(30)))?,
         })
     }
@@ -193,23 +221,38 @@ impl Hub {
     /// # Errors
     /// The hub cannot be reached or cannot take it now (retry later).
     pub async fn publish(&self, update: &Value) -> anyhow::Result<Published> {
-        let res = self
-            .client
-            .post(self.url.clone())
-            .bearer_auth(&self.token)
-            .json(&vec![update])
-            .send()
-            .await
-            .map_err(|e| anyhow!("hub {} unreachable: {}", self.url, cause(&e)))?;
-        let status = res.status();
-        let body = res.text().await.unwrap_or_default();
-        match status {
-            StatusCode::OK => {
-                let ids: Vec<String> = serde_json::from_str(&body)
-                    .map_err(|e| anyhow!("unexpected answer from the hub: {e}"))?;
-                tracing::debug!(id = ids.first(), "published");
-                Ok(Published::Appended)
+        let (status, body) = match self {
+            Self::Http { url, token, client } => {
+                let res = client
+                    .post(url.clone())
+                    .bearer_auth(token)
+                    .json(&vec![update])
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("hub {url} unreachable: {}", cause(&e)))?;
+                let status = res.status();
+                let body = res.text().await.unwrap_or_default();
+                if status == StatusCode::OK {
+                    let ids: Vec<String> = serde_json::from_str(&body)
+                        .map_err(|e| anyhow!("unexpected answer from the hub: {e}"))?;
+                    tracing::debug!(id = ids.first(), "published");
+                    return Ok(Published::Appended);
+                }
+                (status, body)
             }
+            Self::Local { hub, publisher } => match publisher.publish(hub, update.clone()).await {
+                Ok(id) => {
+                    tracing::debug!(id, "published");
+                    return Ok(Published::Appended);
+                }
+                Err(e) => (
+                    StatusCode::from_u16(e.status.as_u16())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    e.reason,
+                ),
+            },
+        };
+        match status {
             StatusCode::CONFLICT => Ok(Published::Duplicate),
             StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN | StatusCode::PAYLOAD_TOO_LARGE => {
                 Ok(Published::Refused(format!("{status}: {}", body.trim())))
@@ -220,10 +263,141 @@ impl Hub {
     }
 }
 
+/// An error that ends a bridge rather than being retried: its setup can
+/// never work, or the hub refuses its token.
+#[derive(Debug)]
+pub struct Fatal(pub anyhow::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// How an event was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The hub appended it, or held it already (a redelivery).
+    Published,
+    /// It went to the dead-letter log.
+    DeadLetter,
+}
+
+/// One running bridge: its name (in logs and metrics), where it
+/// publishes, and how it maps events.
+pub struct Bridge {
+    pub name: String,
+    sink: Sink,
+    mapping: Mapping,
+    metrics: Option<Arc<herald::telemetry::Metrics>>,
+}
+
+impl Bridge {
+    pub fn new(name: String, sink: Sink, mapping: Mapping) -> Self {
+        let metrics = match &sink {
+            Sink::Local { hub, .. } => Some(hub.metrics().clone()),
+            Sink::Http { .. } => None,
+        };
+        Self {
+            name,
+            sink,
+            mapping,
+            metrics,
+        }
+    }
+
+    /// Counts an outcome in `herald_bridge_events_total` (a bridge run by
+    /// `herald serve`; `herald bridge` has no `/metrics` and logs only).
+    pub fn count(&self, outcome: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.bridge_event(&self.name, outcome);
+        }
+    }
+
+    /// Records a bad event in the dead-letter log, and counts it.
+    pub fn dead_letter(&self, channel: &str, position: Option<&str>, payload: &str, reason: &str) {
+        self.count("dead_letter");
+        dead_letter(&self.name, channel, position, payload, reason);
+    }
+
+    /// Waits before the next attempt at a source that failed, and counts
+    /// the failure.
+    pub async fn source_failed(&self, backoff: &mut Backoff, e: &anyhow::Error) {
+        self.count("source_failure");
+        backoff
+            .wait(&format!("bridge {}: source", self.name), e)
+            .await;
+    }
+
+    /// Maps and publishes one event from `channel`. `position` is the
+    /// event's place in its source (an offset, a stream entry, a row key):
+    /// it becomes the update's id, so a redelivered event is refused by
+    /// the hub as a duplicate rather than shown twice. An event without
+    /// one gets a fresh id before its first attempt, so a retry after an
+    /// answer that was lost is a duplicate too. While the hub cannot take
+    /// it, the event waits, retried with backoff.
+    ///
+    /// # Errors
+    /// [`Fatal`] when the hub refuses the bridge's token.
+    pub async fn deliver(
+        &self,
+        channel: &str,
+        payload: &str,
+        position: Option<&str>,
+    ) -> Result<Settled, Fatal> {
+        let mut update = match self.mapping.update(channel, payload, position) {
+            Ok(u) => u,
+            Err(reason) => {
+                self.dead_letter(channel, position, payload, &reason);
+                return Ok(Settled::DeadLetter);
+            }
+        };
+        if update.get("id").is_none() {
+            update["id"] = Value::from(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            match self.sink.publish(&update).await {
+                Ok(Published::Appended) => {
+                    self.count("published");
+                    return Ok(Settled::Published);
+                }
+                Ok(Published::Duplicate) => {
+                    self.count("duplicate");
+                    tracing::info!(
+                        bridge = self.name,
+                        position,
+                        "the hub already holds this event's update: a redelivery, dropped"
+                    );
+                    return Ok(Settled::Published);
+                }
+                Ok(Published::Refused(reason)) => {
+                    self.dead_letter(channel, position, payload, &reason);
+                    return Ok(Settled::DeadLetter);
+                }
+                Ok(Published::Unauthorized(reason)) => {
+                    return Err(Fatal(anyhow!(
+                        "the hub refused the bridge's token: {reason}"
+                    )))
+                }
+                Err(e) => {
+                    self.count("hub_failure");
+                    backoff
+                        .wait(&format!("bridge {}: hub", self.name), &e)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
 /// Records a bad payload in the dead-letter log.
-pub fn dead_letter(source: &str, position: Option<&str>, payload: &str, reason: &str) {
+fn dead_letter(bridge: &str, source: &str, position: Option<&str>, payload: &str, reason: &str) {
     tracing::error!(
         target: "herald::dead_letter",
+        bridge,
         source,
         position,
         payload,

@@ -9,7 +9,7 @@ const END: &str = "<!-- end of settings -->";
 
 fn row(s: &Setting) -> String {
     let key = match s.kind {
-        Kind::Issuers => format!("[[{}]]", s.name),
+        Kind::Issuers | Kind::Bridges => format!("[[{}]]", s.name),
         _ => s.name.to_owned(),
     };
     let default = match s.default {

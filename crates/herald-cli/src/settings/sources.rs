@@ -27,6 +27,8 @@ pub enum Raw {
     List(Vec<String>),
     /// `[[issuers]]` tables from the file.
     Issuers(Vec<FileIssuer>),
+    /// `[[bridge]]` tables from the file.
+    Bridges(Vec<toml::Table>),
 }
 
 /// One `[[issuers]]` table: an issuer trusted for draft-08 access tokens.
@@ -80,6 +82,10 @@ fn arg(engines: &[&str], s: &Setting) -> Arg {
             .action(ArgAction::Append)
             .value_delimiter(';')
             .value_name("ISSUER KEY [ALGS]"),
+        Kind::Bridges => arg
+            .action(ArgAction::Append)
+            .value_delimiter(';')
+            .value_name("SOURCE ARGS"),
     }
 }
 
@@ -132,7 +138,7 @@ impl clap::FromArgMatches for Args {
             }
             let raw = match s.kind {
                 Kind::One | Kind::Switch => Raw::One(values.concat()),
-                Kind::List | Kind::Issuers => Raw::List(values),
+                Kind::List | Kind::Issuers | Kind::Bridges => Raw::List(values),
             };
             args.given.push((s.name, source, raw));
         }
@@ -183,6 +189,11 @@ fn parse_file(text: &str) -> Result<Vec<(&'static str, Raw)>, String> {
                 _ => return Err(format!("{key}: expected an array of strings")),
             },
             Kind::Issuers => Raw::Issuers(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("[[{key}]]: {}", e.message().trim()))?,
+            ),
+            Kind::Bridges => Raw::Bridges(
                 value
                     .try_into()
                     .map_err(|e: toml::de::Error| format!("[[{key}]]: {}", e.message().trim()))?,
@@ -338,7 +349,9 @@ mod tests {
             let raw = match s.kind {
                 Kind::One | Kind::Switch => Raw::One((*value).to_owned()),
                 Kind::List => Raw::List(value.split(',').map(str::to_owned).collect()),
-                Kind::Issuers => Raw::List(value.split(';').map(str::to_owned).collect()),
+                Kind::Issuers | Kind::Bridges => {
+                    Raw::List(value.split(';').map(str::to_owned).collect())
+                }
             };
             a.given.push((s.name, Source::Variable, raw));
         }

@@ -23,4 +23,5 @@ pub(crate) mod wsframe;
 pub use conn::ConnContext;
 pub use error::HttpError;
 pub use policy::MERCURE_PATH;
+pub use publish_rules::LocalPublisher;
 pub use router::router;

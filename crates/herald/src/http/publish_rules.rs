@@ -154,3 +154,57 @@ pub(crate) fn publish_error(e: PublishError) -> HttpError {
         }
     }
 }
+
+/// A publisher inside the hub's process, such as a bridge run by
+/// `herald serve`: it holds rights as a token would (its `mercure.publish`
+/// selectors) and publishes under the same rules, rights checks and
+/// answers as an HTTP publish, without a request.
+#[derive(Debug, Clone)]
+pub struct LocalPublisher {
+    grants: Grants,
+}
+
+impl LocalPublisher {
+    /// A publisher allowed the topics `publish` selects (`*` for all), as a
+    /// token's `mercure.publish` claim would.
+    pub fn new(publish: Vec<String>) -> Self {
+        let claims = crate::auth::Claims {
+            mercure: crate::auth::MercureClaim {
+                publish: Some(publish),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Self {
+            grants: Grants::Claim(std::sync::Arc::new(crate::auth::ClaimGrants::new(claims))),
+        }
+    }
+
+    /// Publishes one update written in the batch format (a JSON object
+    /// `{topics, data, id, type, retry, private}`) and returns its id.
+    ///
+    /// # Errors
+    /// What an HTTP publish of it would answer: `400` for a malformed or
+    /// invalid update, `403` for a topic not granted or reserved, `409` for
+    /// an id the hub holds, `503` when the engine cannot append.
+    pub async fn publish(&self, hub: &Hub, update: serde_json::Value) -> Result<String, HttpError> {
+        let update = serde_json::from_value::<BatchUpdate>(update)
+            .map_err(|e| HttpError::bad_request(format!("malformed update: {e}")))?
+            .into_update()?;
+        check_rules(hub, &update, false)?;
+        if let Err(e) = check_topics(&self.grants, &update) {
+            hub.metrics().auth_failed("publish", &e);
+            return Err(HttpError::new(StatusCode::FORBIDDEN, e.to_string()));
+        }
+        let started = std::time::Instant::now();
+        let result = hub.publish(vec![update]).await;
+        hub.metrics().publish_request(started.elapsed());
+        match result {
+            Ok(stored) => Ok(stored
+                .first()
+                .map(|s| s.update.id.clone())
+                .unwrap_or_default()),
+            Err(e) => Err(publish_error(e)),
+        }
+    }
+}

@@ -43,6 +43,13 @@ pub struct AuthLabels {
     pub reason: &'static str,
 }
 
+/// A bridge (its configured name) and what became of one of its events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub bridge: String,
+    pub outcome: &'static str,
+}
+
 /// Every metric of one hub.
 #[derive(Debug)]
 pub struct Metrics {
@@ -76,6 +83,8 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Requests refused at a limit (see [`crate::hub::admission`]).
     pub refused: Family<RefusedLabels, Counter>,
+    /// Bridges' events and failures, by bridge and outcome.
+    pub bridges: Family<BridgeLabels, Counter>,
     /// Plain mirrors for the dashboard (cheap to read).
     pub published_count: AtomicU64,
     pub delivered_count: AtomicU64,
@@ -111,6 +120,7 @@ impl Metrics {
             replay_seconds: Histogram::new(latency_buckets()),
             auth_failures: Family::default(),
             refused: Family::default(),
+            bridges: Family::default(),
             webhooks_dropped: Counter::default(),
             paced: Counter::default(),
             tasks: Gauge::default(),
@@ -214,6 +224,11 @@ impl Metrics {
             "New event streams that waited for their turn under stream_admission_rate",
             m.paced.clone(),
         );
+        registry.register(
+            "bridge_events",
+            "Bridges' source events and failures, by bridge and outcome: published, duplicate (a redelivery the hub already held), dead_letter (a bad payload, logged with its reason), source_failure (the source down or refusing the bridge; retried), hub_failure (the hub could not append; retried)",
+            m.bridges.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -253,6 +268,18 @@ impl Metrics {
     pub fn slow_subscriber(&self, id: u64) {
         self.slow_disconnects.inc();
         tracing::warn!(subscriber = id, "slow subscriber disconnected: queue full");
+    }
+
+    /// One event of a bridge, or one failure, by outcome (see
+    /// `herald_bridge_events_total`). Bridge names are the operator's,
+    /// few and fixed, so the label stays bounded.
+    pub fn bridge_event(&self, bridge: &str, outcome: &'static str) {
+        self.bridges
+            .get_or_create(&BridgeLabels {
+                bridge: bridge.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn published(&self, n: u64, took: Duration) {
