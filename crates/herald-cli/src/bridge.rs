@@ -26,6 +26,7 @@
 //!   and the hub refuses an id it holds).
 
 pub mod postgres;
+pub mod redis;
 pub mod shared;
 
 use std::sync::Arc;
@@ -61,24 +62,30 @@ pub enum Source {
     /// PostgreSQL: NOTIFY channels (`--channel`), or an outbox table
     /// (`--outbox`).
     Postgres(postgres::Args),
+    /// Redis: Pub/Sub channels and patterns (`--channel`, `--pattern`), or
+    /// a stream read by a consumer group (`--stream`, `--group`).
+    Redis(redis::Args),
 }
 
 impl Source {
     fn name(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
         }
     }
 
     fn map(&self) -> &MapArgs {
         match self {
             Self::Postgres(a) => &a.map,
+            Self::Redis(a) => &a.map,
         }
     }
 
     fn check(&self) -> anyhow::Result<()> {
         match self {
             Self::Postgres(a) => a.check(),
+            Self::Redis(a) => a.check(),
         }
     }
 
@@ -87,6 +94,7 @@ impl Source {
     async fn run(&self, bridge: Arc<Bridge>) -> anyhow::Result<()> {
         match self {
             Self::Postgres(a) => postgres::run(a, bridge).await,
+            Self::Redis(a) => redis::run(a, bridge).await,
         }
     }
 }
@@ -165,7 +173,7 @@ pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<C
 /// out).
 pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
     let Some(source) = table.get("source") else {
-        return Err("`source` is missing (postgres)".into());
+        return Err("`source` is missing (postgres, redis)".into());
     };
     let Some(source) = source.as_str() else {
         return Err("`source` is not a string".into());

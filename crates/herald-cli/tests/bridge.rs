@@ -127,6 +127,24 @@ async fn hub_with(dir: &std::path::Path, config: &str) -> (Proc, String) {
     (p, format!("http://{addr}/.well-known/mercure"))
 }
 
+/// Waits until `/metrics` counts `want` events of `outcome` for `bridge`
+/// (an event is counted just after the hub appended it, so a subscriber
+/// may see it first), and fails if it counts another number for 10 s.
+async fn wait_metric(hub: &str, bridge: &str, outcome: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = bridge_metric(hub, bridge, outcome).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald_bridge_events_total{{bridge={bridge:?},outcome={outcome:?}}} is {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `/metrics`' value of `herald_bridge_events_total` for a bridge and
 /// outcome (0 when absent).
 async fn bridge_metric(hub: &str, bridge: &str, outcome: &str) -> u64 {
@@ -477,8 +495,8 @@ async fn a_bridge_section_runs_inside_the_hub_with_its_rights_and_metrics() {
     }
     assert_eq!(next(&mut events).await.1, "first");
     assert_eq!(next(&mut events).await.1, "second");
-    assert_eq!(bridge_metric(&url, "orders", "published").await, 2);
-    assert_eq!(bridge_metric(&url, "orders", "dead_letter").await, 3);
+    wait_metric(&url, "orders", "published", 2).await;
+    wait_metric(&url, "orders", "dead_letter", 3).await;
     let log = hub.stderr();
     assert!(log.contains("herald::dead_letter"), "{log}");
     assert!(log.contains("not JSON"), "{log}");
@@ -492,56 +510,37 @@ async fn a_bridge_section_runs_inside_the_hub_with_its_rights_and_metrics() {
 }
 
 /// The hub, and its bridge with it, killed (SIGKILL) mid-stream and
-/// started again on its durable store: every outbox row is in the
-/// topic's history exactly once.
-#[tokio::test]
-async fn a_hub_killed_mid_outbox_loses_and_repeats_nothing() {
-    let Some(pg) = pg_url() else { return };
+/// started again on its durable store: `produce(i)` is called for rows
+/// 0 to 39, every 10 ms, while the hub is killed after the fifth arrives,
+/// and each must be in the history of `https://example.com/log/app`
+/// exactly once, in order. `bridge` is the `[[bridge]]` section, `ready`
+/// the log line that says its source is read.
+async fn survives_a_killed_hub<F, Fut>(bridge: &str, ready: &str, produce: F)
+where
+    F: Fn(u32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let dir = tempfile::tempdir().unwrap();
-    let table = unique("log_outbox");
     let config = format!(
-        "engine = \"local\"\ndata_dir = \"{}\"\n\
-         [[bridge]]\nsource = \"postgres\"\npostgres = \"{pg}\"\noutbox = \"{table}\"\n\
-         topic = \"https://example.com/log/{{channel}}\"\n",
+        "engine = \"local\"\ndata_dir = \"{}\"\n[[bridge]]\n{bridge}",
         dir.path().join("data").display()
     );
     let (hub, url) = hub_with(dir.path(), &config).await;
-    hub.wait_for("reading the outbox").await;
+    hub.wait_for(ready).await;
     let mut events = subscribe(&url, "https://example.com/log/app").await;
-    let insert = format!("INSERT INTO {table} (channel, payload) VALUES ('app', $1)");
-    let writer = {
-        let (pg, insert) = (pg.clone(), insert.clone());
-        tokio::spawn(async move {
-            let db = postgres(&pg).await;
-            for i in 0..40 {
-                db.execute(insert.as_str(), &[&format!("row {i}")])
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let writer = tokio::spawn(async move {
+        for i in 0..40 {
+            produce(i).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
     for _ in 0..5 {
         next(&mut events).await;
     }
     drop(hub);
     writer.await.unwrap();
     let (hub, url) = hub_with(dir.path(), &config).await;
-    hub.wait_for("reading the outbox").await;
-    let db = postgres(&pg).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: i64 = db
-            .query_one(format!("SELECT count(*) FROM {table}").as_str(), &[])
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} rows left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hub.wait_for(ready).await;
     let mut history = subscribe_from(&url, "https://example.com/log/app", Some("earliest")).await;
     let mut seen = Vec::new();
     while seen.len() < 40 {
@@ -555,12 +554,119 @@ async fn a_hub_killed_mid_outbox_loses_and_repeats_nothing() {
     );
     let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
     assert_eq!(seen, want, "every row once, in order");
-    drop(hub);
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_outbox_loses_and_repeats_nothing() {
+    let Some(pg) = pg_url() else { return };
+    let table = unique("log_outbox");
+    let bridge = format!(
+        "source = \"postgres\"\npostgres = \"{pg}\"\noutbox = \"{table}\"\n\
+         topic = \"https://example.com/log/{{channel}}\"\n"
+    );
+    let db = Arc::new(postgres(&pg).await);
+    let insert = format!("INSERT INTO {table} (channel, payload) VALUES ('app', $1)");
+    let writer = db.clone();
+    survives_a_killed_hub(&bridge, "reading the outbox", move |i| {
+        let (db, insert) = (writer.clone(), insert.clone());
+        async move {
+            db.execute(insert.as_str(), &[&format!("row {i}")])
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let left: i64 = db
+        .query_one(format!("SELECT count(*) FROM {table}").as_str(), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "every row deleted once published");
     db.batch_execute(&format!(
         "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
     ))
     .await
     .unwrap();
+}
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_REDIS_URL is not set");
+    }
+    url
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn redis_pubsub_channels_and_patterns_become_updates() {
+    let Some(redis_url) = redis_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (channel, prefix) = (unique("news"), unique("metrics"));
+    let (hub, url) = hub_with(
+        dir.path(),
+        &format!(
+            "engine = \"memory\"\n[[bridge]]\nsource = \"redis\"\nname = \"feeds\"\n\
+             redis = \"{redis_url}\"\nchannel = [\"{channel}\"]\npattern = [\"{prefix}.*\"]\n\
+             topic = \"https://example.com/feeds/{{channel}}\"\ntype = \"feed\"\n"
+        ),
+    )
+    .await;
+    hub.wait_for("listening").await;
+    let mut news = subscribe(&url, &format!("https://example.com/feeds/{channel}")).await;
+    let mut cpu = subscribe(&url, &format!("https://example.com/feeds/{prefix}.cpu")).await;
+    let mut conn = redis_conn(&redis_url).await;
+    let _: i64 = redis::AsyncCommands::publish(&mut conn, &channel, "extra!")
+        .await
+        .unwrap();
+    let _: i64 = redis::AsyncCommands::publish(&mut conn, format!("{prefix}.cpu"), "42")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut news).await.1, "extra!");
+    assert_eq!(next(&mut cpu).await.1, "42");
+    wait_metric(&url, "feeds", "published", 2).await;
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_redis_stream_loses_and_repeats_nothing() {
+    let Some(redis_url) = redis_url() else { return };
+    let stream = unique("herald_test_log");
+    let bridge = format!(
+        "source = \"redis\"\nredis = \"{redis_url}\"\nstream = \"{stream}\"\ngroup = \"hubs\"\n\
+         topic = \"https://example.com/log/{{app}}\"\npayload = \"json\"\n"
+    );
+    let conn = redis_conn(&redis_url).await;
+    let writer = (conn.clone(), stream.clone());
+    survives_a_killed_hub(&bridge, "reading the stream", move |i| {
+        let (mut conn, stream) = writer.clone();
+        async move {
+            let payload = format!(r#"{{"app": "app", "data": "row {i}"}}"#);
+            let _: String =
+                redis::AsyncCommands::xadd(&mut conn, &stream, "*", &[("payload", payload)])
+                    .await
+                    .unwrap();
+        }
+    })
+    .await;
+    let mut conn = conn;
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("hubs")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(summary) = pending else {
+        panic!("XPENDING: {pending:?}")
+    };
+    assert_eq!(summary[0], redis::Value::Int(0), "every entry acknowledged");
+    let _: i64 = redis::AsyncCommands::del(&mut conn, &stream).await.unwrap();
 }
 
 #[tokio::test]
@@ -605,4 +711,111 @@ async fn a_bridge_the_hub_cannot_run_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--bridge \"pigeon --topic x\""), "{err}");
     assert!(err.contains("unrecognized subcommand"), "{err}");
+}
+
+/// Two hubs sharing one Redis engine, each running the same stream
+/// bridge in one consumer group: every entry is published once, and the
+/// entries a killed node left unacknowledged are claimed by the other.
+#[tokio::test]
+async fn nodes_share_a_redis_stream_and_claim_what_a_dead_one_left() {
+    let Some(redis_url) = redis_url() else { return };
+    let stream = unique("herald_test_shared");
+    let namespace = unique("bridge_cluster");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = |consumer: &str| {
+        format!(
+            "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
+             [[bridge]]\nsource = \"redis\"\nredis = \"{redis_url}\"\nstream = \"{stream}\"\n\
+             group = \"hubs\"\nconsumer = \"{consumer}\"\nclaim_idle = \"1s\"\n\
+             topic = \"https://example.com/log/app\"\n"
+        )
+    };
+    let (a, url) = hub_with(dirs[0].path(), &config("a")).await;
+    let (b, _) = hub_with(dirs[1].path(), &config("b")).await;
+    a.wait_for("reading the stream").await;
+    b.wait_for("reading the stream").await;
+    let mut history = subscribe(&url, "https://example.com/log/app").await;
+    let mut conn = redis_conn(&redis_url).await;
+    let mut b = Some(b);
+    for i in 0..40 {
+        if i == 21 {
+            drop(b.take());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left_pending_by_b(&mut conn, &stream, "row 21").await;
+        } else {
+            let _: String = redis::AsyncCommands::xadd(
+                &mut conn,
+                &stream,
+                "*",
+                &[("payload", format!("row {i}"))],
+            )
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        seen.push(next(&mut history).await.1);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), history.recv())
+            .await
+            .is_err(),
+        "an entry was published twice"
+    );
+    seen.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
+    assert_eq!(seen, want, "every entry once");
+    assert!(
+        a.stderr()
+            .contains("claimed entries another consumer left pending"),
+        "{}",
+        a.stderr()
+    );
+    drop(a);
+    let _: i64 = redis::AsyncCommands::del(&mut conn, &stream).await.unwrap();
+    remove_redis_namespace(&redis_url, &namespace).await;
+}
+
+/// Adds an entry and reads it as b in one transaction (so a cannot read
+/// it first), as if b had read it and died before acknowledging it: a's
+/// claim must take it over.
+async fn left_pending_by_b(conn: &mut redis::aio::MultiplexedConnection, stream: &str, data: &str) {
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("payload")
+        .arg(data)
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("hubs")
+        .arg("b")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Removes every key of a namespace from the machine's Redis.
+async fn remove_redis_namespace(url: &str, namespace: &str) {
+    let mut conn = redis_conn(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
 }

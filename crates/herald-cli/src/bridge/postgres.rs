@@ -45,14 +45,10 @@ pub struct Args {
     #[arg(long, value_name = "TABLE")]
     outbox: Option<String>,
     /// How often the outbox is read when no insert is notified.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::shared::parse_duration)]
     poll: Duration,
     #[command(flatten)]
     pub map: MapArgs,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::settings::parse_duration(s).map_err(|e| format!("{e:#}"))
 }
 
 impl Args {

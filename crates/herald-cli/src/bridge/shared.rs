@@ -30,6 +30,11 @@ pub struct HubArgs {
     token: Option<String>,
 }
 
+/// A duration argument: `500ms`, `25s`, `5m`, or seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::settings::parse_duration(s).map_err(|e| format!("{e:#}"))
+}
+
 /// How a source's events become updates.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MapArgs {
