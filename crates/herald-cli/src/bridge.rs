@@ -25,6 +25,7 @@
 //!   of the hub; never twice, since each row's update id is its row's key
 //!   and the hub refuses an id it holds).
 
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod shared;
@@ -65,6 +66,9 @@ pub enum Source {
     /// Redis: Pub/Sub channels and patterns (`--channel`, `--pattern`), or
     /// a stream read by a consumer group (`--stream`, `--group`).
     Redis(redis::Args),
+    /// NATS: core subjects (`--subject`), or a JetStream durable consumer
+    /// (`--stream`, `--durable`).
+    Nats(nats::Args),
 }
 
 impl Source {
@@ -72,6 +76,7 @@ impl Source {
         match self {
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
+            Self::Nats(_) => "nats",
         }
     }
 
@@ -79,6 +84,7 @@ impl Source {
         match self {
             Self::Postgres(a) => &a.map,
             Self::Redis(a) => &a.map,
+            Self::Nats(a) => &a.map,
         }
     }
 
@@ -86,6 +92,7 @@ impl Source {
         match self {
             Self::Postgres(a) => a.check(),
             Self::Redis(a) => a.check(),
+            Self::Nats(a) => a.check(),
         }
     }
 
@@ -95,6 +102,7 @@ impl Source {
         match self {
             Self::Postgres(a) => postgres::run(a, bridge).await,
             Self::Redis(a) => redis::run(a, bridge).await,
+            Self::Nats(a) => nats::run(a, bridge).await,
         }
     }
 }
@@ -173,7 +181,7 @@ pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<C
 /// out).
 pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
     let Some(source) = table.get("source") else {
-        return Err("`source` is missing (postgres, redis)".into());
+        return Err("`source` is missing (postgres, redis, nats)".into());
     };
     let Some(source) = source.as_str() else {
         return Err("`source` is not a string".into());

@@ -819,3 +819,73 @@ async fn remove_redis_namespace(url: &str, namespace: &str) {
             .unwrap();
     }
 }
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_NATS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is not set");
+    }
+    url
+}
+
+#[tokio::test]
+async fn nats_core_subjects_become_updates() {
+    let Some(nats_url) = nats_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sensors");
+    let (hub, url) = hub_with(
+        dir.path(),
+        &format!(
+            "engine = \"memory\"\n[[bridge]]\nsource = \"nats\"\nname = \"sensors\"\n\
+             nats = \"{nats_url}\"\nsubject = [\"{prefix}.*.temperature\"]\npayload = \"json\"\n\
+             topic = \"https://example.com/{{channel}}\"\n"
+        ),
+    )
+    .await;
+    hub.wait_for("listening").await;
+    let topic = format!("https://example.com/{prefix}.kitchen.temperature");
+    let mut events = subscribe(&url, &topic).await;
+    let client = async_nats::connect(nats_url.as_str()).await.unwrap();
+    for payload in [r#"{"data": "21.5", "type": "reading"}"#, "not json"] {
+        client
+            .publish(format!("{prefix}.kitchen.temperature"), payload.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    assert_eq!(next(&mut events).await.1, "21.5");
+    wait_metric(&url, "sensors", "published", 1).await;
+    wait_metric(&url, "sensors", "dead_letter", 1).await;
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_jetstream_loses_and_repeats_nothing() {
+    let Some(nats_url) = nats_url() else { return };
+    let name = unique("HERALD_TEST_LOG");
+    let client = async_nats::connect(nats_url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let bridge = format!(
+        "source = \"nats\"\nnats = \"{nats_url}\"\nstream = \"{name}\"\ndurable = \"hubs\"\n\
+         ack_wait = \"1s\"\ntopic = \"https://example.com/log/app\"\n"
+    );
+    let writer = (js.clone(), name.clone());
+    survives_a_killed_hub(&bridge, "reading the stream", move |i| {
+        let (js, name) = writer.clone();
+        async move {
+            js.publish(format!("{name}.app"), format!("row {i}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    js.delete_stream(&name).await.unwrap();
+}
