@@ -25,6 +25,8 @@
 //!   of the hub; never twice, since each row's update id is its row's key
 //!   and the hub refuses an id it holds).
 
+pub mod amqp;
+pub mod mqtt;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
@@ -69,6 +71,12 @@ pub enum Source {
     /// NATS: core subjects (`--subject`), or a JetStream durable consumer
     /// (`--stream`, `--durable`).
     Nats(nats::Args),
+    /// MQTT: topic filters with `+` and `#` wildcards (`--subscribe`).
+    Mqtt(mqtt::Args),
+    /// RabbitMQ (AMQP 0-9-1): a queue (`--queue`), or an exchange bound
+    /// with routing keys (`--exchange`, `--binding`).
+    #[command(alias = "rabbitmq")]
+    Amqp(amqp::Args),
 }
 
 impl Source {
@@ -77,6 +85,8 @@ impl Source {
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
             Self::Nats(_) => "nats",
+            Self::Mqtt(_) => "mqtt",
+            Self::Amqp(_) => "amqp",
         }
     }
 
@@ -85,6 +95,8 @@ impl Source {
             Self::Postgres(a) => &a.map,
             Self::Redis(a) => &a.map,
             Self::Nats(a) => &a.map,
+            Self::Mqtt(a) => &a.map,
+            Self::Amqp(a) => &a.map,
         }
     }
 
@@ -93,6 +105,8 @@ impl Source {
             Self::Postgres(a) => a.check(),
             Self::Redis(a) => a.check(),
             Self::Nats(a) => a.check(),
+            Self::Mqtt(a) => a.check(),
+            Self::Amqp(a) => a.check(),
         }
     }
 
@@ -103,6 +117,8 @@ impl Source {
             Self::Postgres(a) => postgres::run(a, bridge).await,
             Self::Redis(a) => redis::run(a, bridge).await,
             Self::Nats(a) => nats::run(a, bridge).await,
+            Self::Mqtt(a) => mqtt::run(a, bridge).await,
+            Self::Amqp(a) => amqp::run(a, bridge).await,
         }
     }
 }
@@ -181,7 +197,7 @@ pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<C
 /// out).
 pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
     let Some(source) = table.get("source") else {
-        return Err("`source` is missing (postgres, redis, nats)".into());
+        return Err("`source` is missing (postgres, redis, nats, mqtt, amqp)".into());
     };
     let Some(source) = source.as_str() else {
         return Err("`source` is not a string".into());
