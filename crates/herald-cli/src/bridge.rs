@@ -35,10 +35,10 @@ pub mod shared;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{FromArgMatches as _, Subcommand as _};
 
-use shared::{Backoff, Bridge, HubArgs, MapArgs, Sink};
+use shared::{Bridge, HubArgs, MapArgs, Sink};
 
 /// Bridge events from a source into a hub.
 #[derive(clap::Args, Debug)]
@@ -110,6 +110,18 @@ impl Source {
         }
     }
 
+    /// True when every listener gets every event (so one hub of several
+    /// runs it), false when the source shares its events out.
+    fn broadcast(&self) -> bool {
+        match self {
+            Self::Postgres(a) => a.broadcast(),
+            Self::Redis(a) => a.broadcast(),
+            Self::Nats(a) => a.broadcast(),
+            Self::Mqtt(_) => true,
+            Self::Amqp(a) => a.broadcast(),
+        }
+    }
+
     /// Runs until a fatal error: a setup that can never work, or a token
     /// the hub refuses.
     async fn run(&self, bridge: Arc<Bridge>) -> anyhow::Result<()> {
@@ -144,6 +156,8 @@ pub struct Configured {
     pub name: String,
     /// The topics it may publish to, as a token's `mercure.publish`.
     pub publish: Vec<String>,
+    /// How long a broadcast source's lease lasts unless renewed.
+    pub lease_ttl: Duration,
     source: Source,
 }
 
@@ -165,6 +179,14 @@ fn command() -> clap::Command {
                 .global(true)
                 .action(clap::ArgAction::Append)
                 .help("a topic selector the bridge may publish to (repeatable) [default: *]"),
+        )
+        .arg(
+            clap::Arg::new("lease_ttl")
+                .long("lease-ttl")
+                .global(true)
+                .value_parser(shared::parse_duration)
+                .default_value("10s")
+                .help("a broadcast source runs on one hub of those sharing an engine, under a lease this long (renewed every third of it)"),
         );
     Source::augment_subcommands(cmd)
 }
@@ -184,9 +206,17 @@ pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<C
         .get_many::<String>("publish")
         .map(|p| p.cloned().collect())
         .unwrap_or_else(|| vec!["*".to_owned()]);
+    let lease_ttl = m
+        .get_one::<Duration>("lease_ttl")
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
+    if lease_ttl < Duration::from_millis(300) {
+        bail!("{what}: --lease-ttl must be at least 300ms");
+    }
     Ok(Configured {
         name,
         publish,
+        lease_ttl,
         source,
     })
 }
@@ -237,23 +267,95 @@ pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
 /// Starts `herald serve`'s bridges on `hub`. Each runs until the hub
 /// stops; a fatal error (a setup the source refuses) is logged, counted
 /// and retried after a minute, so one broken bridge never stops the hub.
+///
+/// A broadcast source (NOTIFY, Pub/Sub, core NATS, MQTT, an exchange
+/// without a queue of its own) delivers every event to every listener,
+/// so among hubs sharing an engine it runs on one at a time: the one
+/// holding the bridge's lease in the engine, renewed every third of its
+/// ttl. When that hub dies, another takes the lease once it expires. A
+/// source with shared consumption (an outbox, a stream's consumer group,
+/// a JetStream durable, a queue) runs on every hub: the source itself
+/// hands each event to one of them.
 pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
+    let holder = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     for c in bridges {
         let sink = Sink::Local {
             hub: hub.clone(),
             publisher: herald::http::LocalPublisher::new(c.publish.clone()),
         };
         let bridge = Arc::new(Bridge::new(c.name.clone(), sink, c.source.map().mapping()));
-        tokio::spawn(async move {
-            let mut backoff = Backoff::new();
-            loop {
-                if let Err(e) = c.source.run(bridge.clone()).await {
-                    tracing::error!(bridge = c.name, "bridge stopped: {e:#}; restarted in 60 s");
-                    bridge.count("source_failure");
-                    backoff.reset();
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+        if c.source.broadcast() {
+            tokio::spawn(leased(hub.clone(), holder.clone(), c, bridge));
+        } else {
+            tokio::spawn(async move { restarting(&c.source, &bridge).await });
+        }
+    }
+}
+
+/// Runs a source for good: restarted a minute after a fatal error.
+async fn restarting(source: &Source, bridge: &Arc<Bridge>) {
+    loop {
+        if let Err(e) = source.run(bridge.clone()).await {
+            tracing::error!(
+                bridge = bridge.name,
+                "bridge stopped: {e:#}; restarted in 60 s"
+            );
+            bridge.count("source_failure");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+/// Runs a broadcast source while this hub holds its lease.
+async fn leased(hub: herald::Hub, holder: String, c: Configured, bridge: Arc<Bridge>) {
+    let lease = format!("bridge:{}", c.name);
+    let renew = c.lease_ttl / 3;
+    let mut standing_by = false;
+    loop {
+        match hub.lease(&lease, &holder, c.lease_ttl).await {
+            Ok(true) => {
+                standing_by = false;
+                tracing::info!(
+                    bridge = c.name,
+                    "this hub holds the bridge's lease: running it"
+                );
+                let mut held = tokio::time::Instant::now();
+                let run = restarting(&c.source, &bridge);
+                tokio::pin!(run);
+                let mut tick = tokio::time::interval_at(held + renew, renew);
+                loop {
+                    tokio::select! {
+                        () = &mut run => {}
+                        _ = tick.tick() => match hub.lease(&lease, &holder, c.lease_ttl).await {
+                            Ok(true) => held = tokio::time::Instant::now(),
+                            Ok(false) => {
+                                tracing::warn!(bridge = c.name, "another hub took the bridge's lease: stopped here");
+                                break;
+                            }
+                            // Unsure whether it is still held: stop before
+                            // it could have passed to another hub.
+                            Err(e) if held.elapsed() + renew >= c.lease_ttl => {
+                                tracing::warn!(bridge = c.name, "cannot renew the bridge's lease ({e}): stopped here");
+                                break;
+                            }
+                            Err(_) => {}
+                        },
+                    }
                 }
             }
-        });
+            Ok(false) => {
+                if !standing_by {
+                    tracing::info!(bridge = c.name, "another hub runs this bridge: standing by");
+                    standing_by = true;
+                }
+            }
+            Err(e) => tracing::warn!(bridge = c.name, "cannot take the bridge's lease: {e}"),
+        }
+        tokio::time::sleep(renew).await;
     }
 }

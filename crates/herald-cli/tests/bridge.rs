@@ -248,7 +248,7 @@ async fn notify_payloads_become_updates_and_bad_ones_dead_letters() {
         "--type",
         "order",
     ]);
-    bridge.wait_for("listening").await;
+    bridge.wait_for("source listening").await;
     let mut events = subscribe(&url, "https://example.com/orders/{order}").await;
     let db = postgres(&pg).await;
     let notify = |payload: &str| format!("NOTIFY {channel}, '{payload}'");
@@ -284,7 +284,7 @@ async fn notify_payloads_become_updates_and_bad_ones_dead_letters() {
         "--topic",
         "https://example.com/x",
     ]);
-    refused.wait_for("listening").await;
+    refused.wait_for("source listening").await;
     db.batch_execute(&notify("hello")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -552,8 +552,9 @@ async fn survives_a_killed_hub_with<F, Fut>(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+    let mut before = Vec::new();
     for _ in 0..5 {
-        next(&mut events).await;
+        before.push(next(&mut events).await);
     }
     drop(hub);
     writer.await.unwrap();
@@ -563,7 +564,14 @@ async fn survives_a_killed_hub_with<F, Fut>(
     let mut seen: Vec<String> = Vec::new();
     let mut twice = 0;
     while seen.len() < 40 {
-        let data = next(&mut history).await.1;
+        let Ok(Some((_, data))) =
+            tokio::time::timeout(Duration::from_secs(10), history.recv()).await
+        else {
+            panic!(
+                "rows missing after the restart; seen {seen:?}\nbefore the kill: {before:?}\nthe restarted hub said:\n{}",
+                hub.stderr()
+            );
+        };
         if exactly_once || !seen.contains(&data) {
             seen.push(data);
         } else {
@@ -646,7 +654,7 @@ async fn redis_pubsub_channels_and_patterns_become_updates() {
         ),
     )
     .await;
-    hub.wait_for("listening").await;
+    hub.wait_for("source listening").await;
     let mut news = subscribe(&url, &format!("https://example.com/feeds/{channel}")).await;
     let mut cpu = subscribe(&url, &format!("https://example.com/feeds/{prefix}.cpu")).await;
     let mut conn = redis_conn(&redis_url).await;
@@ -869,7 +877,7 @@ async fn nats_core_subjects_become_updates() {
         ),
     )
     .await;
-    hub.wait_for("listening").await;
+    hub.wait_for("source listening").await;
     let topic = format!("https://example.com/{prefix}.kitchen.temperature");
     let mut events = subscribe(&url, &topic).await;
     let client = async_nats::connect(nats_url.as_str()).await.unwrap();
@@ -952,7 +960,7 @@ async fn mqtt_topic_filters_with_wildcards_become_updates() {
         ),
     )
     .await;
-    hub.wait_for("listening").await;
+    hub.wait_for("source listening").await;
     let mut kitchen = subscribe(
         &url,
         &format!("https://example.com/{home}/kitchen/temperature"),
@@ -1016,7 +1024,7 @@ async fn a_hub_killed_mid_mqtt_stream_loses_nothing() {
     let client = mqtt_publisher(&mqtt).await;
     survives_a_killed_hub_with(
         &bridge,
-        "listening",
+        "source listening",
         move |i| {
             let client = client.clone();
             let topic = format!("{prefix}/line/{i}");
@@ -1088,7 +1096,7 @@ async fn rabbitmq_exchange_bindings_become_updates() {
         ),
     )
     .await;
-    hub.wait_for("listening").await;
+    hub.wait_for("source listening").await;
     let mut created = subscribe(
         &url,
         &format!("https://example.com/{prefix}.orders.created"),
@@ -1125,7 +1133,7 @@ async fn a_hub_killed_mid_rabbitmq_queue_loses_and_repeats_nothing() {
     );
     let (_conn, channel) = amqp_channel(&amqp).await;
     let writer = (channel.clone(), queue.clone());
-    survives_a_killed_hub(&bridge, "listening", move |i| {
+    survives_a_killed_hub(&bridge, "source listening", move |i| {
         let (channel, queue) = writer.clone();
         async move {
             // The default exchange routes by queue name; the id drops a
@@ -1189,4 +1197,59 @@ async fn a_source_that_is_down_is_counted_and_the_hub_serves_on() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(next(&mut events).await.1, "serving");
+}
+
+/// A broadcast source (Redis Pub/Sub) on two hubs sharing one engine runs
+/// on one of them at a time, under a lease: each message is published
+/// once, and when the running hub dies the other takes over.
+#[tokio::test]
+async fn a_broadcast_bridge_runs_on_one_node_and_moves_when_it_dies() {
+    let Some(redis_url) = redis_url() else { return };
+    let channel = unique("herald_test_broadcast");
+    let namespace = unique("bridge_lease");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = format!(
+        "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
+         [[bridge]]\nsource = \"redis\"\nredis = \"{redis_url}\"\nchannel = [\"{channel}\"]\n\
+         lease_ttl = \"1s\"\ntopic = \"https://example.com/log/app\"\n"
+    );
+    let (a, _) = hub_with(dirs[0].path(), &config).await;
+    a.wait_for("source listening").await;
+    let (b, url) = hub_with(dirs[1].path(), &config).await;
+    b.wait_for("another hub runs this bridge: standing by")
+        .await;
+    let mut events = subscribe(&url, "https://example.com/log/app").await;
+    let mut conn = redis_conn(&redis_url).await;
+    let publish = |conn: &mut redis::aio::MultiplexedConnection, i: u32| {
+        let mut conn = conn.clone();
+        let channel = channel.clone();
+        async move {
+            let _: i64 = redis::AsyncCommands::publish(&mut conn, &channel, format!("row {i}"))
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..10 {
+        publish(&mut conn, i).await;
+    }
+    for i in 0..10 {
+        assert_eq!(next(&mut events).await.1, format!("row {i}"));
+    }
+    drop(a);
+    b.wait_for("this hub holds the bridge's lease").await;
+    b.wait_for("source listening").await;
+    for i in 10..20 {
+        publish(&mut conn, i).await;
+    }
+    for i in 10..20 {
+        assert_eq!(next(&mut events).await.1, format!("row {i}"));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.recv())
+            .await
+            .is_err(),
+        "a message was published twice"
+    );
+    drop(b);
+    remove_redis_namespace(&redis_url, &namespace).await;
 }

@@ -462,3 +462,16 @@ async fn the_directory_lists_other_nodes_and_reaps_dead_ones_once() {
     )
     .await;
 }
+
+/// The lease check of the testkit, on two nodes of one namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_have_one_holder_and_pass_on() {
+    let Some(url) = nats_url() else {
+        return assert!(!with_nats());
+    };
+    let ns = Namespace::new(&url);
+    herald::engine::testkit::leases_have_one_holder_and_pass_on_when_it_stops(|| async {
+        ns.engine().await
+    })
+    .await;
+}

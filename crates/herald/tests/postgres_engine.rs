@@ -385,3 +385,16 @@ async fn a_refused_append_fails_alone_in_its_group() {
     let positions = a.sink.positions();
     assert_eq!(positions, (1..=39).collect::<Vec<_>>());
 }
+
+/// The lease check of the testkit, on two nodes of one namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_have_one_holder_and_pass_on() {
+    let Some(url) = pg_url() else {
+        return assert!(!with_pg());
+    };
+    let ns = Namespace::new(&url);
+    herald::engine::testkit::leases_have_one_holder_and_pass_on_when_it_stops(|| async {
+        ns.engine().await
+    })
+    .await;
+}

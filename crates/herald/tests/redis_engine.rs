@@ -430,3 +430,16 @@ async fn waiting_for_missing_replicas_is_unavailable_then_a_duplicate() {
     // Reads do not queue behind WAIT.
     assert_eq!(a.engine.resolve("w").await.unwrap(), Some(1));
 }
+
+/// The lease check of the testkit, on two nodes of one namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_have_one_holder_and_pass_on() {
+    let Some(url) = redis_url() else {
+        return assert!(!with_redis());
+    };
+    let ns = Namespace::new(&url);
+    herald::engine::testkit::leases_have_one_holder_and_pass_on_when_it_stops(|| async {
+        ns.engine().await
+    })
+    .await;
+}

@@ -53,6 +53,12 @@ pub struct Args {
 }
 
 impl Args {
+    /// A queue of the bridge's own gets every message; a named queue
+    /// shares them out among its consumers.
+    pub fn broadcast(&self) -> bool {
+        self.queue.is_none()
+    }
+
     /// Refuses arguments that can never work, before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         self.amqp
@@ -131,7 +137,7 @@ async fn consume(args: &Args, bridge: &Bridge, backoff: &mut Backoff) -> anyhow:
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(bridge = bridge.name, queue, "listening");
+    tracing::info!(bridge = bridge.name, queue, "source listening");
     backoff.reset();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;

@@ -154,7 +154,7 @@ pub async fn run(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         subscribed += 1;
                         if subscribed == filters.len() {
-                            tracing::info!(bridge = bridge.name, filters = ?filters, "listening");
+                            tracing::info!(bridge = bridge.name, filters = ?filters, "source listening");
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {

@@ -49,6 +49,12 @@ pub struct Args {
 }
 
 impl Args {
+    /// Core subjects reach every subscriber; a durable shares its
+    /// messages out.
+    pub fn broadcast(&self) -> bool {
+        self.stream.is_none()
+    }
+
     /// Refuses arguments that can never work, before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         self.nats
@@ -100,7 +106,7 @@ async fn subscribe(args: &Args, bridge: &Bridge) -> anyhow::Result<()> {
     for s in &args.subjects {
         subs.push(client.subscribe(s.clone()).await?);
     }
-    tracing::info!(bridge = bridge.name, subjects = ?args.subjects, "listening");
+    tracing::info!(bridge = bridge.name, subjects = ?args.subjects, "source listening");
     while let Some(msg) = subs.next().await {
         let payload = String::from_utf8_lossy(&msg.payload);
         bridge.deliver(msg.subject.as_str(), &payload, None).await?;

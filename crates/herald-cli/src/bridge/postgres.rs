@@ -52,6 +52,11 @@ pub struct Args {
 }
 
 impl Args {
+    /// NOTIFY reaches every listener; an outbox's rows are shared out.
+    pub fn broadcast(&self) -> bool {
+        self.outbox.is_none()
+    }
+
     /// Refuses arguments that can never work, before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         if let Err(e) = self.postgres.parse::<tokio_postgres::Config>() {
@@ -164,7 +169,7 @@ async fn notify(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        tracing::info!(bridge = bridge.name, channels = ?args.channels, "listening");
+        tracing::info!(bridge = bridge.name, channels = ?args.channels, "source listening");
         backoff.reset();
         while let Some((channel, payload)) = events.recv().await {
             bridge.deliver(&channel, &payload, None).await?;

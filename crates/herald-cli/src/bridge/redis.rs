@@ -62,6 +62,11 @@ pub struct Args {
 }
 
 impl Args {
+    /// Pub/Sub reaches every subscriber; a group shares its entries out.
+    pub fn broadcast(&self) -> bool {
+        self.stream.is_none()
+    }
+
     /// Refuses arguments that can never work, before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         ::redis::Client::open(self.redis.as_str())
@@ -107,7 +112,7 @@ async fn pubsub(args: &Args, client: &::redis::Client, bridge: &Bridge) -> anyho
                 continue;
             }
         };
-        tracing::info!(bridge = bridge.name, channels = ?args.channels, patterns = ?args.patterns, "listening");
+        tracing::info!(bridge = bridge.name, channels = ?args.channels, patterns = ?args.patterns, "source listening");
         backoff.reset();
         let mut messages = ps.on_message();
         while let Some(msg) = messages.next().await {

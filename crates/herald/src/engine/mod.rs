@@ -289,6 +289,22 @@ pub trait Engine: Send + Sync + 'static {
     fn directory(&self) -> Option<Arc<dyn Directory>> {
         None
     }
+
+    /// Takes the lease `name` for `holder`, or renews it, for `ttl`; true
+    /// when `holder` holds it once this returns. Among nodes sharing the
+    /// engine at most one holds a lease at a time, so something that must
+    /// run once (a broadcast bridge) runs on its holder; when the holder
+    /// stops renewing, the lease passes to the next node that asks after
+    /// `ttl`. An engine of one node grants every lease.
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        let _ = (name, holder, ttl);
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// The subscriptions of every node sharing an engine, for the

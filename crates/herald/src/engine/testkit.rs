@@ -594,6 +594,63 @@ pub async fn directory_lists_other_nodes_and_reaps_dead_ones_once<F, Fut>(
     assert_eq!(dc.others().await.unwrap(), ["b1"]);
 }
 
+/// Leases of an engine shared by several nodes ([`Engine::lease`]): one
+/// holder at a time, even when two nodes ask together; the holder renews;
+/// another takes the lease once the holder stops renewing for the ttl,
+/// not before. `node` connects one more node to the same shared log. Not
+/// part of [`engine_conformance!`](crate::engine_conformance): an engine
+/// of one node grants every lease.
+pub async fn leases_have_one_holder_and_pass_on_when_it_stops<F, Fut>(mut node: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Arc<dyn Engine>>,
+{
+    let a = node().await;
+    let b = node().await;
+    let ttl = Duration::from_millis(1500);
+    let name = format!("test:{}", uuid::Uuid::new_v4().simple());
+    // Asked together: exactly one wins.
+    let (x, y) = tokio::join!(a.lease(&name, "a", ttl), b.lease(&name, "b", ttl));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x ^ y, "one holder of two asking together (a {x}, b {y})");
+    let (holder, other, h, o) = if x {
+        (&a, &b, "a", "b")
+    } else {
+        (&b, &a, "b", "a")
+    };
+    // The holder renews it, within the ttl, for longer than one ttl.
+    let until = Instant::now() + ttl * 2;
+    let mut stopped = Instant::now();
+    while Instant::now() < until {
+        let asked = Instant::now();
+        assert!(holder.lease(&name, h, ttl).await.unwrap(), "renewed");
+        stopped = asked;
+        assert!(
+            !other.lease(&name, o, ttl).await.unwrap(),
+            "held by the other"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // The holder stops (its last renewal was asked at `stopped`): the
+    // lease passes after the ttl.
+    assert!(
+        eventually(ttl * 3, || async {
+            other.lease(&name, o, ttl).await.unwrap()
+        })
+        .await,
+        "the lease passes on"
+    );
+    assert!(
+        stopped.elapsed() >= ttl - Duration::from_millis(300),
+        "not before the ttl: after {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        !holder.lease(&name, h, ttl).await.unwrap(),
+        "the old holder lost it"
+    );
+}
+
 /// `bounds` is empty at first, then spans the history.
 pub async fn bounds_track_history<F: EngineFactory>(mut factory: F) {
     let h = &Harness::fresh(&mut factory).await;

@@ -190,6 +190,22 @@ impl Hub {
         &self.inner.index
     }
 
+    /// Takes or renews the lease `name` for `holder` in the engine (see
+    /// [`Engine::lease`]): among hubs sharing an engine, one at a time
+    /// holds it, so something that must run once runs there. A hub of one
+    /// node always holds it.
+    ///
+    /// # Errors
+    /// The engine cannot answer now.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, EngineError> {
+        self.inner.engine.lease(name, holder, ttl).await
+    }
+
     /// The hub's metrics (Prometheus exposition at `/metrics`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics

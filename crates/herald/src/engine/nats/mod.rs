@@ -138,6 +138,71 @@ impl NatsEngine {
         Ok(Self { inner, presence })
     }
 
+    /// See [`Engine::lease`]. A lease is a subject of the directory's
+    /// stream (one message kept per subject) whose last message names its
+    /// holder; it is taken and renewed by a publish that expects the
+    /// subject's last sequence, so two nodes asking together cannot both
+    /// win. It expires `ttl` after that message's time on the server.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, EngineError> {
+        use async_nats::jetstream::context::{Publish, PublishErrorKind};
+        let inner = &self.inner;
+        // Subject tokens take letters, digits, `-` and `_`.
+        let token: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("_{b:02x}")
+                }
+            })
+            .collect();
+        let subject = format!("{}lease.{token}", inner.names.dir_prefix);
+        let dir = inner
+            .js
+            .get_stream_no_info(inner.names.dir.as_str())
+            .await
+            .map_err(unavailable)?;
+        // The last holder's message carries the server's time; its age is
+        // read on this node's clock, so nodes and server keep time (NTP)
+        // well within the ttl.
+        let last = match dir.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(m) => Some(m),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => None,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let expected = match &last {
+            None => 0,
+            Some(m) => {
+                let held_by = String::from_utf8_lossy(&m.payload);
+                let age = time::OffsetDateTime::now_utc() - m.time;
+                if held_by != holder && age < ttl {
+                    return Ok(false);
+                }
+                m.sequence
+            }
+        };
+        let publish = Publish::build()
+            .payload(bytes::Bytes::from(holder.to_owned()))
+            .expected_last_subject_sequence(expected);
+        let ack = inner
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(unavailable)?
+            .await;
+        match ack {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// This node's share of the subscriptions directory.
     pub fn presence(&self) -> &presence::Presence {
         &self.presence
@@ -387,5 +452,14 @@ impl Engine for NatsEngine {
 
     fn directory(&self) -> Option<Arc<dyn super::Directory>> {
         Some(Arc::new(self.presence.clone()))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        self.take_lease(name, holder, ttl).boxed()
     }
 }

@@ -233,6 +233,44 @@ impl Inner {
         .await
     }
 
+    /// See [`Engine::lease`]. The table is made on first use (a schema
+    /// made before leases existed has none), times come from the
+    /// server's clock.
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, EngineError> {
+        let take = format!(
+            "INSERT INTO {leases} (name, holder, expires)
+                 VALUES ($1, $2, clock_timestamp() + $3::float8 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires
+                 WHERE {leases}.holder = EXCLUDED.holder OR {leases}.expires < clock_timestamp()
+             RETURNING holder",
+            leases = self.names.leases
+        );
+        let ms = ttl.as_secs_f64() * 1000.0;
+        self.bounded(async {
+            let client = self.link.client().await?;
+            let row = match client.query_opt(&take, &[&name, &holder, &ms]).await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    // Two nodes creating it together: one may fail, and
+                    // the table is there all the same.
+                    let _ = client
+                        .batch_execute(&format!(
+                            "CREATE TABLE IF NOT EXISTS {} (
+                                 name text PRIMARY KEY,
+                                 holder text NOT NULL,
+                                 expires timestamptz NOT NULL)",
+                            self.names.leases
+                        ))
+                        .await;
+                    client.query_opt(&take, &[&name, &holder, &ms]).await
+                }
+                other => other,
+            }
+            .map_err(unavailable)?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
     async fn resolve(&self, id: &str) -> Result<Option<Position>, EngineError> {
         self.bounded(async {
             let client = self.link.client().await?;
@@ -386,5 +424,14 @@ impl Engine for PostgresEngine {
 
     fn directory(&self) -> Option<Arc<dyn super::Directory>> {
         Some(Arc::new(self.presence.clone()))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        self.inner.lease(name, holder, ttl).boxed()
     }
 }

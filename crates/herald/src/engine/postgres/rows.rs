@@ -14,7 +14,11 @@ pub(crate) const COLUMNS: &str = "position, id, topics, data, event_type, retry,
 
 /// A failure to reach or use the server: retry later.
 pub(crate) fn unavailable(e: tokio_postgres::Error) -> EngineError {
-    EngineError::Unavailable(format!("postgres: {e}"))
+    match e.as_db_error() {
+        // "db error" alone says nothing: the server's own message does.
+        Some(db) => EngineError::Unavailable(format!("postgres: {}", db.message())),
+        None => EngineError::Unavailable(format!("postgres: {e}")),
+    }
 }
 
 /// An append's failure: a duplicate id is a refusal, the rest is

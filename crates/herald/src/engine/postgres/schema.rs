@@ -7,6 +7,7 @@
 //! | `updates` | one row per retained update: `position` (primary key), `id` (unique), the update's fields, `at` (commit time) |
 //! | `nodes` | node → when its presence expires |
 //! | `subscriptions` | each node's subscriptions (the directory) |
+//! | `leases` | lease → the node holding it and until when (broadcast bridges'); created on first use |
 //!
 //! **Positions in commit order.** An append takes its positions by
 //! `UPDATE meta SET last = last + n` in the same transaction as its rows.
@@ -47,6 +48,7 @@ pub(crate) struct Names {
     pub updates: String,
     pub nodes: String,
     pub subscriptions: String,
+    pub leases: String,
     /// The NOTIFY channel, quoted for LISTEN.
     pub channel: String,
     /// The channel as `pg_notify` takes it (unquoted text).
@@ -70,6 +72,7 @@ impl Names {
             updates: format!("{schema}.updates"),
             nodes: format!("{schema}.nodes"),
             subscriptions: format!("{schema}.subscriptions"),
+            leases: format!("{schema}.leases"),
             channel: quote(&channel_text),
             channel_text,
             lock_key: format!("herald:{namespace}"),

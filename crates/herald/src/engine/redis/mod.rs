@@ -136,6 +136,7 @@ impl RedisEngine {
                 append: scripts::append(),
                 read: scripts::read(),
                 check: scripts::check(),
+                lease: scripts::lease(),
             },
             follow: watch::Sender::new(Follow {
                 epoch: Arc::from(""),
@@ -499,5 +500,32 @@ impl Engine for RedisEngine {
 
     fn directory(&self) -> Option<Arc<dyn super::Directory>> {
         Some(Arc::new(self.inner.presence.clone()))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        async move {
+            let inner = &self.inner;
+            let mut conn = inner.conn.clone();
+            let held: i64 = inner
+                .bounded(async {
+                    inner
+                        .scripts
+                        .lease
+                        .key(inner.keys.lease(name))
+                        .arg(holder)
+                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
+            Ok(held == 1)
+        }
+        .boxed()
     }
 }

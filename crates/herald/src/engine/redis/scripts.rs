@@ -17,6 +17,7 @@
 //! | `{ns}:clock` | sorted set | one mark per second with appends: member the first position appended in it, score the server's time of that append in ms (what `max_age` trims by: a mark's updates go once its second is older than `max_age`) |
 //! | `{ns}:nodes` | sorted set | node id → when its presence expires (ms) |
 //! | `{ns}:node:<id>` | hash | that node's subscriptions (see `presence.rs`) |
+//! | `{ns}:lease:<name>` | string | the node holding a lease (a broadcast bridge's), expiring unless renewed |
 //!
 //! Positions are the stream's entry ids, so trimming by count and by age
 //! are both `XTRIM MINID ~`: the oldest position to keep is computed from
@@ -62,10 +63,33 @@ impl Keys {
         format!("{}{node}", self.node_prefix)
     }
 
+    /// The key of one lease.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}lease:{name}", self.node_prefix.trim_end_matches("node:"))
+    }
+
     /// Every key of the namespace's log (not the presence keys).
     pub fn log_keys(&self) -> [&str; 5] {
         [&self.meta, &self.log, &self.ids, &self.order, &self.clock]
     }
+}
+
+/// Takes or renews a lease: sets it to the holder for the ttl when it is
+/// free or already the holder's.
+///
+/// KEYS: the lease. ARGV: the holder, the ttl in ms. Returns 1 when the
+/// holder holds it, else 0.
+pub(crate) fn lease() -> Script {
+    Script::new(
+        r"
+local h = redis.call('GET', KEYS[1])
+if h == false or h == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+    )
 }
 
 /// Creates the log if it has no identity (new, flushed, or its `meta`

@@ -34,6 +34,7 @@ pub(super) struct Scripts {
     pub append: redis::Script,
     pub read: redis::Script,
     pub check: redis::Script,
+    pub lease: redis::Script,
 }
 
 pub(super) struct Inner {
