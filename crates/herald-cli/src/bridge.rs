@@ -359,3 +359,45 @@ async fn leased(hub: herald::Hub, holder: String, c: Configured, bridge: Arc<Bri
         tokio::time::sleep(renew).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `[[bridge]]` in README.md's TOML examples is one `herald
+    /// serve` accepts, so the documentation cannot drift from the code.
+    #[test]
+    fn readme_bridges_are_valid() {
+        let readme = include_str!("../../../README.md");
+        let mut checked = 0;
+        for block in readme.split("```toml\n").skip(1) {
+            let block = &block[..block.find("```").unwrap()];
+            if !block.contains("[[bridge]]") {
+                continue;
+            }
+            let table: toml::Table = toml::from_str(block).unwrap();
+            let bridges = table["bridge"].as_array().unwrap();
+            for (i, b) in bridges.iter().enumerate() {
+                let argv = table_argv(b.as_table().unwrap()).unwrap();
+                let c = configured(&argv, "README", i).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(!c.name.is_empty());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "{checked} bridges found in README.md");
+    }
+
+    #[test]
+    fn tables_become_arguments() {
+        let t: toml::Table = toml::from_str(
+            "source = 'redis'\nchannel = ['a', 'b']\nprivate = true\nother = false\nclaim_idle = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            table_argv(&t).unwrap(),
+            ["redis", "--channel", "a", "--channel", "b", "--claim-idle", "5", "--private"]
+        );
+        let no_source: toml::Table = toml::from_str("topic = 'x'").unwrap();
+        assert!(table_argv(&no_source).unwrap_err().contains("source"));
+    }
+}
