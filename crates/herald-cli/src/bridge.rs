@@ -395,7 +395,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             table_argv(&t).unwrap(),
-            ["redis", "--channel", "a", "--channel", "b", "--claim-idle", "5", "--private"]
+            [
+                "redis",
+                "--channel",
+                "a",
+                "--channel",
+                "b",
+                "--claim-idle",
+                "5",
+                "--private"
+            ]
         );
         let no_source: toml::Table = toml::from_str("topic = 'x'").unwrap();
         assert!(table_argv(&no_source).unwrap_err().contains("source"));

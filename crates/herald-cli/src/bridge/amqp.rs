@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -139,7 +139,22 @@ async fn consume(args: &Args, bridge: &Bridge, backoff: &mut Backoff) -> anyhow:
         .await?;
     tracing::info!(bridge = bridge.name, queue, "source listening");
     backoff.reset();
-    while let Some(delivery) = consumer.next().await {
+    // Acknowledged together (`multiple`): once 50 are settled, and
+    // whenever no more are waiting, so none waits long for its ack.
+    let mut unacked: Option<lapin::message::Delivery> = None;
+    let mut count = 0;
+    loop {
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if let Some(last) = unacked.take() {
+                    ack_through(&last).await?;
+                    count = 0;
+                }
+                consumer.next().await
+            }
+        };
+        let Some(delivery) = next else { break };
         let delivery = delivery?;
         let position = delivery
             .properties
@@ -147,10 +162,29 @@ async fn consume(args: &Args, bridge: &Bridge, backoff: &mut Backoff) -> anyhow:
             .as_ref()
             .map(|id| format!("{queue}:{}", id.as_str()));
         let payload = String::from_utf8_lossy(&delivery.data);
-        bridge
+        if let Err(fatal) = bridge
             .deliver(delivery.routing_key.as_str(), &payload, position.as_deref())
-            .await?;
-        delivery.ack(BasicAckOptions::default()).await?;
+            .await
+        {
+            if let Some(last) = unacked.take() {
+                ack_through(&last).await?;
+            }
+            return Err(fatal.into());
+        }
+        unacked = Some(delivery);
+        count += 1;
+        if count >= 50 {
+            if let Some(last) = unacked.take() {
+                ack_through(&last).await?;
+            }
+            count = 0;
+        }
     }
+    Ok(())
+}
+
+/// Acknowledges `last` and every delivery before it on its channel.
+async fn ack_through(last: &lapin::message::Delivery) -> anyhow::Result<()> {
+    last.ack(BasicAckOptions { multiple: true }).await?;
     Ok(())
 }

@@ -228,7 +228,8 @@ async fn consume(
     }
 }
 
-/// Publishes entries, acknowledging each once it is settled.
+/// Publishes entries, then acknowledges those settled (appended, held
+/// already, or dead-lettered) in one `XACK`, also when a later one fails.
 async fn settle(
     args: &Args,
     stream: &str,
@@ -237,11 +238,16 @@ async fn settle(
     bridge: &Bridge,
     entries: &[StreamId],
 ) -> anyhow::Result<()> {
+    let mut settled: Vec<&str> = Vec::with_capacity(entries.len());
+    let mut failed = None;
     for entry in entries {
         let position = format!("{stream}:{}", entry.id);
         match entry.get::<String>(&args.field) {
             Some(payload) => {
-                bridge.deliver(stream, &payload, Some(&position)).await?;
+                if let Err(fatal) = bridge.deliver(stream, &payload, Some(&position)).await {
+                    failed = Some(fatal);
+                    break;
+                }
             }
             None => bridge.dead_letter(
                 stream,
@@ -250,7 +256,13 @@ async fn settle(
                 &format!("the entry has no {} field", args.field),
             ),
         }
-        let _: i64 = conn.xack(stream, group, &[&entry.id]).await?;
+        settled.push(&entry.id);
     }
-    Ok(())
+    if !settled.is_empty() {
+        let _: i64 = conn.xack(stream, group, &settled).await?;
+    }
+    match failed {
+        Some(fatal) => Err(fatal.into()),
+        None => Ok(()),
+    }
 }
