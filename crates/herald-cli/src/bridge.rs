@@ -136,7 +136,7 @@ impl Source {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::serve::init_logs(&args.log, false)?;
+    crate::logs::init(&args.log, false)?;
     args.source.check()?;
     let sink = Sink::http(&args.hub)?;
     let bridge = Bridge::new(

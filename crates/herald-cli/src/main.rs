@@ -2,6 +2,7 @@
 
 mod bench;
 mod bridge;
+mod logs;
 mod publish;
 mod serve;
 mod settings;

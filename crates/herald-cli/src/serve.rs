@@ -373,23 +373,9 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     })
 }
 
-pub(crate) fn init_logs(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut plan = plan(args)?;
-    init_logs(&plan.log, plan.log_json)?;
+    crate::logs::init(&plan.log, plan.log_json)?;
     let engine: Arc<dyn Engine> = match plan.engine {
         EngineChoice::Memory { capacity } => Arc::new(MemoryEngine::new(capacity)),
         EngineChoice::Local(cfg) => {
