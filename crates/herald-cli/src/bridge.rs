@@ -192,16 +192,24 @@ fn command() -> clap::Command {
 }
 
 /// Reads one bridge from its arguments (`what` names it in errors).
-pub fn configured(argv: &[String], what: &str, index: usize) -> anyhow::Result<Configured> {
+pub fn configured(argv: &[String], what: &str) -> anyhow::Result<Configured> {
     let m = command()
         .try_get_matches_from(argv)
         .map_err(|e| anyhow!("{what}: {}", e.render().to_string().trim()))?;
     let source = Source::from_arg_matches(&m).map_err(|e| anyhow!("{what}: {e}"))?;
     source.check().with_context(|| what.to_owned())?;
-    let name = m
-        .get_one::<String>("name")
-        .cloned()
-        .unwrap_or_else(|| format!("{}-{}", source.name(), index + 1));
+    // By default, named by what it reads: the same on every hub of a
+    // cluster however its sections are ordered, since a broadcast
+    // bridge's lease is named after it.
+    let name = m.get_one::<String>("name").cloned().unwrap_or_else(|| {
+        let hash = argv
+            .iter()
+            .flat_map(|a| a.bytes().chain([0]))
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("{}-{:08x}", source.name(), hash >> 32)
+    });
     let publish = m
         .get_many::<String>("publish")
         .map(|p| p.cloned().collect())
@@ -270,12 +278,12 @@ pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
 ///
 /// A broadcast source (NOTIFY, Pub/Sub, core NATS, MQTT, an exchange
 /// without a queue of its own) delivers every event to every listener,
-/// so among hubs sharing an engine it runs on one at a time: the one
-/// holding the bridge's lease in the engine, renewed every third of its
-/// ttl. When that hub dies, another takes the lease once it expires. A
-/// source with shared consumption (an outbox, a stream's consumer group,
-/// a JetStream durable, a queue) runs on every hub: the source itself
-/// hands each event to one of them.
+/// and an outbox is read in id order by one reader, so among hubs sharing
+/// an engine these run on one at a time: the one holding the bridge's
+/// lease in the engine, renewed every third of its ttl. When that hub
+/// dies, another takes the lease once it expires. A source with shared
+/// consumption (a stream's consumer group, a JetStream durable, a queue)
+/// runs on every hub: the source itself hands each event to one of them.
 pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
     let holder = format!(
         "{}-{}-{}",
@@ -297,17 +305,33 @@ pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
     }
 }
 
-/// Runs a source for good: restarted a minute after a fatal error.
+/// Runs a source for good: restarted a minute after a fatal error, or
+/// after a panic (a bug; the hub serves on).
 async fn restarting(source: &Source, bridge: &Arc<Bridge>) {
-    loop {
-        if let Err(e) = source.run(bridge.clone()).await {
-            tracing::error!(
-                bridge = bridge.name,
-                "bridge stopped: {e:#}; restarted in 60 s"
-            );
-            bridge.count("source_failure");
-            tokio::time::sleep(Duration::from_secs(60)).await;
+    /// Stops the source's task when its runner is stopped (the lease
+    /// lost, the hub ending).
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
         }
+    }
+    loop {
+        let (source, running) = (source.clone(), bridge.clone());
+        // Its own task, so a panic ends the task, not this loop.
+        let task = tokio::spawn(async move { source.run(running).await });
+        let _abort = Abort(task.abort_handle());
+        let e = match task.await {
+            Ok(Ok(())) => anyhow!("it ended"),
+            Ok(Err(e)) => e,
+            Err(panic) => anyhow!("it failed: {panic}"),
+        };
+        tracing::error!(
+            bridge = bridge.name,
+            "bridge stopped: {e:#}; restarted in 60 s"
+        );
+        bridge.count("source_failure");
+        tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }
 
@@ -317,6 +341,7 @@ async fn leased(hub: herald::Hub, holder: String, c: Configured, bridge: Arc<Bri
     let renew = c.lease_ttl / 3;
     let mut standing_by = false;
     loop {
+        let asked = tokio::time::Instant::now();
         match hub.lease(&lease, &holder, c.lease_ttl).await {
             Ok(true) => {
                 standing_by = false;
@@ -324,27 +349,31 @@ async fn leased(hub: herald::Hub, holder: String, c: Configured, bridge: Arc<Bri
                     bridge = c.name,
                     "this hub holds the bridge's lease: running it"
                 );
-                let mut held = tokio::time::Instant::now();
+                // Held from when it was asked for, not from the answer.
+                let mut held = asked;
                 let run = restarting(&c.source, &bridge);
                 tokio::pin!(run);
                 let mut tick = tokio::time::interval_at(held + renew, renew);
                 loop {
                     tokio::select! {
                         () = &mut run => {}
-                        _ = tick.tick() => match hub.lease(&lease, &holder, c.lease_ttl).await {
-                            Ok(true) => held = tokio::time::Instant::now(),
-                            Ok(false) => {
-                                tracing::warn!(bridge = c.name, "another hub took the bridge's lease: stopped here");
-                                break;
+                        _ = tick.tick() => {
+                            let asked = tokio::time::Instant::now();
+                            match hub.lease(&lease, &holder, c.lease_ttl).await {
+                                Ok(true) => held = asked,
+                                Ok(false) => {
+                                    tracing::warn!(bridge = c.name, "another hub took the bridge's lease: stopped here");
+                                    break;
+                                }
+                                // Unsure whether it is still held: stop
+                                // before it could have passed to another.
+                                Err(e) if held.elapsed() + renew >= c.lease_ttl => {
+                                    tracing::warn!(bridge = c.name, "cannot renew the bridge's lease ({e}): stopped here");
+                                    break;
+                                }
+                                Err(_) => {}
                             }
-                            // Unsure whether it is still held: stop before
-                            // it could have passed to another hub.
-                            Err(e) if held.elapsed() + renew >= c.lease_ttl => {
-                                tracing::warn!(bridge = c.name, "cannot renew the bridge's lease ({e}): stopped here");
-                                break;
-                            }
-                            Err(_) => {}
-                        },
+                        }
                     }
                 }
             }
@@ -377,9 +406,9 @@ mod tests {
             }
             let table: toml::Table = toml::from_str(block).unwrap();
             let bridges = table["bridge"].as_array().unwrap();
-            for (i, b) in bridges.iter().enumerate() {
+            for b in bridges {
                 let argv = table_argv(b.as_table().unwrap()).unwrap();
-                let c = configured(&argv, "README", i).unwrap_or_else(|e| panic!("{e:#}"));
+                let c = configured(&argv, "README").unwrap_or_else(|e| panic!("{e:#}"));
                 assert!(!c.name.is_empty());
                 checked += 1;
             }

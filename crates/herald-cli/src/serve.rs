@@ -187,12 +187,11 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         Some(Raw::List(flags)) => flags
             .iter()
             .filter(|s| !s.trim().is_empty())
-            .enumerate()
-            .map(|(i, spec)| {
+            .map(|spec| {
                 let what = format!("--bridge {spec:?}");
                 let argv = shlex::split(spec)
                     .ok_or_else(|| anyhow::anyhow!("{what}: unbalanced quotes"))?;
-                crate::bridge::configured(&argv, &what, i)
+                crate::bridge::configured(&argv, &what)
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
         Some(Raw::Bridges(tables)) => tables
@@ -202,11 +201,18 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
                 let what = format!("[[bridge]] number {}", i + 1);
                 let argv =
                     crate::bridge::table_argv(table).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-                crate::bridge::configured(&argv, &what, i)
+                crate::bridge::configured(&argv, &what)
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
         Some(Raw::One(_) | Raw::Issuers(_)) | None => Vec::new(),
     };
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = bridges.iter().find(|b| !names.insert(b.name.as_str())) {
+        bail!(
+            "two bridges are named {:?}: give each its own `name` (ids, metrics and leases go by it)",
+            twice.name
+        );
+    }
     let public_url: Option<url::Url> = s.get("public_url")?;
     let public_url_given = public_url.is_some();
     let hub = HubConfig {

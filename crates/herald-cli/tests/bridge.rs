@@ -376,7 +376,7 @@ async fn an_outbox_is_published_once_across_a_killed_bridge() {
         .post(&url)
         .bearer_auth(&token)
         .json(&serde_json::json!([{
-            "topics": ["https://example.com/log/app"], "data": "row 40", "id": format!("{table}:{id}")
+            "topics": ["https://example.com/log/app"], "data": "row 40", "id": format!("postgres:{table}:{id}")
         }]))
         .send()
         .await

@@ -12,7 +12,7 @@
 //! `{channel}` is the message's routing key. A message is acknowledged
 //! only once the hub appended it (or held it already, or it went to the
 //! dead-letter log), so delivery is at least once. A message whose
-//! publisher set its `message-id` gets the update id `QUEUE:MESSAGE-ID`,
+//! publisher set its `message-id` gets the update id `NAME:QUEUE:MESSAGE-ID`,
 //! so a redelivered one is refused by the hub as a duplicate rather than
 //! shown twice; AMQP gives other messages no lasting identity (a delivery
 //! tag lives as long as its channel), so those may show twice after a

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
-use super::shared::{Backoff, Bridge, MapArgs};
+use super::shared::{AbortOnDrop, Backoff, Bridge, MapArgs};
 
 /// Messages received and not yet published; past them the connection
 /// waits (the broker holds the rest).
@@ -87,15 +87,6 @@ impl Args {
             }
         }
         Ok(())
-    }
-}
-
-/// Stops a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -6,7 +6,7 @@
 //! - **A JetStream durable consumer** (`--stream NAME --durable NAME`):
 //!   each message is acknowledged only once the hub appended it (or held
 //!   it already, or it went to the dead-letter log), so delivery is at
-//!   least once across restarts; its update id is `STREAM:SEQUENCE`, so a
+//!   least once across restarts; its update id is `NAME:STREAM:SEQUENCE`, so a
 //!   redelivered message is refused by the hub as a duplicate rather than
 //!   shown twice. Bridges on several nodes bound to one durable consumer
 //!   share its messages; what a stopped one left unacknowledged is
@@ -106,6 +106,9 @@ async fn subscribe(args: &Args, bridge: &Bridge) -> anyhow::Result<()> {
     for s in &args.subjects {
         subs.push(client.subscribe(s.clone()).await?);
     }
+    // The subscriptions reach the server before the bridge says it
+    // listens.
+    client.flush().await?;
     tracing::info!(bridge = bridge.name, subjects = ?args.subjects, "source listening");
     while let Some(msg) = subs.next().await {
         let payload = String::from_utf8_lossy(&msg.payload);

@@ -6,7 +6,7 @@
 //! - **Outbox** (`--outbox TABLE`): the application inserts rows
 //!   `(channel, payload)` into the table in its own transactions; the
 //!   bridge publishes them in id order and deletes each only once the hub
-//!   has appended it. Each row's update id is `TABLE:ID`, so a row
+//!   has appended it. Each row's update id is `NAME:TABLE:ID`, so a row
 //!   published before a crash and read again is refused by the hub as a
 //!   duplicate and deleted: at least once, never twice (while the hub's
 //!   history still holds the id). The bridge creates the table, and a
@@ -52,15 +52,19 @@ pub struct Args {
 }
 
 impl Args {
-    /// NOTIFY reaches every listener; an outbox's rows are shared out.
+    /// NOTIFY reaches every listener, and an outbox is read in id order
+    /// by one reader: both run on one hub of several.
     pub fn broadcast(&self) -> bool {
-        self.outbox.is_none()
+        true
     }
 
     /// Refuses arguments that can never work, before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         if let Err(e) = self.postgres.parse::<tokio_postgres::Config>() {
             bail!("--postgres {:?}: {e}", self.postgres);
+        }
+        if self.poll.is_zero() {
+            bail!("--poll must be more than 0");
         }
         if let Some(table) = &self.outbox {
             if !is_identifier(table) {
@@ -101,10 +105,13 @@ enum ConnectError {
 
 /// Connects, runs `setup`, and returns the client and the notifications
 /// (channel, payload) as they come; the receiver ends with the connection.
+/// With `losses`, notifications past a full queue are lost events, for
+/// the dead-letter log; without, they are wake-ups that one waiting
+/// already stands for (an outbox's), held one at a time.
 async fn connect(
     url: &str,
     setup: &str,
-    bridge: Arc<Bridge>,
+    losses: Option<Arc<Bridge>>,
 ) -> Result<(Client, mpsc::Receiver<(String, String)>), ConnectError> {
     let (client, mut connection) =
         tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
@@ -112,14 +119,13 @@ async fn connect(
             .context("PostgreSQL did not answer within 10 s")
             .and_then(|r| r.context("cannot connect to PostgreSQL"))
             .map_err(ConnectError::Retry)?;
-    let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
+    let (tx, rx) = mpsc::channel(if losses.is_some() { NOTIFY_QUEUE } else { 1 });
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if tx
-                        .try_send((n.channel().to_owned(), n.payload().to_owned()))
-                        .is_err()
+                    let sent = tx.try_send((n.channel().to_owned(), n.payload().to_owned()));
+                    if let (Err(mpsc::error::TrySendError::Full(_)), Some(bridge)) = (sent, &losses)
                     {
                         bridge.dead_letter(
                             n.channel(),
@@ -161,14 +167,15 @@ async fn notify(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
     let setup: String = args.channels.iter().map(|c| listen(c)).collect();
     let mut backoff = Backoff::new();
     loop {
-        let (_client, mut events) = match connect(&args.postgres, &setup, bridge.clone()).await {
-            Ok(c) => c,
-            Err(ConnectError::Fatal(e)) => return Err(e),
-            Err(ConnectError::Retry(e)) => {
-                bridge.source_failed(&mut backoff, &e).await;
-                continue;
-            }
-        };
+        let (_client, mut events) =
+            match connect(&args.postgres, &setup, Some(bridge.clone())).await {
+                Ok(c) => c,
+                Err(ConnectError::Fatal(e)) => return Err(e),
+                Err(ConnectError::Retry(e)) => {
+                    bridge.source_failed(&mut backoff, &e).await;
+                    continue;
+                }
+            };
         tracing::info!(bridge = bridge.name, channels = ?args.channels, "source listening");
         backoff.reset();
         while let Some((channel, payload)) = events.recv().await {
@@ -194,12 +201,16 @@ async fn outbox(args: &Args, table: &str, bridge: &Arc<Bridge>) -> anyhow::Resul
          {}",
         listen(table)
     );
-    let select =
-        format!("SELECT id, channel, payload FROM \"{table}\" ORDER BY id LIMIT {OUTBOX_BATCH}");
+    // Cast, so an application's own table (`serial` ids, `jsonb`
+    // payloads, a nullable channel) reads as well as the one made here.
+    let select = format!(
+        "SELECT id::int8, coalesce(channel::text, ''), payload::text FROM \"{table}\" \
+         ORDER BY id LIMIT {OUTBOX_BATCH}"
+    );
     let delete = format!("DELETE FROM \"{table}\" WHERE id = ANY($1)");
     let mut backoff = Backoff::new();
     loop {
-        let (client, mut wakeups) = match connect(&args.postgres, &setup, bridge.clone()).await {
+        let (client, mut wakeups) = match connect(&args.postgres, &setup, None).await {
             Ok(c) => c,
             Err(ConnectError::Fatal(e)) => return Err(e),
             Err(ConnectError::Retry(e)) => {
@@ -214,9 +225,9 @@ async fn outbox(args: &Args, table: &str, bridge: &Arc<Bridge>) -> anyhow::Resul
                 backoff.reset();
                 let mut done: Vec<i64> = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let id: i64 = row.get(0);
-                    let channel: String = row.get(1);
-                    let payload: String = row.get(2);
+                    let id: i64 = row.try_get(0)?;
+                    let channel: String = row.try_get(1)?;
+                    let payload: String = row.try_get::<_, Option<String>>(2)?.unwrap_or_default();
                     let position = format!("{table}:{id}");
                     // Appended, held already, or dead-lettered: the row is
                     // done. The hub down: it waits, on this connection.

@@ -7,7 +7,7 @@
 //!   each entry's `--field` is the payload and `{channel}` is the stream's
 //!   key. An entry is acknowledged (`XACK`) only once the hub appended it
 //!   (or held it already, or it went to the dead-letter log), so delivery
-//!   is at least once across restarts; its update id is `KEY:ENTRY-ID`,
+//!   is at least once across restarts; its update id is `NAME:KEY:ENTRY-ID`,
 //!   so a redelivered entry is refused by the hub as a duplicate rather
 //!   than shown twice. Several bridges in one group share the entries
 //!   (each goes to one of them); entries a stopped consumer left
@@ -21,8 +21,11 @@ use ::redis::AsyncCommands as _;
 use anyhow::{bail, Context as _};
 use futures_util::StreamExt as _;
 
-use super::shared::{Backoff, Bridge, MapArgs};
+use super::shared::{AbortOnDrop, Backoff, Bridge, MapArgs};
 
+/// Pub/Sub messages held while the hub is behind; past them they go to
+/// the dead-letter log (Pub/Sub is fire-and-forget anyway).
+const QUEUE: usize = 10_000;
 /// Entries read at a time.
 const BATCH: usize = 100;
 /// How long one read waits for new entries.
@@ -88,7 +91,7 @@ pub async fn run(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
     }
 }
 
-async fn pubsub(args: &Args, client: &::redis::Client, bridge: &Bridge) -> anyhow::Result<()> {
+async fn pubsub(args: &Args, client: &::redis::Client, bridge: &Arc<Bridge>) -> anyhow::Result<()> {
     let mut backoff = Backoff::new();
     loop {
         let connected: anyhow::Result<::redis::aio::PubSub> = async {
@@ -105,7 +108,7 @@ async fn pubsub(args: &Args, client: &::redis::Client, bridge: &Bridge) -> anyho
             Ok(ps)
         }
         .await;
-        let mut ps = match connected {
+        let ps = match connected {
             Ok(ps) => ps,
             Err(e) => {
                 bridge.source_failed(&mut backoff, &e).await;
@@ -114,14 +117,33 @@ async fn pubsub(args: &Args, client: &::redis::Client, bridge: &Bridge) -> anyho
         };
         tracing::info!(bridge = bridge.name, channels = ?args.channels, patterns = ?args.patterns, "source listening");
         backoff.reset();
-        let mut messages = ps.on_message();
-        while let Some(msg) = messages.next().await {
-            let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-            bridge
-                .deliver(msg.get_channel_name(), &payload, None)
-                .await?;
+        // The client reads the connection into a queue of its own without
+        // bound: messages are taken from it at once, into a bounded one.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(QUEUE);
+        let forwarder = {
+            let bridge = bridge.clone();
+            tokio::spawn(async move {
+                let mut messages = ps.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let channel = msg.get_channel_name().to_owned();
+                    let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full((channel, payload))) =
+                        tx.try_send((channel, payload))
+                    {
+                        bridge.dead_letter(
+                            &channel,
+                            None,
+                            &payload,
+                            "dropped: the hub is behind and the bridge holds the most it may",
+                        );
+                    }
+                }
+            })
+        };
+        let _forwarder = AbortOnDrop(forwarder);
+        while let Some((channel, payload)) = rx.recv().await {
+            bridge.deliver(&channel, &payload, None).await?;
         }
-        drop(messages);
         let e = anyhow::anyhow!("the connection ended");
         bridge.source_failed(&mut backoff, &e).await;
     }

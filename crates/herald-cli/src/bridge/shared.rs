@@ -35,6 +35,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::settings::parse_duration(s).map_err(|e| format!("{e:#}"))
 }
 
+/// Stops a task when dropped: a source's helper task (a connection driver,
+/// a forwarder) ends with the source.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a source's events become updates.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MapArgs {
@@ -338,7 +348,8 @@ impl Bridge {
 
     /// Maps and publishes one event from `channel`. `position` is the
     /// event's place in its source (an offset, a stream entry, a row key):
-    /// it becomes the update's id, so a redelivered event is refused by
+    /// with the bridge's name before it, it becomes the update's id
+    /// (`NAME:POSITION`), so a redelivered event is refused by
     /// the hub as a duplicate rather than shown twice. An event without
     /// one gets a fresh id before its first attempt, so a retry after an
     /// answer that was lost is a duplicate too. While the hub cannot take
@@ -352,7 +363,11 @@ impl Bridge {
         payload: &str,
         position: Option<&str>,
     ) -> Result<Settled, Fatal> {
-        let mut update = match self.mapping.update(channel, payload, position) {
+        // The bridge's name first: two bridges whose sources number their
+        // events alike (two outboxes of one name in two databases) never
+        // share an id.
+        let id = position.map(|p| format!("{}:{p}", self.name));
+        let mut update = match self.mapping.update(channel, payload, id.as_deref()) {
             Ok(u) => u,
             Err(reason) => {
                 self.dead_letter(channel, position, payload, &reason);

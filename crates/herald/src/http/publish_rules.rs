@@ -186,8 +186,17 @@ impl LocalPublisher {
     /// # Errors
     /// What an HTTP publish of it would answer: `400` for a malformed or
     /// invalid update, `403` for a topic not granted or reserved, `409` for
-    /// an id the hub holds, `503` when the engine cannot append.
+    /// an id the hub holds, `413` past `max_body_bytes`, `503` when the
+    /// engine cannot append.
     pub async fn publish(&self, hub: &Hub, update: serde_json::Value) -> Result<String, HttpError> {
+        // What an HTTP publish of it would carry, at most `max_body_bytes`.
+        let max = hub.config().max_body_bytes;
+        if update.to_string().len() > max {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("update larger than {max} bytes (max_body_bytes)"),
+            ));
+        }
         let update = serde_json::from_value::<BatchUpdate>(update)
             .map_err(|e| HttpError::bad_request(format!("malformed update: {e}")))?
             .into_update()?;
