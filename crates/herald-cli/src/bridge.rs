@@ -24,8 +24,20 @@
 //!   has appended them (at least once, across restarts of the bridge and
 //!   of the hub; never twice, since each row's update id is its row's key
 //!   and the hub refuses an id it holds).
+//! - [`redis`]: Pub/Sub channels and patterns, and streams read by a
+//!   consumer group.
+//! - [`nats`]: core subjects, and JetStream durable consumers.
+//! - [`mqtt`]: topic filters with `+` and `#`.
+//! - [`amqp`]: RabbitMQ queues, and exchanges with bindings.
+//! - [`kafka`]: topics read by a consumer group.
+//!
+//! Every source that can say where an event sits in it (an offset, an
+//! entry id, a sequence, a row key) acknowledges it only after the hub
+//! appended it, and names the update after that place, so delivery is at
+//! least once and a redelivery is never shown twice.
 
 pub mod amqp;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod postgres;
@@ -77,6 +89,8 @@ pub enum Source {
     /// with routing keys (`--exchange`, `--binding`).
     #[command(alias = "rabbitmq")]
     Amqp(amqp::Args),
+    /// Kafka: topics read by a consumer group (`--subscribe`, `--group`).
+    Kafka(kafka::Args),
 }
 
 impl Source {
@@ -87,6 +101,7 @@ impl Source {
             Self::Nats(_) => "nats",
             Self::Mqtt(_) => "mqtt",
             Self::Amqp(_) => "amqp",
+            Self::Kafka(_) => "kafka",
         }
     }
 
@@ -97,6 +112,7 @@ impl Source {
             Self::Nats(a) => &a.map,
             Self::Mqtt(a) => &a.map,
             Self::Amqp(a) => &a.map,
+            Self::Kafka(a) => &a.map,
         }
     }
 
@@ -107,6 +123,7 @@ impl Source {
             Self::Nats(a) => a.check(),
             Self::Mqtt(a) => a.check(),
             Self::Amqp(a) => a.check(),
+            Self::Kafka(a) => a.check(),
         }
     }
 
@@ -119,6 +136,8 @@ impl Source {
             Self::Nats(a) => a.broadcast(),
             Self::Mqtt(_) => true,
             Self::Amqp(a) => a.broadcast(),
+            // A group shares the partitions out.
+            Self::Kafka(_) => false,
         }
     }
 
@@ -131,6 +150,7 @@ impl Source {
             Self::Nats(a) => nats::run(a, bridge).await,
             Self::Mqtt(a) => mqtt::run(a, bridge).await,
             Self::Amqp(a) => amqp::run(a, bridge).await,
+            Self::Kafka(a) => kafka::run(a, bridge).await,
         }
     }
 }
@@ -235,7 +255,7 @@ pub fn configured(argv: &[String], what: &str) -> anyhow::Result<Configured> {
 /// out).
 pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
     let Some(source) = table.get("source") else {
-        return Err("`source` is missing (postgres, redis, nats, mqtt, amqp)".into());
+        return Err("`source` is missing (postgres, redis, nats, mqtt, amqp, kafka)".into());
     };
     let Some(source) = source.as_str() else {
         return Err("`source` is not a string".into());

@@ -1,6 +1,7 @@
 //! Bridges against the machine's PostgreSQL, Redis, NATS, Mosquitto and
-//! RabbitMQ (HERALD_TEST_POSTGRES_URL, _REDIS_URL, _NATS_URL, _MQTT_URL,
-//! _AMQP_URL; each test says it was skipped without its variable) and a
+//! RabbitMQ, and a Kafka-protocol broker (HERALD_TEST_POSTGRES_URL,
+//! _REDIS_URL, _NATS_URL, _MQTT_URL, _AMQP_URL, _KAFKA_URL; each test says
+//! it was skipped without its variable) and a
 //! real `herald serve`, read with a real SSE parser: `herald bridge` in
 //! the foreground and `[[bridge]]` sections run by the hub; payloads
 //! mapped to topics, bad ones to the dead-letter log and `/metrics`; for
@@ -463,6 +464,26 @@ fn bad_arguments_are_refused_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a table name is"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "bridge",
+            "kafka",
+            "--kafka",
+            "no-port",
+            "--subscribe",
+            "t",
+            "--group",
+            "g",
+            "--token",
+            "t",
+            "--topic",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected HOST:PORT"), "{err}");
 }
 
 #[tokio::test]
@@ -1173,20 +1194,24 @@ async fn a_source_that_is_down_is_counted_and_the_hub_serves_on() {
         dir.path(),
         &format!(
             "engine = \"memory\"\n[[bridge]]\nsource = \"redis\"\nname = \"gone\"\n\
-             redis = \"redis://127.0.0.1:{port}\"\nchannel = [\"c\"]\ntopic = \"x\"\n"
+             redis = \"redis://127.0.0.1:{port}\"\nchannel = [\"c\"]\ntopic = \"x\"\n\
+             [[bridge]]\nsource = \"kafka\"\nname = \"gone_kafka\"\n\
+             kafka = \"127.0.0.1:{port}\"\nsubscribe = [\"t\"]\ngroup = \"g\"\ntopic = \"x\"\n"
         ),
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bridge_metric(&url, "gone", "source_failure").await < 2 {
-        assert!(Instant::now() < deadline, "{}", hub.stderr());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for bridge in ["gone", "gone_kafka"] {
+        while bridge_metric(&url, bridge, "source_failure").await < 2 {
+            assert!(Instant::now() < deadline, "{}", hub.stderr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            hub.stderr().contains(&format!("bridge {bridge}: source")),
+            "{}",
+            hub.stderr()
+        );
     }
-    assert!(
-        hub.stderr().contains("bridge gone: source"),
-        "{}",
-        hub.stderr()
-    );
     let mut events = subscribe(&url, "https://example.com/still").await;
     let res = reqwest::Client::new()
         .post(&url)
@@ -1251,5 +1276,164 @@ async fn a_broadcast_bridge_runs_on_one_node_and_moves_when_it_dies() {
         "a message was published twice"
     );
     drop(b);
+    remove_redis_namespace(&redis_url, &namespace).await;
+}
+
+fn kafka_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_KAFKA_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_KAFKA_URL is not set");
+    }
+    url
+}
+
+/// A new topic of `partitions` partitions on the broker at `url`
+/// (`kafka://HOST:PORT`), and a producer to write to it.
+async fn kafka_topic(url: &str, partitions: i32) -> (String, rdkafka::producer::FutureProducer) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = url.trim_start_matches("kafka://");
+    let name = unique("herald_test");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let producer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (name, producer)
+}
+
+/// Writes one record to a partition of `topic`, and waits until the
+/// broker has it.
+async fn kafka_send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    payload: &str,
+) {
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), str>::to(topic)
+                .partition(partition)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn kafka_records_become_updates_and_bad_ones_dead_letters() {
+    let Some(kafka) = kafka_url() else { return };
+    let (topic, producer) = kafka_topic(&kafka, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = hub_with(
+        dir.path(),
+        &format!(
+            "engine = \"memory\"\n[[bridge]]\nsource = \"kafka\"\nname = \"clicks\"\n\
+             kafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"hubs\"\nfrom = \"earliest\"\n\
+             payload = \"json\"\ntopic = \"https://example.com/{{channel}}\"\n"
+        ),
+    )
+    .await;
+    hub.wait_for("reading the topics").await;
+    let mut events = subscribe(&url, &format!("https://example.com/{topic}")).await;
+    for payload in [r#"{"data": "home", "type": "click"}"#, "not json"] {
+        kafka_send(&producer, &topic, 0, payload).await;
+    }
+    let (id, data) = next(&mut events).await;
+    assert_eq!(data, "home");
+    assert_eq!(
+        id,
+        format!("clicks:{topic}:0:0"),
+        "NAME:TOPIC:PARTITION:OFFSET"
+    );
+    wait_metric(&url, "clicks", "published", 1).await;
+    wait_metric(&url, "clicks", "dead_letter", 1).await;
+    assert!(hub.stderr().contains("not JSON"), "{}", hub.stderr());
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_kafka_topic_loses_and_repeats_nothing() {
+    let Some(kafka) = kafka_url() else { return };
+    let (topic, producer) = kafka_topic(&kafka, 1).await;
+    let bridge = format!(
+        "source = \"kafka\"\nkafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"hubs\"\n\
+         from = \"earliest\"\nsession_timeout = \"2s\"\ntopic = \"https://example.com/log/app\"\n"
+    );
+    let producer = Arc::new(producer);
+    survives_a_killed_hub(&bridge, "reading the topics", move |i| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            kafka_send(&producer, &topic, 0, &format!("row {i}")).await;
+        }
+    })
+    .await;
+}
+
+/// Two hubs sharing one Redis engine, each running the same Kafka bridge
+/// in one consumer group: the group gives each a partition, every record
+/// is published once, and when one hub is killed the other takes its
+/// partition over from its last committed offset (what it had appended
+/// but not yet committed is read again and dropped as a duplicate).
+#[tokio::test]
+async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
+    let (Some(kafka), Some(redis_url)) = (kafka_url(), redis_url()) else {
+        return;
+    };
+    let (topic, producer) = kafka_topic(&kafka, 2).await;
+    let namespace = unique("bridge_kafka");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = format!(
+        "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
+         [[bridge]]\nsource = \"kafka\"\nname = \"log\"\nkafka = \"{kafka}\"\n\
+         subscribe = [\"{topic}\"]\ngroup = \"hubs\"\nfrom = \"earliest\"\n\
+         session_timeout = \"2s\"\ntopic = \"https://example.com/log/app\"\n"
+    );
+    let (a, url) = hub_with(dirs[0].path(), &config).await;
+    a.wait_for("reading the topics").await;
+    let (b, b_url) = hub_with(dirs[1].path(), &config).await;
+    // b has its partition once the group has rebalanced: a has given up
+    // the other by then.
+    b.wait_for(&format!("{topic}:")).await;
+    let mut history = subscribe(&url, "https://example.com/log/app").await;
+    for i in 0..20 {
+        kafka_send(&producer, &topic, i % 2, &format!("row {i}")).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(next(&mut history).await.1);
+    }
+    let (on_a, on_b) = (
+        bridge_metric(&url, "log", "published").await,
+        bridge_metric(&b_url, "log", "published").await,
+    );
+    assert_eq!((on_a, on_b), (10, 10), "a partition each");
+    drop(b);
+    for i in 20..40 {
+        kafka_send(&producer, &topic, i % 2, &format!("row {i}")).await;
+    }
+    while seen.len() < 40 {
+        seen.push(next(&mut history).await.1);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), history.recv())
+            .await
+            .is_err(),
+        "a record was published twice"
+    );
+    seen.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
+    assert_eq!(seen, want, "every record once");
+    drop(a);
     remove_redis_namespace(&redis_url, &namespace).await;
 }
