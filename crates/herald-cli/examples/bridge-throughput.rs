@@ -11,7 +11,9 @@
 //! ```
 //!
 //! The sources are the machine's (HERALD_TEST_POSTGRES_URL, _REDIS_URL,
-//! _NATS_URL, _MQTT_URL, _AMQP_URL, with the loopback defaults); the hub
+//! _NATS_URL, _MQTT_URL, _AMQP_URL, _KAFKA_URL, with the loopback
+//! defaults; `bash .ci/kafka-broker 9092` starts a Kafka-protocol broker
+//! there); the hub
 //! is HERALD_BIN (default target/release/herald). Everything it makes
 //! (tables, streams, queues) is named afresh and removed after.
 
@@ -320,6 +322,64 @@ async fn run(source: &str, n: usize) -> f64 {
                 .unwrap();
             n as f64 / (ended - started).as_secs_f64()
         }
+        "kafka" => {
+            let url = env("HERALD_TEST_KAFKA_URL", "kafka://127.0.0.1:9092");
+            let brokers = url.trim_start_matches("kafka://");
+            let topic = unique("bench");
+            let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+                rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .create()
+                    .unwrap();
+            let created = admin
+                .create_topics(
+                    &[rdkafka::admin::NewTopic::new(
+                        &topic,
+                        1,
+                        rdkafka::admin::TopicReplication::Fixed(1),
+                    )],
+                    &rdkafka::admin::AdminOptions::new(),
+                )
+                .await
+                .unwrap();
+            assert!(created.iter().all(Result::is_ok), "{created:?}");
+            let hub = hub(
+                dir.path(),
+                &format!(
+                    "source = \"kafka\"\nkafka = \"{url}\"\nsubscribe = [\"{topic}\"]\n\
+                     group = \"bench\"\nfrom = \"earliest\"\n"
+                ),
+            )
+            .await;
+            let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .unwrap();
+            let send = |payload: String| {
+                producer
+                    .send_result(
+                        rdkafka::producer::FutureRecord::<(), String>::to(&topic).payload(&payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .unwrap()
+            };
+            // One record first, timed out of the run: the group's join
+            // (the topic made, the partition assigned) is not throughput.
+            let progress = Arc::new(AtomicUsize::new(0));
+            let done = subscriber(&hub.1, n + 1, progress.clone()).await;
+            send("warm-up".into()).await.unwrap().unwrap();
+            while progress.load(Ordering::Relaxed) < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let started = Instant::now();
+            let sent: Vec<_> = (0..n).map(|i| send(format!("event {i}"))).collect();
+            for delivery in sent {
+                delivery.await.unwrap().unwrap();
+            }
+            let ended = done.await.unwrap();
+            drop(hub);
+            n as f64 / (ended - started).as_secs_f64()
+        }
         other => panic!("unknown source {other}"),
     }
 }
@@ -328,7 +388,7 @@ async fn run(source: &str, n: usize) -> f64 {
 async fn main() {
     let mut events = 20_000;
     let mut runs = 3;
-    let mut sources = vec!["postgres", "redis", "nats", "mqtt", "amqp"];
+    let mut sources = vec!["postgres", "redis", "nats", "mqtt", "amqp", "kafka"];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {

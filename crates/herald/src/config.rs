@@ -47,7 +47,8 @@ pub struct HubConfig {
     /// A streaming publish that sends nothing for this long is ended.
     /// Zero: no limit.
     pub publish_stream_idle: Duration,
-    /// Most updates one streaming publish may carry.
+    /// Most updates one streaming publish may carry, refused ones
+    /// counting.
     pub publish_stream_updates: usize,
     /// Most topics in one update.
     pub max_topics_per_update: usize,

@@ -170,7 +170,7 @@ async fn the_limits_end_what_they_must() {
     let cfg = HubConfig {
         max_body_bytes: 256,
         publish_stream_idle: Duration::from_millis(400),
-        publish_stream_updates: 3,
+        publish_stream_updates: 7,
         ..config()
     };
     let hub = TestHub::start(cfg).await;
@@ -198,8 +198,29 @@ async fn the_limits_end_what_they_must() {
     );
     s.send_raw(&format!("{}\n", "y".repeat(200))).await;
 
-    // At most 3 updates: the fourth ends the stream (the refused line
-    // does not count).
+    // The limit is on the line without its ending: 256 bytes and `\r\n`
+    // fit, also when the `\r` comes before the `\n` does; 257 do not, and
+    // are answered as soon as they are there.
+    let sized = |n: usize| {
+        let line = update(&"z".repeat(n - update("").len()));
+        assert_eq!(line.len(), n);
+        line
+    };
+    s.send_raw(&format!("{}\r", sized(256))).await;
+    s.send_raw("\n").await;
+    let a = s.answer().await.unwrap();
+    assert_eq!(a["line"], 4);
+    assert!(a["id"].is_string(), "{a}");
+    s.send_raw(&sized(257)).await;
+    let a = s.answer().await.unwrap();
+    assert_eq!(
+        (a["line"].as_u64(), a["status"].as_u64()),
+        (Some(5), Some(413))
+    );
+    s.send_raw("\r\n").await;
+
+    // At most 7 updates, each line answered counting, refused ones too:
+    // the eighth ends the stream.
     s.send(&update("two")).await;
     s.send(&update("three")).await;
     assert!(s.answer().await.unwrap()["id"].is_string());
@@ -208,7 +229,7 @@ async fn the_limits_end_what_they_must() {
     let a = s.answer().await.unwrap();
     assert_eq!(
         (a["line"].as_u64(), a["status"].as_u64()),
-        (Some(6), Some(413))
+        (Some(8), Some(413))
     );
     assert_eq!(s.answer().await, None);
 

@@ -9,12 +9,15 @@
 //! would answer. A bad line is answered for itself and stops nothing;
 //! blank lines are skipped. The limits:
 //!
-//! - a line holds at most `max_body_bytes` (`413` for that line, whose
-//!   bytes are skipped up to its newline);
+//! - a line holds at most `max_body_bytes`, not counting its line ending
+//!   (`\n` or `\r\n`): `413` for that line, whose bytes are skipped up to
+//!   its newline;
 //! - a request that sends nothing for `publish_stream_idle` is ended with
 //!   a `408` line;
-//! - a request publishes at most `publish_stream_updates` updates: the
-//!   line past them is answered `413` and the stream ends.
+//! - a request carries at most `publish_stream_updates` updates, each
+//!   line answered counting (published or refused, so a publisher whose
+//!   every line is refused is stopped too): the line past them is
+//!   answered `413` and the stream ends.
 //!
 //! Errors that concern the whole request (no token, no publish right at
 //! all, a cookie from a foreign origin) are answered before the stream
@@ -80,7 +83,8 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
         let mut buf = BytesMut::new();
         // Lines seen, blank ones included (answers name them).
         let mut line = 0u64;
-        let mut published = 0usize;
+        // Lines answered, published or refused.
+        let mut answered = 0usize;
         // Skipping the rest of a line already answered as too long.
         let mut skipping = false;
         // Bytes of `buf` already searched for a newline: a line arriving
@@ -94,15 +98,11 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
                 if std::mem::take(&mut skipping) {
                     continue;
                 }
-                let text = text.trim_ascii();
-                if text.is_empty() {
+                let text = without_line_ending(&text);
+                if text.trim_ascii().is_empty() {
                     continue;
                 }
-                if text.len() > max_line {
-                    yield Ok(failed(line, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line)));
-                    continue;
-                }
-                if published >= max_updates {
+                if answered >= max_updates {
                     yield Ok::<_, Infallible>(failed(
                         line,
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,15 +110,29 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
                     ));
                     break 'read;
                 }
-                let answer = p.publish_line(line, text).await;
-                if answer.1 {
-                    published += 1;
+                answered += 1;
+                if text.len() > max_line {
+                    yield Ok(failed(line, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line)));
+                    continue;
                 }
-                yield Ok(answer.0);
+                yield Ok(p.publish_line(line, text.trim_ascii()).await);
             }
             scanned = buf.len();
-            if buf.len() > max_line {
+            // What has come of a line without its newline: over the limit
+            // once it cannot be a line that fits and its `\r`.
+            let over = buf.len() > max_line + 1
+                || (buf.len() == max_line + 1 && buf.last() != Some(&b'\r'));
+            if over {
                 if !skipping {
+                    if answered >= max_updates {
+                        yield Ok(failed(
+                            line + 1,
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("at most {max_updates} updates per request (publish_stream_updates): the stream ends here"),
+                        ));
+                        break;
+                    }
+                    answered += 1;
                     yield Ok(failed(line + 1, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line)));
                 }
                 buf.clear();
@@ -152,19 +166,19 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
                 }
                 None => {
                     // A last line without its newline is a line.
-                    let text = buf.trim_ascii();
-                    if !skipping && !text.is_empty() {
+                    let text = without_line_ending(&buf);
+                    if !skipping && !text.trim_ascii().is_empty() {
                         line += 1;
-                        let answer = if text.len() > max_line {
-                            failed(line, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line))
-                        } else if published >= max_updates {
+                        let answer = if answered >= max_updates {
                             failed(
                                 line,
                                 StatusCode::PAYLOAD_TOO_LARGE,
                                 &format!("at most {max_updates} updates per request (publish_stream_updates)"),
                             )
+                        } else if text.len() > max_line {
+                            failed(line, StatusCode::PAYLOAD_TOO_LARGE, &too_long(max_line))
                         } else {
-                            p.publish_line(line, text).await.0
+                            p.publish_line(line, text.trim_ascii()).await
                         };
                         yield Ok(answer);
                     }
@@ -185,14 +199,14 @@ pub(crate) fn publish(p: Publisher, body: Body) -> Result<Response, HttpError> {
 }
 
 impl Publisher {
-    /// Publishes one line: its answer, and whether it was published.
-    async fn publish_line(&self, line: u64, text: &[u8]) -> (Bytes, bool) {
+    /// Publishes one line: its answer.
+    async fn publish_line(&self, line: u64, text: &[u8]) -> Bytes {
         match self.try_publish(text).await {
             Ok(id) => {
                 let answer = serde_json::json!({ "line": line, "id": id }).to_string();
-                (with_newline(answer), true)
+                with_newline(answer)
             }
-            Err(e) => (failed(line, e.status, &e.reason), false),
+            Err(e) => failed(line, e.status, &e.reason),
         }
     }
 
@@ -258,4 +272,10 @@ fn failed(line: u64, status: StatusCode, reason: &str) -> Bytes {
 fn with_newline(mut s: String) -> Bytes {
     s.push('\n');
     Bytes::from(s)
+}
+
+/// A line without its `\n` or `\r\n`.
+fn without_line_ending(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
