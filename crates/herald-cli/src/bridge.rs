@@ -304,13 +304,14 @@ pub fn table_argv(table: &toml::Table) -> Result<Vec<String>, String> {
 /// dies, another takes the lease once it expires. A source with shared
 /// consumption (a stream's consumer group, a JetStream durable, a queue)
 /// runs on every hub: the source itself hands each event to one of them.
-pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
+pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) -> Bridges {
     let holder = format!(
         "{}-{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let mut tasks = Vec::new();
     for c in bridges {
         let sink = Sink::Local {
             hub: hub.clone(),
@@ -318,11 +319,71 @@ pub fn spawn(hub: &herald::Hub, bridges: Vec<Configured>) {
         };
         let bridge = Arc::new(Bridge::new(c.name.clone(), sink, c.source.map().mapping()));
         if c.source.broadcast() {
-            tokio::spawn(leased(hub.clone(), holder.clone(), c, bridge));
+            let lease = lease_name(&c.name);
+            let task = tokio::spawn(leased(hub.clone(), holder.clone(), c, bridge));
+            tasks.push((task, Some(lease)));
         } else {
-            tokio::spawn(async move { restarting(&c.source, &bridge).await });
+            let task = tokio::spawn(async move { restarting(&c.source, &bridge).await });
+            tasks.push((task, None));
         }
     }
+    Bridges {
+        hub: hub.clone(),
+        holder,
+        tasks,
+    }
+}
+
+/// The bridges `herald serve` runs, until [`Bridges::stop`].
+pub struct Bridges {
+    hub: herald::Hub,
+    /// This hub, as the holder of the broadcast bridges' leases.
+    holder: String,
+    /// Each bridge's task, and the lease it runs under (a broadcast one).
+    tasks: Vec<(tokio::task::JoinHandle<()>, Option<String>)>,
+}
+
+impl Bridges {
+    /// Stops every bridge as the hub stops, before its engine closes: an
+    /// event taken from a source and not yet appended is not acknowledged,
+    /// so the source gives it again (to another hub, or to this one when
+    /// it is back). Then gives back the leases this hub holds, so another
+    /// hub takes its broadcast bridges over at once rather than once the
+    /// lease runs out.
+    pub async fn stop(self) {
+        for (task, _) in &self.tasks {
+            task.abort();
+        }
+        for (task, lease) in self.tasks {
+            let _ = task.await;
+            let Some(lease) = lease else { continue };
+            let given = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.hub.release_lease(&lease, &self.holder),
+            )
+            .await;
+            match given {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        lease,
+                        "cannot give the lease back ({e}): it runs out by itself"
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        lease,
+                        "cannot give the lease back within 2 s: it runs out by itself"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The lease a broadcast bridge runs under.
+fn lease_name(bridge: &str) -> String {
+    format!("bridge:{bridge}")
 }
 
 /// Runs a source for good: restarted a minute after a fatal error, or
@@ -357,7 +418,7 @@ async fn restarting(source: &Source, bridge: &Arc<Bridge>) {
 
 /// Runs a broadcast source while this hub holds its lease.
 async fn leased(hub: herald::Hub, holder: String, c: Configured, bridge: Arc<Bridge>) {
-    let lease = format!("bridge:{}", c.name);
+    let lease = lease_name(&c.name);
     let renew = c.lease_ttl / 3;
     let mut standing_by = false;
     loop {

@@ -445,7 +445,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, engine = engine_name, "herald listening on {scheme}://{addr}");
-    crate::bridge::spawn(&hub, plan.bridges);
+    let bridges = crate::bridge::spawn(&hub, plan.bridges);
     let mut server = herald::Server::new(hub);
     if let Some(tls) = tls {
         server = server.tls(tls);
@@ -459,7 +459,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if http3 && scheme == "https" {
         tracing::info!("HTTP/3 is not built into this herald (the `http3` feature)");
     }
-    let served = server.serve(listener, shutdown_signal()).await;
+    // The bridges stop first, and give their leases back, while the
+    // engine still takes their last appends.
+    let shutdown = async move {
+        shutdown_signal().await;
+        bridges.stop().await;
+    };
+    let served = server.serve(listener, shutdown).await;
     if let Some(otlp) = otlp {
         otlp.shutdown().await;
     }

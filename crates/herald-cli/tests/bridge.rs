@@ -78,6 +78,19 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Stops it as a service manager does (SIGTERM), and waits until it
+    /// has exited.
+    fn terminate(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "{exit}: {}", self.stderr());
+        self.stderr()
+    }
+
     /// Waits until stderr holds `needle`.
     async fn wait_for(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -1335,12 +1348,13 @@ async fn kafka_send(
 async fn kafka_records_become_updates_and_bad_ones_dead_letters() {
     let Some(kafka) = kafka_url() else { return };
     let (topic, producer) = kafka_topic(&kafka, 1).await;
+    let group = unique("hubs");
     let dir = tempfile::tempdir().unwrap();
     let (hub, url) = hub_with(
         dir.path(),
         &format!(
             "engine = \"memory\"\n[[bridge]]\nsource = \"kafka\"\nname = \"clicks\"\n\
-             kafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"hubs\"\nfrom = \"earliest\"\n\
+             kafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"{group}\"\nfrom = \"earliest\"\n\
              payload = \"json\"\ntopic = \"https://example.com/{{channel}}\"\n"
         ),
     )
@@ -1366,8 +1380,9 @@ async fn kafka_records_become_updates_and_bad_ones_dead_letters() {
 async fn a_hub_killed_mid_kafka_topic_loses_and_repeats_nothing() {
     let Some(kafka) = kafka_url() else { return };
     let (topic, producer) = kafka_topic(&kafka, 1).await;
+    let group = unique("hubs");
     let bridge = format!(
-        "source = \"kafka\"\nkafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"hubs\"\n\
+        "source = \"kafka\"\nkafka = \"{kafka}\"\nsubscribe = [\"{topic}\"]\ngroup = \"{group}\"\n\
          from = \"earliest\"\nsession_timeout = \"2s\"\ntopic = \"https://example.com/log/app\"\n"
     );
     let producer = Arc::new(producer);
@@ -1391,12 +1406,13 @@ async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
         return;
     };
     let (topic, producer) = kafka_topic(&kafka, 2).await;
+    let group = unique("hubs");
     let namespace = unique("bridge_kafka");
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let config = format!(
         "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
          [[bridge]]\nsource = \"kafka\"\nname = \"log\"\nkafka = \"{kafka}\"\n\
-         subscribe = [\"{topic}\"]\ngroup = \"hubs\"\nfrom = \"earliest\"\n\
+         subscribe = [\"{topic}\"]\ngroup = \"{group}\"\nfrom = \"earliest\"\n\
          session_timeout = \"2s\"\ntopic = \"https://example.com/log/app\"\n"
     );
     let (a, url) = hub_with(dirs[0].path(), &config).await;
@@ -1413,11 +1429,9 @@ async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
     while seen.len() < 20 {
         seen.push(next(&mut history).await.1);
     }
-    let (on_a, on_b) = (
-        bridge_metric(&url, "log", "published").await,
-        bridge_metric(&b_url, "log", "published").await,
-    );
-    assert_eq!((on_a, on_b), (10, 10), "a partition each");
+    // A partition each.
+    wait_metric(&url, "log", "published", 10).await;
+    wait_metric(&b_url, "log", "published", 10).await;
     drop(b);
     for i in 20..40 {
         kafka_send(&producer, &topic, i % 2, &format!("row {i}")).await;
@@ -1435,5 +1449,44 @@ async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
     let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
     assert_eq!(seen, want, "every record once");
     drop(a);
+    remove_redis_namespace(&redis_url, &namespace).await;
+}
+
+/// A hub stopped with SIGTERM stops its bridges and gives their leases
+/// back: the other hub takes a broadcast bridge over at once, not once
+/// the lease (10 s here) runs out.
+#[tokio::test]
+async fn a_hub_that_stops_hands_its_broadcast_bridge_over_at_once() {
+    let Some(redis_url) = redis_url() else { return };
+    let channel = unique("herald_test_handover");
+    let namespace = unique("bridge_handover");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = format!(
+        "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
+         [[bridge]]\nsource = \"redis\"\nredis = \"{redis_url}\"\nchannel = [\"{channel}\"]\n\
+         lease_ttl = \"10s\"\ntopic = \"https://example.com/log/app\"\n"
+    );
+    let (a, _) = hub_with(dirs[0].path(), &config).await;
+    a.wait_for("source listening").await;
+    let (b, url) = hub_with(dirs[1].path(), &config).await;
+    b.wait_for("another hub runs this bridge: standing by")
+        .await;
+    let stopped = Instant::now();
+    a.terminate();
+    // b asks every third of the ttl: within 3.4 s of the lease given back.
+    b.wait_for("this hub holds the bridge's lease").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(6),
+        "taken over after {:?}, not at once",
+        stopped.elapsed()
+    );
+    b.wait_for("source listening").await;
+    let mut events = subscribe(&url, "https://example.com/log/app").await;
+    let mut conn = redis_conn(&redis_url).await;
+    let _: i64 = redis::AsyncCommands::publish(&mut conn, &channel, "after")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut events).await.1, "after");
+    drop(b);
     remove_redis_namespace(&redis_url, &namespace).await;
 }

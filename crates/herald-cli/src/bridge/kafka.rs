@@ -22,7 +22,7 @@ use rdkafka::consumer::{Consumer as _, ConsumerContext, Rebalance, StreamConsume
 use rdkafka::error::KafkaError;
 use rdkafka::Message as _;
 
-use super::shared::{Backoff, Bridge, MapArgs};
+use super::shared::{Bridge, MapArgs};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -44,7 +44,9 @@ pub struct Args {
     #[arg(long, value_name = "WHERE", default_value = "latest", value_parser = ["latest", "earliest"])]
     from: String,
     /// How long the group waits for a bridge that stopped answering
-    /// before handing its partitions to the others.
+    /// before handing its partitions to the others (1s to 300s; Kafka
+    /// brokers accept 6s to 30m by default: group.min.session.timeout.ms,
+    /// group.max.session.timeout.ms).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::shared::parse_duration)]
     session_timeout: Duration,
     #[command(flatten)]
@@ -57,9 +59,12 @@ impl Args {
         let list = self.kafka.strip_prefix("kafka://").unwrap_or(&self.kafka);
         let list = list.trim_end_matches('/');
         for broker in list.split(',') {
-            let ok = broker
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            // No credentials in the address: librdkafka would take them
+            // for part of the host name.
+            let ok = !broker.contains('@')
+                && broker
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 bail!(
                     "--kafka {:?}: expected HOST:PORT, comma-separated for several brokers",
@@ -79,17 +84,19 @@ impl Args {
         if self.topics.iter().any(|t| t.trim().is_empty()) {
             bail!("--subscribe is empty");
         }
-        if self.session_timeout < Duration::from_secs(1) {
-            bail!("--session-timeout must be at least 1s");
+        // librdkafka wants it within max.poll.interval.ms (300 s).
+        if self.session_timeout < Duration::from_secs(1)
+            || self.session_timeout > Duration::from_secs(300)
+        {
+            bail!("--session-timeout must be from 1s to 300s");
         }
         Ok(())
     }
 }
 
-/// What librdkafka reports beside the records: its errors (a broker that
-/// is down, refused credentials) are logged and counted as source
-/// failures (it retries them itself, with backoff), and the partitions
-/// the group gives this bridge are logged.
+/// What librdkafka reports beside the records: its log, and the
+/// partitions the group gives this bridge. (Its errors also come out of
+/// `recv`, where they are counted.)
 struct Context {
     bridge: Arc<Bridge>,
 }
@@ -111,12 +118,7 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.bridge.count("source_failure");
-        tracing::warn!(
-            bridge = self.bridge.name,
-            "bridge {}: source: {error}: {reason}; librdkafka retries",
-            self.bridge.name
-        );
+        tracing::debug!(bridge = self.bridge.name, "kafka: {error}: {reason}");
     }
 }
 
@@ -153,6 +155,10 @@ pub async fn run(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", &args.from)
+        // A broker that is down or refuses the bridge is tried again by
+        // librdkafka, 100 ms doubling to 10 s, as the other sources do.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "10000")
         .set(
             "session.timeout.ms",
             args.session_timeout.as_millis().to_string(),
@@ -176,18 +182,34 @@ pub async fn run(args: &Args, bridge: Arc<Bridge>) -> anyhow::Result<()> {
         ?topics,
         "source listening"
     );
-    let mut backoff = Backoff::new();
+    let result = consume(&consumer, &bridge).await;
+    // Leaving the group waits on the brokers: not on the hub's threads.
+    tokio::task::spawn_blocking(move || drop(consumer));
+    result
+}
+
+/// Reads records until a fatal error.
+async fn consume(consumer: &StreamConsumer<Context>, bridge: &Bridge) -> anyhow::Result<()> {
     loop {
         let record = match consumer.recv().await {
             Ok(record) => record,
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                bail!("the Kafka consumer cannot go on: {e}");
+            }
             Err(e) => {
-                // A topic that does not exist yet, a fetch that failed:
-                // the consumer itself goes on.
-                bridge.source_failed(&mut backoff, &anyhow!(e)).await;
+                // A broker down, a topic that does not exist yet, a fetch
+                // that failed: librdkafka retries with its own backoff
+                // (above) and reports each; waiting here would only hold
+                // up the partitions that work and the group's rebalances.
+                bridge.count("source_failure");
+                tracing::warn!(
+                    bridge = bridge.name,
+                    "bridge {}: source: {e}; librdkafka tries again",
+                    bridge.name
+                );
                 continue;
             }
         };
-        backoff.reset();
         let position = format!(
             "{}:{}:{}",
             record.topic(),

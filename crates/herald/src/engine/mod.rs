@@ -296,6 +296,10 @@ pub trait Engine: Send + Sync + 'static {
     /// run once (a broadcast bridge) runs on its holder; when the holder
     /// stops renewing, the lease passes to the next node that asks after
     /// `ttl`. An engine of one node grants every lease.
+    ///
+    /// A holder that stops gives its leases back with
+    /// [`release`](Engine::release), so the next node need not wait the
+    /// ttl out.
     fn lease<'a>(
         &'a self,
         name: &'a str,
@@ -304,6 +308,17 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         let _ = (name, holder, ttl);
         Box::pin(async { Ok(true) })
+    }
+
+    /// Gives the lease `name` back when `holder` holds it (a lease held by
+    /// another is left alone): the next node that asks takes it at once.
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        let _ = (name, holder);
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -597,7 +597,8 @@ pub async fn directory_lists_other_nodes_and_reaps_dead_ones_once<F, Fut>(
 /// Leases of an engine shared by several nodes ([`Engine::lease`]): one
 /// holder at a time, even when two nodes ask together; the holder renews;
 /// another takes the lease once the holder stops renewing for the ttl,
-/// not before. `node` connects one more node to the same shared log. Not
+/// not before; a holder that gives it back frees it at once. `node`
+/// connects one more node to the same shared log. Not
 /// part of [`engine_conformance!`](crate::engine_conformance): an engine
 /// of one node grants every lease.
 pub async fn leases_have_one_holder_and_pass_on_when_it_stops<F, Fut>(mut node: F)
@@ -648,6 +649,22 @@ where
     assert!(
         !holder.lease(&name, h, ttl).await.unwrap(),
         "the old holder lost it"
+    );
+    // Given back by another than its holder: still held.
+    holder.release(&name, h).await.unwrap();
+    assert!(
+        !holder.lease(&name, h, ttl).await.unwrap(),
+        "a lease is given back by its holder only"
+    );
+    // Given back by its holder: the next to ask takes it at once.
+    other.release(&name, o).await.unwrap();
+    assert!(
+        holder.lease(&name, h, ttl).await.unwrap(),
+        "a lease given back is free at once"
+    );
+    assert!(
+        !other.lease(&name, o, ttl).await.unwrap(),
+        "and held by the one that took it"
     );
 }
 

@@ -206,6 +206,15 @@ impl Hub {
         self.inner.engine.lease(name, holder, ttl).await
     }
 
+    /// Gives the lease `name` back if `holder` holds it (see
+    /// [`Engine::release`]), so another hub takes it at once.
+    ///
+    /// # Errors
+    /// The engine cannot answer now (the lease then runs out by itself).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), EngineError> {
+        self.inner.engine.release(name, holder).await
+    }
+
     /// The hub's metrics (Prometheus exposition at `/metrics`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics

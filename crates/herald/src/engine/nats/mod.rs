@@ -138,6 +138,54 @@ impl NatsEngine {
         Ok(Self { inner, presence })
     }
 
+    /// The subject of the lease `name` in the directory stream (subject
+    /// tokens take letters, digits, `-` and `_`).
+    fn lease_subject(&self, name: &str) -> String {
+        let token: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("_{b:02x}")
+                }
+            })
+            .collect();
+        format!("{}lease.{token}", self.inner.names.dir_prefix)
+    }
+
+    /// See [`Engine::release`]: an empty holder, written only over this
+    /// holder's own message, frees the lease.
+    async fn give_lease_back(&self, name: &str, holder: &str) -> Result<(), EngineError> {
+        use async_nats::jetstream::context::Publish;
+        let inner = &self.inner;
+        let subject = self.lease_subject(name);
+        let dir = inner
+            .js
+            .get_stream_no_info(inner.names.dir.as_str())
+            .await
+            .map_err(unavailable)?;
+        let last = match dir.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        if last.payload != holder.as_bytes() {
+            return Ok(());
+        }
+        let publish = Publish::build()
+            .payload(bytes::Bytes::new())
+            .expected_last_subject_sequence(last.sequence);
+        // Refused only when another took it meanwhile: not ours to free.
+        let _ = inner
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(unavailable)?
+            .await;
+        Ok(())
+    }
+
     /// See [`Engine::lease`]. A lease is a subject of the directory's
     /// stream (one message kept per subject) whose last message names its
     /// holder; it is taken and renewed by a publish that expects the
@@ -151,18 +199,7 @@ impl NatsEngine {
     ) -> Result<bool, EngineError> {
         use async_nats::jetstream::context::{Publish, PublishErrorKind};
         let inner = &self.inner;
-        // Subject tokens take letters, digits, `-` and `_`.
-        let token: String = name
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                    (b as char).to_string()
-                } else {
-                    format!("_{b:02x}")
-                }
-            })
-            .collect();
-        let subject = format!("{}lease.{token}", inner.names.dir_prefix);
+        let subject = self.lease_subject(name);
         let dir = inner
             .js
             .get_stream_no_info(inner.names.dir.as_str())
@@ -181,7 +218,8 @@ impl NatsEngine {
             Some(m) => {
                 let held_by = String::from_utf8_lossy(&m.payload);
                 let age = time::OffsetDateTime::now_utc() - m.time;
-                if held_by != holder && age < ttl {
+                // An empty holder: given back.
+                if !held_by.is_empty() && held_by != holder && age < ttl {
                     return Ok(false);
                 }
                 m.sequence
@@ -461,5 +499,13 @@ impl Engine for NatsEngine {
         ttl: std::time::Duration,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         self.take_lease(name, holder, ttl).boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.give_lease_back(name, holder).boxed()
     }
 }

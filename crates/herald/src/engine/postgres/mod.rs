@@ -271,6 +271,26 @@ impl Inner {
         .await
     }
 
+    /// See [`Engine::release`].
+    async fn release(&self, name: &str, holder: &str) -> Result<(), EngineError> {
+        let give_back = format!(
+            "DELETE FROM {} WHERE name = $1 AND holder = $2",
+            self.names.leases
+        );
+        self.bounded(async {
+            let client = self.link.client().await?;
+            match client.execute(&give_back, &[&name, &holder]).await {
+                Ok(_) => Ok(()),
+                // No table: no lease was ever taken.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    Ok(())
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
     async fn resolve(&self, id: &str) -> Result<Option<Position>, EngineError> {
         self.bounded(async {
             let client = self.link.client().await?;
@@ -433,5 +453,13 @@ impl Engine for PostgresEngine {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         self.inner.lease(name, holder, ttl).boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.inner.release(name, holder).boxed()
     }
 }

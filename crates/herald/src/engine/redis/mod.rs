@@ -137,6 +137,7 @@ impl RedisEngine {
                 read: scripts::read(),
                 check: scripts::check(),
                 lease: scripts::lease(),
+                release: scripts::release(),
             },
             follow: watch::Sender::new(Follow {
                 epoch: Arc::from(""),
@@ -525,6 +526,31 @@ impl Engine for RedisEngine {
                 })
                 .await?;
             Ok(held == 1)
+        }
+        .boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        async move {
+            let inner = &self.inner;
+            let mut conn = inner.conn.clone();
+            let _: i64 = inner
+                .bounded(async {
+                    inner
+                        .scripts
+                        .release
+                        .key(inner.keys.lease(name))
+                        .arg(holder)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
+            Ok(())
         }
         .boxed()
     }

@@ -92,6 +92,20 @@ return 0
     )
 }
 
+/// Gives a lease back: deletes it when the holder holds it.
+///
+/// KEYS: the lease. ARGV: the holder.
+pub(crate) fn release() -> Script {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+}
+
 /// Creates the log if it has no identity (new, flushed, or its `meta`
 /// lost), clearing whatever is left of an older one, and returns `{epoch,
 /// seq, first}`.

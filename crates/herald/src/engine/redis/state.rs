@@ -35,6 +35,7 @@ pub(super) struct Scripts {
     pub read: redis::Script,
     pub check: redis::Script,
     pub lease: redis::Script,
+    pub release: redis::Script,
 }
 
 pub(super) struct Inner {
