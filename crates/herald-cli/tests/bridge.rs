@@ -1237,25 +1237,56 @@ async fn a_source_that_is_down_is_counted_and_the_hub_serves_on() {
     assert_eq!(next(&mut events).await.1, "serving");
 }
 
-/// A broadcast source (Redis Pub/Sub) on two hubs sharing one engine runs
-/// on one of them at a time, under a lease: each message is published
-/// once, and when the running hub dies the other takes over.
-#[tokio::test]
-async fn a_broadcast_bridge_runs_on_one_node_and_moves_when_it_dies() {
-    let Some(redis_url) = redis_url() else { return };
+/// Two hubs sharing one Redis engine, each with the same Redis Pub/Sub
+/// bridge: `a` runs it under its lease, `b` (at `url`) stands by.
+struct Broadcast {
+    a: Proc,
+    b: Proc,
+    url: String,
+    channel: String,
+    namespace: String,
+}
+
+async fn broadcast_on_two_hubs(
+    redis_url: &str,
+    lease_ttl: &str,
+    dirs: &[tempfile::TempDir; 2],
+) -> Broadcast {
     let channel = unique("herald_test_broadcast");
     let namespace = unique("bridge_lease");
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let config = format!(
         "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
          [[bridge]]\nsource = \"redis\"\nredis = \"{redis_url}\"\nchannel = [\"{channel}\"]\n\
-         lease_ttl = \"1s\"\ntopic = \"https://example.com/log/app\"\n"
+         lease_ttl = \"{lease_ttl}\"\ntopic = \"https://example.com/log/app\"\n"
     );
     let (a, _) = hub_with(dirs[0].path(), &config).await;
     a.wait_for("source listening").await;
     let (b, url) = hub_with(dirs[1].path(), &config).await;
     b.wait_for("another hub runs this bridge: standing by")
         .await;
+    Broadcast {
+        a,
+        b,
+        url,
+        channel,
+        namespace,
+    }
+}
+
+/// A broadcast source (Redis Pub/Sub) on two hubs sharing one engine runs
+/// on one of them at a time, under a lease: each message is published
+/// once, and when the running hub dies the other takes over.
+#[tokio::test]
+async fn a_broadcast_bridge_runs_on_one_node_and_moves_when_it_dies() {
+    let Some(redis_url) = redis_url() else { return };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let Broadcast {
+        a,
+        b,
+        url,
+        channel,
+        namespace,
+    } = broadcast_on_two_hubs(&redis_url, "1s", &dirs).await;
     let mut events = subscribe(&url, "https://example.com/log/app").await;
     let mut conn = redis_conn(&redis_url).await;
     let publish = |conn: &mut redis::aio::MultiplexedConnection, i: u32| {
@@ -1458,19 +1489,14 @@ async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
 #[tokio::test]
 async fn a_hub_that_stops_hands_its_broadcast_bridge_over_at_once() {
     let Some(redis_url) = redis_url() else { return };
-    let channel = unique("herald_test_handover");
-    let namespace = unique("bridge_handover");
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let config = format!(
-        "engine = \"{redis_url}\"\nnamespace = \"{namespace}\"\n\
-         [[bridge]]\nsource = \"redis\"\nredis = \"{redis_url}\"\nchannel = [\"{channel}\"]\n\
-         lease_ttl = \"10s\"\ntopic = \"https://example.com/log/app\"\n"
-    );
-    let (a, _) = hub_with(dirs[0].path(), &config).await;
-    a.wait_for("source listening").await;
-    let (b, url) = hub_with(dirs[1].path(), &config).await;
-    b.wait_for("another hub runs this bridge: standing by")
-        .await;
+    let Broadcast {
+        a,
+        b,
+        url,
+        channel,
+        namespace,
+    } = broadcast_on_two_hubs(&redis_url, "10s", &dirs).await;
     let stopped = Instant::now();
     a.terminate();
     // b asks every third of the ttl: within 3.4 s of the lease given back.

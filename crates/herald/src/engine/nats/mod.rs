@@ -154,21 +154,32 @@ impl NatsEngine {
         format!("{}lease.{token}", self.inner.names.dir_prefix)
     }
 
-    /// See [`Engine::release`]: an empty holder, written only over this
-    /// holder's own message, frees the lease.
-    async fn give_lease_back(&self, name: &str, holder: &str) -> Result<(), EngineError> {
-        use async_nats::jetstream::context::Publish;
+    /// The last message of a lease's subject (its holder, and when it
+    /// was taken or renewed), if it was ever taken.
+    async fn last_lease_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, EngineError> {
         let inner = &self.inner;
-        let subject = self.lease_subject(name);
         let dir = inner
             .js
             .get_stream_no_info(inner.names.dir.as_str())
             .await
             .map_err(unavailable)?;
-        let last = match dir.direct_get_last_for_subject(subject.as_str()).await {
-            Ok(m) => m,
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(()),
-            Err(e) => return Err(unavailable(e)),
+        match dir.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// See [`Engine::release`]: an empty holder, written only over this
+    /// holder's own message, frees the lease.
+    async fn give_lease_back(&self, name: &str, holder: &str) -> Result<(), EngineError> {
+        use async_nats::jetstream::context::Publish;
+        let subject = self.lease_subject(name);
+        let Some(last) = self.last_lease_message(&subject).await? else {
+            return Ok(());
         };
         if last.payload != holder.as_bytes() {
             return Ok(());
@@ -177,7 +188,8 @@ impl NatsEngine {
             .payload(bytes::Bytes::new())
             .expected_last_subject_sequence(last.sequence);
         // Refused only when another took it meanwhile: not ours to free.
-        let _ = inner
+        let _ = self
+            .inner
             .js
             .send_publish(subject, publish)
             .await
@@ -200,19 +212,10 @@ impl NatsEngine {
         use async_nats::jetstream::context::{Publish, PublishErrorKind};
         let inner = &self.inner;
         let subject = self.lease_subject(name);
-        let dir = inner
-            .js
-            .get_stream_no_info(inner.names.dir.as_str())
-            .await
-            .map_err(unavailable)?;
         // The last holder's message carries the server's time; its age is
         // read on this node's clock, so nodes and server keep time (NTP)
         // well within the ttl.
-        let last = match dir.direct_get_last_for_subject(subject.as_str()).await {
-            Ok(m) => Some(m),
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => None,
-            Err(e) => return Err(unavailable(e)),
-        };
+        let last = self.last_lease_message(&subject).await?;
         let expected = match &last {
             None => 0,
             Some(m) => {
