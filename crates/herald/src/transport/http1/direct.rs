@@ -69,7 +69,12 @@ pub async fn open(
         }
     };
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n");
+    // The connection ends with the stream (its socket is the stream's, and
+    // is closed once the last chunk is out): said in the head, so a client
+    // never pools it and sends its next request on a closing socket.
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n",
+    );
     for (name, value) in &extra {
         push_header(&mut out, name, value.as_bytes());
     }
