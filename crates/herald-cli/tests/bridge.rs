@@ -823,19 +823,7 @@ async fn nodes_share_a_redis_stream_and_claim_what_a_dead_one_left() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut seen = Vec::new();
-    while seen.len() < 40 {
-        seen.push(next(&mut history).await.1);
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), history.recv())
-            .await
-            .is_err(),
-        "an entry was published twice"
-    );
-    seen.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
-    let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
-    assert_eq!(seen, want, "every entry once");
+    each_row_once(&mut history, Vec::new(), 40).await;
     assert!(
         a.stderr()
             .contains("claimed entries another consumer left pending"),
@@ -845,6 +833,28 @@ async fn nodes_share_a_redis_stream_and_claim_what_a_dead_one_left() {
     drop(a);
     let _: i64 = redis::AsyncCommands::del(&mut conn, &stream).await.unwrap();
     remove_redis_namespace(&redis_url, &namespace).await;
+}
+
+/// Reads `history` (after the rows already `seen`) until it holds `n`
+/// rows, then checks that nothing more comes and that they are `row 0` to
+/// `row n-1`, each once, in any order (rows from two nodes interleave).
+async fn each_row_once(
+    history: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    mut seen: Vec<String>,
+    n: u32,
+) {
+    while seen.len() < n as usize {
+        seen.push(next(history).await.1);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), history.recv())
+            .await
+            .is_err(),
+        "a row was published twice"
+    );
+    seen.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..n).map(|i| format!("row {i}")).collect();
+    assert_eq!(seen, want, "every row once");
 }
 
 /// Adds an entry and reads it as b in one transaction (so a cannot read
@@ -1467,18 +1477,7 @@ async fn nodes_share_kafka_partitions_and_take_over_a_dead_ones() {
     for i in 20..40 {
         kafka_send(&producer, &topic, i % 2, &format!("row {i}")).await;
     }
-    while seen.len() < 40 {
-        seen.push(next(&mut history).await.1);
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), history.recv())
-            .await
-            .is_err(),
-        "a record was published twice"
-    );
-    seen.sort_by_key(|d| d[4..].parse::<u32>().unwrap());
-    let want: Vec<String> = (0..40).map(|i| format!("row {i}")).collect();
-    assert_eq!(seen, want, "every record once");
+    each_row_once(&mut history, seen, 40).await;
     drop(a);
     remove_redis_namespace(&redis_url, &namespace).await;
 }
