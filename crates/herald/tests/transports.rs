@@ -8,9 +8,15 @@
 //! - A new certificate written over the files is served to new
 //!   connections within seconds, while a stream opened before keeps
 //!   receiving; a broken one is refused and the current one kept.
-//! - Shutdown ends HTTP/2 streams promptly (hyper sends `GOAWAY`).
+//! - Shutdown ends HTTP/2 streams promptly (`GOAWAY`, then each stream's
+//!   end).
 //! - HTTP/2 streams take places in `max_connections` one by one (`503`
-//!   past it, the others on the connection unharmed) and get heartbeats.
+//!   past it, the others on the connection unharmed) and get heartbeats,
+//!   parked or keeping their tasks.
+//! - Waiting HTTP/2 streams are parked; one whose client reads nothing
+//!   (the h2 crate as client, with a small window) is reset once its
+//!   queue overflows while the stream beside it on the same connection
+//!   gets every update, and one the client resets gives its place back.
 
 mod common;
 
@@ -113,6 +119,106 @@ async fn h2c_carries_hundreds_of_streams_on_one_connection() {
         "{metrics}"
     );
     assert_eq!(value(&metrics, "herald_connections"), 300.0);
+    // Waiting, they are parked: no task each.
+    let parked = wait_metric(&hub, "herald_parked_streams", 300.0).await;
+    assert_eq!(parked, 300.0);
+}
+
+/// Polls the hub's metrics until `name` reads `want` (within 5 s); the
+/// last value read.
+async fn wait_metric(hub: &TestHub, name: &str, want: f64) -> f64 {
+    let started = Instant::now();
+    loop {
+        let v = value(&common::scrape(hub).await, name);
+        if v == want || started.elapsed() > Duration::from_secs(5) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An event stream opened with the h2 crate on `client`.
+async fn h2_stream(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    hub: &TestHub,
+) -> h2::RecvStream {
+    let req = http::Request::get(format!(
+        "http://{}/.well-known/mercure?topic=https://t",
+        hub.addr
+    ))
+    .body(())
+    .unwrap();
+    let ready = client.clone().ready().await.unwrap();
+    *client = ready;
+    let (res, _) = client.send_request(req, true).unwrap();
+    let res = res.await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body()
+}
+
+/// Reads a stream until what it read (in `text`) holds `n` events (`data`
+/// lines), giving the window back as it reads; the events read.
+async fn read_events(body: &mut h2::RecvStream, text: &mut String, n: usize) -> usize {
+    while text.matches("\ndata:").count() < n {
+        let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(10), body.data()).await
+        else {
+            break;
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.matches("\ndata:").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_not_read_ends_alone() {
+    let mut cfg = config();
+    cfg.queue_frames = 32;
+    let hub = TestHub::start(cfg).await;
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(4096)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut stalled = h2_stream(&mut client, &hub).await;
+    let mut reader = h2_stream(&mut client, &hub).await;
+    assert_eq!(wait_metric(&hub, "herald_parked_streams", 2.0).await, 2.0);
+
+    // 100 updates of 1 KiB (25 times the window of the stream not read,
+    // three times its queue), each read by the other stream before the
+    // next is published.
+    let c = reqwest::Client::new();
+    let data = "x".repeat(1024);
+    let mut text = String::new();
+    for n in 1..=100 {
+        publish(&c, &hub.hub_url(), &data).await;
+        assert_eq!(
+            read_events(&mut reader, &mut text, n).await,
+            n,
+            "the stream read got every update"
+        );
+    }
+    // The other one was reset once its queue overflowed: what the window
+    // let through, then the reset.
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = stalled.flow_control().release_capacity(chunk.len());
+            }
+            Ok(other) => break other.map(|r| r.map(|_| ())),
+            Err(_) => panic!("the stream not read was not ended"),
+        }
+    };
+    let reason = end.and_then(Result::err).and_then(|e| e.reason());
+    assert_eq!(reason, Some(h2::Reason::CANCEL), "{reason:?}");
+    assert_eq!(wait_metric(&hub, "herald_connections", 1.0).await, 1.0);
+
+    // A parked stream its client resets gives its place back.
+    drop(reader);
+    assert_eq!(wait_metric(&hub, "herald_connections", 0.0).await, 0.0);
+    assert_eq!(wait_metric(&hub, "herald_parked_streams", 0.0).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,10 +337,26 @@ fn a_certificate_that_does_not_load_is_a_clear_error() {
 /// on), and an idle stream gets heartbeat comments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_have_the_same_limits_and_heartbeats() {
+    limits_and_heartbeats(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_keeping_their_tasks_have_the_same_limits_and_heartbeats() {
+    limits_and_heartbeats(false).await;
+}
+
+async fn limits_and_heartbeats(parking: bool) {
     let mut cfg = config();
     cfg.max_connections = 5;
     cfg.heartbeat = Duration::from_millis(300);
-    let hub = TestHub::start(cfg).await;
+    let hub = TestHub::start_serving(
+        cfg,
+        std::sync::Arc::new(MemoryEngine::new(1000)),
+        move |listener, hub, stop| {
+            Box::pin(Server::new(hub).parking(parking).serve(listener, stop))
+        },
+    )
+    .await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .no_proxy()

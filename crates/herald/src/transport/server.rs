@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -165,7 +165,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         Protocol::Http1
     };
     let io = TokioIo::new(Rewind::new(buf, stream));
-    serve_hyper(io, peer, &shared, protocol, Some(permit)).await;
+    serve_conn(io, peer, &shared, protocol, Some(permit)).await;
 }
 
 /// The start of HTTP/2's connection preface.
@@ -196,7 +196,7 @@ impl Protocol {
 }
 
 /// A TLS connection: the handshake (within [`HEAD_TIMEOUT`]), then HTTP/2
-/// or HTTP/1.1 as ALPN chose, served by hyper and the router.
+/// or HTTP/1.1 as ALPN chose.
 async fn tls_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Tls) {
     let stop = shared.hub.shutdown_token().clone();
     let accepted = tokio::select! {
@@ -224,14 +224,15 @@ async fn tls_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if permit.is_none() {
         shared.hub.metrics().refused("requests");
     }
-    serve_hyper(TokioIo::new(stream), peer, &shared, protocol, permit).await;
+    serve_conn(TokioIo::new(stream), peer, &shared, protocol, permit).await;
 }
 
-/// Serves one connection with hyper and the router, HTTP/1.1 or HTTP/2,
-/// until it ends, is cancelled (HTTP/1.1: its subscriber overflowed) or
-/// the hub shuts down (then gracefully: HTTP/2 sends `GOAWAY`). Without
-/// a `permit` every request is answered `503`.
-async fn serve_hyper<I>(
+/// Serves one connection that is not an event stream on the fast path:
+/// HTTP/2 on h2 directly ([`super::h2`]), HTTP/1.1 with hyper and the
+/// router, until it ends, is cancelled (its HTTP/1.1 subscriber
+/// overflowed) or the hub shuts down (then gracefully: HTTP/2 sends
+/// `GOAWAY`). Without a `permit` every request is answered `503`.
+async fn serve_conn<I>(
     io: TokioIo<I>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
@@ -241,29 +242,30 @@ async fn serve_hyper<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     shared.hub.metrics().connection_accepted(protocol.label());
-    let stop = shared.hub.shutdown_token().clone();
-    let cancel = CancellationToken::new();
-    // Over HTTP/2 one overflowing stream ends alone: its connection
-    // carries others.
-    let ctx = ConnContext {
-        cancel: (!protocol.is_h2()).then(|| cancel.clone()),
-        peer,
-    };
-    let app = shared.app.clone();
-    let admitted = permit.is_some();
     // Clients over TLS learn that HTTP/3 is on the same port.
     let alt_svc = shared
         .alt_svc
         .clone()
         .filter(|_| matches!(protocol, Protocol::Http1Tls | Protocol::H2Tls));
+    if protocol.is_h2() {
+        let admitted = permit.is_some();
+        super::h2::serve(io.into_inner(), peer, shared.clone(), admitted, alt_svc).await;
+        drop(permit);
+        return;
+    }
+    let stop = shared.hub.shutdown_token().clone();
+    let cancel = CancellationToken::new();
+    let ctx = ConnContext {
+        cancel: Some(cancel.clone()),
+        peer,
+    };
+    let app = shared.app.clone();
+    let admitted = permit.is_some();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
         let app = app.clone();
         let alt_svc = alt_svc.clone();
-        // Boxed: over HTTP/2 each stream's task is sized by this future
-        // for as long as the stream lives, though it is done (and freed)
-        // once the response head is out.
-        Box::pin(async move {
+        async move {
             let mut res = if admitted {
                 app.oneshot(req).await?
             } else {
@@ -273,40 +275,27 @@ async fn serve_hyper<I>(
                 res.headers_mut().insert(header::ALT_SVC, v);
             }
             Ok::<_, std::convert::Infallible>(res)
-        })
+        }
     });
     let _permit = permit;
-    macro_rules! drive {
-        ($conn:expr) => {{
-            let mut conn = std::pin::pin!($conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                }
-                () = cancel.cancelled() => {
-                    tracing::debug!(%peer, "connection cancelled");
-                }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    builder.header_read_timeout(HEAD_TIMEOUT);
+    // Upgrades: a WebSocket leaves the connection to its own task.
+    let mut conn = std::pin::pin!(builder.serve_connection(io, svc).with_upgrades());
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "connection ended: {e}");
             }
-        }};
-    }
-    if protocol.is_h2() {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS);
-        drive!(builder.serve_connection(io, svc));
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new());
-        builder.header_read_timeout(HEAD_TIMEOUT);
-        // Upgrades: a WebSocket leaves the connection to its own task.
-        drive!(builder.serve_connection(io, svc).with_upgrades());
+        }
+        () = cancel.cancelled() => {
+            tracing::debug!(%peer, "connection cancelled");
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -84,6 +84,19 @@ impl Kind {
     }
 }
 
+/// A stream parked by another transport that writes through a connection
+/// of its own rather than a socket per stream (HTTP/2's streams, see
+/// [`crate::transport::h2`]). The flusher calls it when the core or the
+/// connection wakes the stream.
+pub(crate) trait ParkedStream: Send + 'static {
+    /// Writes what the stream has queued. `false` when the stream is over:
+    /// the flusher then drops it, which ends it.
+    fn flush(&mut self, sub: &Arc<Subscriber>) -> bool;
+}
+
+/// The slot's state of a [`ParkedStream`].
+struct Foreign(Box<dyn ParkedStream>);
+
 /// Hands a parked socket whose client spoke back to a task: its socket,
 /// what it had not yet written, its state (see [`super::socket::resume`]).
 pub(crate) type Resume = fn(std::net::TcpStream, Option<Bytes>, Idle, Arc<Flusher>);
@@ -154,7 +167,7 @@ impl Flusher {
 
     /// Puts a parked subscriber in its flusher's ready list (once until
     /// it is flushed).
-    fn schedule(&self, sub: &Arc<Subscriber>) {
+    pub(crate) fn schedule(&self, sub: &Arc<Subscriber>) {
         if sub.claim_wake() {
             self.wake_one(sub);
         }
@@ -251,6 +264,22 @@ impl Flusher {
         self.park_kind(sub, stream, Kind::Socket(Box::new(idle)));
     }
 
+    /// Parks a stream of another transport (see [`ParkedStream`]): it
+    /// waits in its subscriber, and the flusher writes it when woken.
+    pub(crate) fn park_stream(
+        self: &Arc<Self>,
+        sub: &Arc<Subscriber>,
+        stream: Box<dyn ParkedStream>,
+    ) {
+        let mut slot = sub.parked().lock();
+        *slot = Some(Box::new(Foreign(stream)));
+        self.metrics.parked_streams.inc();
+        sub.set_parked();
+        drop(slot);
+        // Frames queued while parking woke the task that just left.
+        self.schedule(sub);
+    }
+
     fn park_kind(
         self: &Arc<Self>,
         sub: Arc<Subscriber>,
@@ -343,6 +372,15 @@ async fn run_shard(flusher: Arc<Flusher>, i: usize) {
 /// Writes what a parked subscriber has queued, or ends its stream.
 fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
     let mut guard = sub.parked().lock();
+    if let Some(Foreign(stream)) = guard.as_mut().and_then(|s| s.downcast_mut::<Foreign>()) {
+        if !stream.flush(sub) {
+            let state = guard.take();
+            drop(guard);
+            drop(state);
+            flusher.metrics.parked_streams.dec();
+        }
+        return;
+    }
     let Some(p) = parked_mut(&mut guard) else {
         return;
     };

@@ -1,0 +1,518 @@
+//! HTTP/2 served on the h2 crate directly: h2c with prior knowledge on a
+//! plain listener, `h2` over TLS.
+//!
+//! One HTTP/2 connection carries hundreds of event streams. Served through
+//! hyper, each kept a task and a boxed response body for as long as it
+//! lived. Here a connection has one task, which reads the client's frames
+//! and writes what its streams send, and an event stream is parked once
+//! its history is out, as HTTP/1.1 streams are ([`super::http1::parked`]):
+//! a waiting stream is its h2 send half, its feed and its place under the
+//! connection limit, kept in its subscriber, with no task. The hub's
+//! flusher hands its frames to h2 when the core wakes it (frames queued, a
+//! heartbeat due, the subscriber closed), and h2 wakes it when the client
+//! resets it or the connection goes.
+//!
+//! Every other request (publishing, the API, the dashboard, a stream
+//! refused) goes to the router in a task of its own, its body read from
+//! and its response written to its HTTP/2 stream.
+//!
+//! **Flow control.** h2 sends a stream's data only within the client's
+//! window. A stream hands h2 its next batch of frames once the window
+//! covers everything it sent before; until then new frames wait in the
+//! subscriber's bounded queue, so a client that stops reading overflows it
+//! and loses its stream (or is reset after [`WRITE_STALL`]), and h2 never
+//! holds more than one batch of it.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use axum::response::IntoResponse;
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
+
+use super::http1::head::MAX_HEAD;
+use super::http1::parked::{Flusher, ParkedStream};
+use super::shared::{full, Shared, H2_MAX_STREAMS, HEAD_TIMEOUT};
+use crate::http::conn::ConnContext;
+use crate::http::error::HttpError;
+use crate::http::events::{prepare, Prepared};
+use crate::http::policy::{cors_headers, MERCURE_PATH, WRITE_STALL};
+use crate::hub::admission::StreamPermit;
+use crate::hub::feed::Feed;
+use crate::hub::subscriber::Subscriber;
+
+/// Flow-control window the hub opens to a client, per stream and for the
+/// connection: request bodies (streamed publishing) are not held back by
+/// HTTP/2's default of 64 KiB.
+const WINDOW: u32 = 1024 * 1024;
+
+/// Most bytes of queued frames joined into one DATA frame.
+const MAX_JOINED: usize = 64 * 1024;
+
+/// What the streams of one connection share.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// The connection holds a place under the limit; without one every
+    /// request is answered `503`.
+    admitted: bool,
+    /// `Alt-Svc` of every response (HTTP/3 next to TLS).
+    alt_svc: Option<HeaderValue>,
+}
+
+/// Serves one HTTP/2 connection (its preface not yet read) until the
+/// client closes it or the hub shuts down: then `GOAWAY`, and the
+/// connection ends once its streams have.
+pub(super) async fn serve<T>(
+    io: T,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    admitted: bool,
+    alt_svc: Option<HeaderValue>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stop = shared.hub.shutdown_token().clone();
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, handshake) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "HTTP/2 handshake not done within {HEAD_TIMEOUT:?}");
+                return;
+            }
+        },
+        () = stop.cancelled() => return,
+    };
+    let this = Arc::new(Conn {
+        shared,
+        peer,
+        admitted,
+        alt_svc,
+    });
+    let mut stopping = false;
+    loop {
+        let accepted = tokio::select! {
+            r = conn.accept() => r,
+            () = stop.cancelled(), if !stopping => {
+                // No new streams; the open ones end as the hub ends them.
+                conn.graceful_shutdown();
+                stopping = true;
+                continue;
+            }
+        };
+        match accepted {
+            Some(Ok((req, respond))) => {
+                tokio::spawn(request(this.clone(), req, respond));
+            }
+            Some(Err(e)) => {
+                // Dropping the connection tells its parked streams.
+                tracing::debug!(%peer, "connection ended: {e}");
+                return;
+            }
+            None => break,
+        }
+    }
+    if let Err(e) = poll_fn(|cx| conn.poll_closed(cx)).await {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// One request: an event stream served here, anything else by the router.
+async fn request(conn: Arc<Conn>, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
+    let ctx = ConnContext {
+        cancel: None,
+        peer: conn.peer,
+    };
+    if !conn.admitted {
+        return respond_with(&conn, full().into_response(), respond).await;
+    }
+    if req.method() == Method::GET && req.uri().path() == MERCURE_PATH {
+        return event_stream(&conn, req, respond, ctx).await;
+    }
+    let (parts, body) = req.into_parts();
+    let mut req = Request::from_parts(parts, axum::body::Body::new(RecvBody(body)));
+    req.extensions_mut().insert(ctx);
+    let res = match conn.shared.app.clone().oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    respond_with(&conn, res, respond).await;
+}
+
+/// `GET /.well-known/mercure`: the subscription's checks, its head, its
+/// history, then the stream parks (or, where streams are not parked,
+/// streams on in this task).
+async fn event_stream(
+    conn: &Conn,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    ctx: ConnContext,
+) {
+    let hub = &conn.shared.hub;
+    let (parts, _empty) = req.into_parts();
+    let query = parts.uri.query().map(str::to_owned);
+    let headers = parts.headers;
+    let cors = match &conn.shared.cors {
+        Some(layer) => cors_headers(layer, &headers).await,
+        None => HeaderMap::new(),
+    };
+    let ip = hub.client_ip(conn.peer.ip(), &headers);
+    let opened = match hub.admit_stream(Some(ip)) {
+        Ok(permit) => prepare(hub, &headers, query.as_deref(), None, Some(ctx))
+            .await
+            .map(|p| (p, permit)),
+        Err(r) => Err(HttpError::refused(&r)),
+    };
+    // The request's memory goes before the stream starts waiting.
+    drop((headers, query));
+    let (
+        Prepared {
+            feed,
+            headers: extra,
+        },
+        permit,
+    ) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let mut res = e.into_response();
+            res.headers_mut().extend(cors);
+            return respond_with(conn, res, respond).await;
+        }
+    };
+    let mut head = Response::new(());
+    let h = head.headers_mut();
+    for (name, value) in extra {
+        h.insert(name, value);
+    }
+    h.extend(cors);
+    if let Some(v) = &conn.alt_svc {
+        h.insert(header::ALT_SVC, v.clone());
+    }
+    let Ok(send) = respond.send_response(head, false) else {
+        return;
+    };
+    let stream = Stream {
+        send,
+        feed,
+        _permit: permit,
+        waker: None,
+        blocked_since: None,
+    };
+    stream.run(conn.shared.flusher.clone()).await;
+}
+
+/// An event stream on an HTTP/2 connection, while it sends its history in
+/// a task and once parked.
+struct Stream {
+    send: SendStream<Bytes>,
+    feed: Feed,
+    /// The stream's place under the connection limit.
+    _permit: StreamPermit,
+    /// Schedules the stream on the flusher (set as it parks): h2 calls it
+    /// when the client resets the stream, the connection goes, or the
+    /// window the stream waits for opens.
+    waker: Option<Waker>,
+    /// Since when the client's window has held the stream back.
+    blocked_since: Option<Instant>,
+}
+
+impl Stream {
+    /// Sends the first flush and the history, then parks the stream;
+    /// streams on if it cannot be parked, until the feed ends (shutdown,
+    /// token expiry, queue overflow) or the client resets the stream.
+    async fn run(mut self, flusher: Option<Arc<Flusher>>) {
+        let mut out: Vec<Bytes> = Vec::new();
+        self.feed.set_parking(true);
+        loop {
+            if self.feed.is_live() && self.feed.parking() {
+                if let Some(flusher) = &flusher {
+                    let sub = self.feed.subscriber().clone();
+                    self.waker = Some(Waker::from(Arc::new(StreamWaker {
+                        sub: Arc::downgrade(&sub),
+                        flusher: Arc::downgrade(flusher),
+                    })));
+                    flusher.park_stream(&sub, Box::new(self));
+                    return;
+                }
+                self.feed.set_parking(false);
+            }
+            let room = tokio::select! {
+                r = tokio::time::timeout(WRITE_STALL, poll_fn(|cx| poll_room(&mut self.send, cx))) => {
+                    matches!(r, Ok(true))
+                }
+                // Overflowed while the client was not reading.
+                () = self.feed.closed() => false,
+            };
+            if !room {
+                self.send.send_reset(Reason::CANCEL);
+                return;
+            }
+            let more = tokio::select! {
+                more = self.feed.next(&mut out) => more,
+                _ = poll_fn(|cx| self.send.poll_reset(cx)) => return,
+            };
+            if !more {
+                let _ = self.send.send_data(Bytes::new(), true);
+                return;
+            }
+            if !send_frames(&mut self.send, &mut out) {
+                return;
+            }
+        }
+    }
+
+    /// Registers the stream's waker with h2 (see [`Stream::waker`]);
+    /// `false` when the stream is already reset or its connection gone.
+    fn listen(&mut self) -> bool {
+        let Some(waker) = &self.waker else {
+            return false;
+        };
+        self.send
+            .poll_reset(&mut Context::from_waker(waker))
+            .is_pending()
+    }
+}
+
+impl ParkedStream for Stream {
+    fn flush(&mut self, sub: &Arc<Subscriber>) -> bool {
+        // Checked with a waker that does nothing: what h2 notifies while
+        // this runs (the capacity this flush reserves) must not schedule
+        // the stream again. Its own waker is registered before it waits.
+        let mut room = poll_room(&mut self.send, &mut Context::from_waker(Waker::noop()));
+        if room.is_pending() {
+            // Checked again with the stream's waker: the window may have
+            // opened in between, and told the waker that does nothing.
+            let Some(waker) = self.waker.clone() else {
+                return false;
+            };
+            room = poll_room(&mut self.send, &mut Context::from_waker(&waker));
+        }
+        match room {
+            Poll::Ready(false) => return false,
+            Poll::Ready(true) => {
+                if self.blocked_since.take().is_some() {
+                    sub.set_blocked(false);
+                }
+            }
+            Poll::Pending => {
+                // New frames wait in the bounded queue; h2 wakes the stream
+                // once the window opens, the hub's ticker to check for a
+                // stall.
+                let since = *self.blocked_since.get_or_insert_with(Instant::now);
+                if sub.is_closed() || since.elapsed() >= WRITE_STALL {
+                    tracing::debug!(subscriber = sub.id, "client stopped reading: resetting");
+                    self.send.send_reset(Reason::CANCEL);
+                    return false;
+                }
+                sub.set_blocked(true);
+                return true;
+            }
+        }
+        let mut out = Vec::new();
+        if !self.feed.take_live(&mut out) {
+            if self.feed.is_done() {
+                let _ = self.send.send_data(Bytes::new(), true);
+                return false;
+            }
+            return self.listen();
+        }
+        send_frames(&mut self.send, &mut out) && self.listen()
+    }
+}
+
+/// Schedules a parked HTTP/2 stream on the hub's flusher when h2 has news
+/// of it. Weak references: h2 keeps the waker inside the stream, which the
+/// subscriber keeps.
+struct StreamWaker {
+    sub: Weak<Subscriber>,
+    flusher: Weak<Flusher>,
+}
+
+impl std::task::Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let (Some(sub), Some(flusher)) = (self.sub.upgrade(), self.flusher.upgrade()) {
+            flusher.schedule(&sub);
+        }
+    }
+}
+
+/// Ready with `true` once the client's window covers everything the
+/// stream sent (so the next batch is sent at once), `false` when the
+/// stream was reset or its connection is gone.
+fn poll_room(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<bool> {
+    if send.poll_reset(cx).is_ready() {
+        return Poll::Ready(false);
+    }
+    // Capacity beyond what is buffered: one byte is enough to know.
+    send.reserve_capacity(1);
+    loop {
+        if send.capacity() > 0 {
+            return Poll::Ready(true);
+        }
+        match send.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(false),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// Hands frames to h2: as one DATA frame, or a large batch (a replay's)
+/// frame by frame, as they are shared with every other stream. `false`
+/// when the stream is gone.
+fn send_frames(send: &mut SendStream<Bytes>, out: &mut Vec<Bytes>) -> bool {
+    let total: usize = out.iter().map(Bytes::len).sum();
+    let sent = if out.len() > 1 && total <= MAX_JOINED {
+        let mut joined = BytesMut::with_capacity(total);
+        for frame in out.iter() {
+            joined.extend_from_slice(frame);
+        }
+        send.send_data(joined.freeze(), false).is_ok()
+    } else {
+        out.drain(..)
+            .filter(|f| !f.is_empty())
+            .all(|f| send.send_data(f, false).is_ok())
+    };
+    out.clear();
+    sent
+}
+
+/// Headers of HTTP/1.1 that HTTP/2 forbids.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Sends a router's response on its stream, its body as the client's
+/// window allows.
+async fn respond_with(
+    conn: &Conn,
+    res: axum::response::Response,
+    mut respond: SendResponse<Bytes>,
+) {
+    let (mut parts, body) = res.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    if let Some(v) = &conn.alt_svc {
+        parts.headers.insert(header::ALT_SVC, v.clone());
+    }
+    let bodiless = parts.status.is_informational()
+        || parts.status == axum::http::StatusCode::NO_CONTENT
+        || parts.status == axum::http::StatusCode::NOT_MODIFIED;
+    if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(len) = body.size_hint().exact() {
+            parts.headers.insert(header::CONTENT_LENGTH, len.into());
+        }
+    }
+    let end = body.is_end_stream();
+    let Ok(send) = respond.send_response(Response::from_parts(parts, ()), end) else {
+        return;
+    };
+    if !end {
+        pipe(body, send).await;
+    }
+}
+
+/// Streams a response body, frame by frame as the client's window allows,
+/// until it ends or the client resets the stream.
+async fn pipe(mut body: axum::body::Body, mut send: SendStream<Bytes>) {
+    use http_body_util::BodyExt;
+    loop {
+        let room = tokio::time::timeout(WRITE_STALL, poll_fn(|cx| poll_room(&mut send, cx))).await;
+        if !matches!(room, Ok(true)) {
+            send.send_reset(Reason::CANCEL);
+            return;
+        }
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let frame = match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::debug!("response body failed: {e}");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if data.is_empty() && !end {
+                    continue;
+                }
+                if send.send_data(data, end).is_err() || end {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A request's body as the router reads it: the stream's DATA frames, the
+/// window given back as they are read.
+struct RecvBody(RecvStream);
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        let recv = &mut self.0;
+        match std::task::ready!(recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = recv.flow_control().release_capacity(data.len());
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => match std::task::ready!(recv.poll_trailers(cx)) {
+                Ok(Some(trailers)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
+                Ok(None) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
