@@ -349,11 +349,12 @@ fn event_stream(prepared: Prepared, permit: StreamPermit) -> Response {
     res
 }
 
-/// The body of an event stream served by hyper (HTTP/2, or HTTP/1.1 on a
-/// connection that began with another request). Written out rather than
+/// The body of an event stream served by the router (HTTP/1.1 on a
+/// connection that began with another request, a `QUERY` subscription,
+/// an application that mounts the router, HTTP/3). Written out rather than
 /// generated: a waiting stream holds its feed and nothing else (no
-/// generator, no channel), which over HTTP/2 is most of what each of a
-/// connection's hundreds of streams costs.
+/// generator, no channel), which over HTTP/3 is most of what each of a
+/// connection's many streams costs.
 struct EventBody {
     state: BodyState,
     /// Frames of a large batch (a replay's), sent one by one: they are

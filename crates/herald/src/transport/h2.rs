@@ -23,7 +23,7 @@
 //! and loses its stream (or is reset after [`WRITE_STALL`]), and h2 never
 //! holds more than one batch of it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
@@ -120,7 +120,18 @@ pub(super) async fn serve<T>(
         };
         match accepted {
             Some(Ok((req, respond))) => {
-                tokio::spawn(request(this.clone(), req, respond));
+                // Most requests are done in one poll: a stream whose token
+                // checks out and whose history is in memory is open and
+                // parked at once. Those are served here, with no task, and
+                // their memory is free before the next request is read:
+                // hundreds of streams opened together would otherwise each
+                // hold a task's worth of memory at once, and the small
+                // records they keep would be carved out of the freed room,
+                // which the next ones could then not reuse.
+                let mut served = Box::pin(request(this.clone(), req, respond));
+                if poll_fn(|cx| Poll::Ready(served.as_mut().poll(cx).is_pending())).await {
+                    tokio::spawn(served);
+                }
             }
             Some(Err(e)) => {
                 // Dropping the connection tells its parked streams.

@@ -2,9 +2,10 @@
 //!
 //! The library takes an already-bound listener and a shutdown future, so
 //! tests and embedders bind port 0 and stop the hub at will. Every
-//! connection served by hyper gets a cancellation token that the
-//! dispatcher fires when the subscriber's queue overflows, and shutdown
-//! drains with a deadline.
+//! HTTP/1.1 connection served by hyper gets a cancellation token that the
+//! dispatcher fires when the subscriber's queue overflows (an HTTP/2
+//! stream that overflows ends alone: its connection carries others), and
+//! shutdown drains with a deadline.
 //!
 //! **Admission.** A full hub still answers. Connections are always
 //! accepted; the limit is applied once the first request head shows what
