@@ -18,10 +18,10 @@
 //!
 //! **Flow control.** h2 sends a stream's data only within the client's
 //! window. A stream hands h2 its next batch of frames once the window
-//! covers everything it sent before; until then new frames wait in the
-//! subscriber's bounded queue, so a client that stops reading overflows it
-//! and loses its stream (or is reset after [`WRITE_STALL`]), and h2 never
-//! holds more than one batch of it.
+//! covers everything it handed over before and h2 holds less than
+//! [`SEND_BUFFER`] of it; until then new frames wait in the subscriber's
+//! bounded queue, so a client that stops reading overflows it and loses
+//! its stream (or is reset after [`WRITE_STALL`]).
 
 use std::future::{poll_fn, Future as _};
 use std::net::SocketAddr;
@@ -53,6 +53,12 @@ use crate::hub::subscriber::Subscriber;
 /// connection: request bodies (streamed publishing) are not held back by
 /// HTTP/2's default of 64 KiB.
 const WINDOW: u32 = 1024 * 1024;
+
+/// Bytes h2 holds for one stream beyond what its client's window let
+/// through (h2's default is 400 KiB): past them the stream waits, and new
+/// frames wait in the subscriber's bounded queue, as an HTTP/1.1 stream
+/// waits past its socket's unsent bytes.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Most bytes of queued frames joined into one DATA frame.
 const MAX_JOINED: usize = 64 * 1024;
@@ -86,6 +92,7 @@ pub(super) async fn serve<T>(
         .max_header_list_size(MAX_HEAD as u32)
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(SEND_BUFFER)
         .handshake::<_, Bytes>(io);
     let mut conn = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, handshake) => match r {
