@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
 use super::http1::head::MAX_HEAD;
-use super::http1::parked::{Flusher, ParkedStream};
+use super::http1::parked::Flusher;
 use super::shared::{full, Shared, H2_MAX_STREAMS, HEAD_TIMEOUT};
 use crate::http::conn::ConnContext;
 use crate::http::error::HttpError;
@@ -47,7 +47,7 @@ use crate::http::events::{prepare, Prepared};
 use crate::http::policy::{cors_headers, MERCURE_PATH, WRITE_STALL};
 use crate::hub::admission::StreamPermit;
 use crate::hub::feed::Feed;
-use crate::hub::subscriber::Subscriber;
+use crate::hub::subscriber::{ParkedState, Subscriber};
 
 /// Flow-control window the hub opens to a client, per stream and for the
 /// connection: request bodies (streamed publishing) are not held back by
@@ -309,7 +309,15 @@ impl Stream {
     }
 }
 
-impl ParkedStream for Stream {
+/// Writes a parked HTTP/2 stream (the flusher's
+/// [`super::http1::parked::FlushParked`] for HTTP/2).
+pub(super) fn flush_parked(state: &mut ParkedState, sub: &Arc<Subscriber>) -> Option<bool> {
+    Some(state.downcast_mut::<Stream>()?.flush(sub))
+}
+
+impl Stream {
+    /// Writes what a parked stream has queued, or ends it: `false` when
+    /// it is over.
     fn flush(&mut self, sub: &Arc<Subscriber>) -> bool {
         // Checked with a waker that does nothing: what h2 notifies while
         // this runs (the capacity this flush reserves) must not schedule

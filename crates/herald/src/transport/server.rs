@@ -377,9 +377,14 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let hub = self.hub;
-        let flusher = self
-            .parking
-            .then(|| Flusher::start(hub.index(), hub.metrics().clone(), socket::resume));
+        let flusher = self.parking.then(|| {
+            Flusher::start(
+                hub.index(),
+                hub.metrics().clone(),
+                socket::resume,
+                vec![super::h2::flush_parked],
+            )
+        });
         // One transport parks a hub's streams: a second server of the same
         // hub keeps its streams' tasks.
         let flusher = flusher.filter(|f| {

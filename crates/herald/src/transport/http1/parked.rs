@@ -84,18 +84,12 @@ impl Kind {
     }
 }
 
-/// A stream parked by another transport that writes through a connection
-/// of its own rather than a socket per stream (HTTP/2's streams, see
-/// [`crate::transport::h2`]). The flusher calls it when the core or the
-/// connection wakes the stream.
-pub(crate) trait ParkedStream: Send + 'static {
-    /// Writes what the stream has queued. `false` when the stream is over:
-    /// the flusher then drops it, which ends it.
-    fn flush(&mut self, sub: &Arc<Subscriber>) -> bool;
-}
-
-/// The slot's state of a [`ParkedStream`].
-struct Foreign(Box<dyn ParkedStream>);
+/// Writes a stream another transport parked ([`Flusher::park_stream`]),
+/// one that writes through a connection of its own rather than a socket
+/// per stream (HTTP/2's, see [`crate::transport::h2`]): `None` when the
+/// state in the slot is not that transport's, otherwise whether the
+/// stream goes on (if not, the flusher drops it, which ends it).
+pub(crate) type FlushParked = fn(&mut ParkedState, &Arc<Subscriber>) -> Option<bool>;
 
 /// Hands a parked socket whose client spoke back to a task: its socket,
 /// what it had not yet written, its state (see [`super::socket::resume`]).
@@ -129,6 +123,8 @@ pub struct Flusher {
     watcher: OnceLock<Option<mio::Registry>>,
     /// Takes back parked sockets whose client spoke.
     resume: Resume,
+    /// Writes the streams other transports park.
+    others: Vec<FlushParked>,
     me: Weak<Flusher>,
 }
 
@@ -149,6 +145,7 @@ impl Flusher {
         index: &Arc<TopicIndex>,
         metrics: Arc<Metrics>,
         resume: Resume,
+        others: Vec<FlushParked>,
     ) -> Arc<Self> {
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let flusher = Arc::new_cyclic(|me| Self {
@@ -157,6 +154,7 @@ impl Flusher {
             metrics,
             watcher: OnceLock::new(),
             resume,
+            others,
             me: me.clone(),
         });
         for i in 0..n {
@@ -266,13 +264,9 @@ impl Flusher {
 
     /// Parks a stream of another transport (see [`ParkedStream`]): it
     /// waits in its subscriber, and the flusher writes it when woken.
-    pub(crate) fn park_stream(
-        self: &Arc<Self>,
-        sub: &Arc<Subscriber>,
-        stream: Box<dyn ParkedStream>,
-    ) {
+    pub(crate) fn park_stream(self: &Arc<Self>, sub: &Arc<Subscriber>, stream: ParkedState) {
         let mut slot = sub.parked().lock();
-        *slot = Some(Box::new(Foreign(stream)));
+        *slot = Some(stream);
         self.metrics.parked_streams.inc();
         sub.set_parked();
         drop(slot);
@@ -372,8 +366,12 @@ async fn run_shard(flusher: Arc<Flusher>, i: usize) {
 /// Writes what a parked subscriber has queued, or ends its stream.
 fn flush(flusher: &Flusher, sub: &Arc<Subscriber>) {
     let mut guard = sub.parked().lock();
-    if let Some(Foreign(stream)) = guard.as_mut().and_then(|s| s.downcast_mut::<Foreign>()) {
-        if !stream.flush(sub) {
+    if !guard.as_ref().is_some_and(|s| s.is::<Parked>()) {
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
+        let on = flusher.others.iter().find_map(|flush| flush(state, sub));
+        if on == Some(false) {
             let state = guard.take();
             drop(guard);
             drop(state);
