@@ -18,8 +18,8 @@
 //!
 //! **Flow control.** h2 sends a stream's data only within the client's
 //! window. A stream hands h2 its next batch of frames once the window
-//! covers everything it handed over before and h2 holds less than
-//! [`SEND_BUFFER`] of it; until then new frames wait in the subscriber's
+//! covers everything it handed over before and h2 has written it out (see
+//! [`SEND_BUFFER`]); until then new frames wait in the subscriber's
 //! bounded queue, so a client that stops reading overflows it and loses
 //! its stream (or is reset after [`WRITE_STALL`]).
 
@@ -54,11 +54,16 @@ use crate::hub::subscriber::{ParkedState, Subscriber};
 /// HTTP/2's default of 64 KiB.
 const WINDOW: u32 = 1024 * 1024;
 
-/// Bytes h2 holds for one stream beyond what its client's window let
-/// through (h2's default is 400 KiB): past them the stream waits, and new
-/// frames wait in the subscriber's bounded queue, as an HTTP/1.1 stream
-/// waits past its socket's unsent bytes.
-const SEND_BUFFER: usize = 64 * 1024;
+/// Bytes h2 may hold for one stream before it reports no room
+/// (`max_send_buffer_size`, 400 KiB by default): one byte, so a stream
+/// has one batch of frames in h2 at a time. h2 counts a batch until its
+/// connection has written it, then wakes the stream, which sends all that
+/// was queued meanwhile as the next batch: under load a stream's frames
+/// go out in few large DATA frames rather than many small ones, h2's
+/// queues stay short, and a stream whose client does not keep up waits
+/// in its bounded queue, as an HTTP/1.1 stream waits past its socket's
+/// unsent bytes.
+const SEND_BUFFER: usize = 1;
 
 /// Most bytes of queued frames joined into one DATA frame.
 const MAX_JOINED: usize = 64 * 1024;
