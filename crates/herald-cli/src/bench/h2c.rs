@@ -127,6 +127,14 @@ async fn connect(
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(connection_window as u32)
+        // h2 closes a connection (`ENHANCE_YOUR_CALM`) once its unread
+        // DATA frames under 256 bytes add up past this budget of framing
+        // overhead (by default 25,600: about 240 event frames). This
+        // client lets every stream hold a window unread, so the budget
+        // covers that much: a generator that falls behind a fast hub
+        // counts the updates it reads late, rather than cutting its own
+        // connections.
+        .data_frame_budget(connection_window as usize * 2)
         .enable_push(false)
         .handshake::<_, Bytes>(tcp)
         .await
@@ -144,7 +152,8 @@ pub(super) fn h2_error(e: &h2::Error) -> String {
         return io_error(io);
     }
     match e.reason() {
-        Some(r) if e.is_go_away() => format!("HTTP/2 GOAWAY ({r:?})"),
+        Some(r) if e.is_go_away() && e.is_remote() => format!("HTTP/2 GOAWAY from the hub ({r:?})"),
+        Some(r) if e.is_go_away() => format!("HTTP/2 GOAWAY sent by this client's h2 ({r:?})"),
         Some(r) if e.is_reset() => format!("HTTP/2 stream reset ({r:?})"),
         Some(r) => format!("HTTP/2 error ({r:?})"),
         None => e.to_string(),
