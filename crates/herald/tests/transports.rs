@@ -13,6 +13,8 @@
 //! - HTTP/2 streams take places in `max_connections` one by one (`503`
 //!   past it, the others on the connection unharmed) and get heartbeats,
 //!   parked or keeping their tasks.
+//! - 199 streams requested at once on one connection all open, and a
+//!   900 KiB request body on that connection arrives whole.
 //! - Waiting HTTP/2 streams are parked; one whose client reads nothing
 //!   (the h2 crate as client, with a small window) is reset once its
 //!   queue overflows while the stream beside it on the same connection
@@ -122,6 +124,67 @@ async fn h2c_carries_hundreds_of_streams_on_one_connection() {
     // Waiting, they are parked: no task each.
     let parked = wait_metric(&hub, "herald_parked_streams", 300.0).await;
     assert_eq!(parked, 300.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_at_once_and_a_large_body_share_one_connection() {
+    let hub = TestHub::start(config()).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let open = |topic: &'static str| {
+        let req = h2.get(hub.hub_url()).query(&[("topic", topic)]);
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            Subscription::from_response(res)
+        }
+    };
+    // One stream opens the connection; 199 more are sent at once, their
+    // requests read by the hub a few at a time.
+    let mut big = open("https://big").await;
+    let mut subs = futures_util::future::join_all((0..199).map(|_| open("https://t"))).await;
+    assert_eq!(
+        wait_metric(&hub, "herald_parked_streams", 200.0).await,
+        200.0
+    );
+
+    // A body of 900 KiB on the same connection, read in growing bites.
+    let data = "0123456789abcdef".repeat(900 * 64);
+    let res = h2
+        .post(hub.hub_url())
+        .bearer_auth(publisher_token())
+        .form(&[("topic", "https://big"), ("data", data.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let e = big
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(e.data.len(), data.len());
+    assert!(e.data == data, "the large update arrived whole");
+
+    publish(&h2, &hub.hub_url(), "to the 199").await;
+    for s in &mut subs {
+        let e = s
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("an event");
+        assert_eq!(e.data, "to the 199");
+    }
+    let metrics = common::scrape(&hub).await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"herald_transport_connections_total{protocol="h2c"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 /// Polls the hub's metrics until `name` reads `want` (within 5 s); the

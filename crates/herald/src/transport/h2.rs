@@ -25,6 +25,7 @@
 
 use std::future::{poll_fn, Future as _};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -35,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 
 use super::http1::head::MAX_HEAD;
@@ -68,6 +69,13 @@ const SEND_BUFFER: usize = 1;
 /// Most bytes of queued frames joined into one DATA frame.
 const MAX_JOINED: usize = 64 * 1024;
 
+/// The first bite of the client's bytes h2 reads while streams are
+/// opening (see [`Paced`]).
+const FIRST_BITE: usize = 256;
+
+/// A bite this large is no bite: reads take all h2 has room for.
+const FULL_BITE: usize = 16 * 1024;
+
 /// What the streams of one connection share.
 struct Conn {
     shared: Arc<Shared>,
@@ -92,13 +100,17 @@ pub(super) async fn serve<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stop = shared.hub.shutdown_token().clone();
+    let gate = Arc::new(AtomicUsize::new(OPEN));
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEAD as u32)
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(io);
+        .handshake::<_, Bytes>(Paced {
+            io,
+            gate: gate.clone(),
+        });
     let mut conn = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, handshake) => match r {
             Ok(Ok(c)) => c,
@@ -120,9 +132,10 @@ pub(super) async fn serve<T>(
         alt_svc,
     });
     let mut stopping = false;
+    let mut bite = FIRST_BITE;
     loop {
         let accepted = tokio::select! {
-            r = conn.accept() => r,
+            r = accept(&mut conn, &gate, &mut bite) => r,
             () = stop.cancelled(), if !stopping => {
                 // No new streams; the open ones end as the hub ends them.
                 conn.graceful_shutdown();
@@ -155,6 +168,134 @@ pub(super) async fn serve<T>(
     }
     if let Err(e) = poll_fn(|cx| conn.poll_closed(cx)).await {
         tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// The connection's next request. Requests h2 has already read are taken
+/// first; h2 reads more of the client's bytes only when none is left, and
+/// then one bite at a time while streams are opening (see [`Paced`]).
+async fn accept<T>(
+    conn: &mut h2::server::Connection<Paced<T>, Bytes>,
+    gate: &AtomicUsize,
+    bite: &mut usize,
+) -> Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    poll_fn(|cx| {
+        gate.store(SHUT, Ordering::Relaxed);
+        let ready = conn.poll_accept(cx);
+        if ready.is_ready() {
+            gate.store(OPEN, Ordering::Relaxed);
+            return ready;
+        }
+        let allowed = if *bite >= FULL_BITE { OPEN } else { *bite };
+        gate.store(allowed, Ordering::Relaxed);
+        let ready = conn.poll_accept(cx);
+        // The bite was read, and h2 asked for more.
+        let bitten = allowed != OPEN && gate.load(Ordering::Relaxed) == SHUT;
+        gate.store(OPEN, Ordering::Relaxed);
+        match &ready {
+            // Streams are opening: bites stay small.
+            Poll::Ready(Some(Ok(_))) => *bite = FIRST_BITE,
+            Poll::Ready(_) => {}
+            Poll::Pending => {
+                if bitten {
+                    // Bytes that open no stream (a request's body): the
+                    // next bite is larger, up to whole reads.
+                    *bite = (*bite * 2).min(FULL_BITE);
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        ready
+    })
+    .await
+}
+
+/// [`Paced::gate`]: reads pass freely.
+const OPEN: usize = usize::MAX;
+/// [`Paced::gate`]: no read passes (the accept loop polls again).
+const SHUT: usize = 0;
+
+/// The client's side of an HTTP/2 connection as h2 reads it, paced by the
+/// accept loop.
+///
+/// h2 decodes every frame it can read before it hands over the first new
+/// request, and keeps each request until it is accepted in a table that
+/// never shrinks. A client that opens a hundred streams at once (a page
+/// full of `EventSource`s, a service subscribing to many topics) would
+/// leave a hundred entries of it (about 17 KB) for as long as the
+/// connection lives. Read a bite at a time, h2 holds only the few requests
+/// a bite carries: the loop accepts them before the next bite.
+struct Paced<T> {
+    io: T,
+    /// How much the next read may take: [`OPEN`], [`SHUT`], or one read of
+    /// at most this many bytes, after which the gate shuts.
+    gate: Arc<AtomicUsize>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let allowed = this.gate.load(Ordering::Relaxed);
+        if allowed == SHUT {
+            // No waker is kept: the accept loop polls again at once with
+            // the gate open (see [`accept`]).
+            return Poll::Pending;
+        }
+        if allowed == OPEN || allowed >= buf.remaining() {
+            std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, buf))?;
+        } else {
+            let mut bite = ReadBuf::new(buf.initialize_unfilled_to(allowed));
+            std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, &mut bite))?;
+            let read = bite.filled().len();
+            buf.advance(read);
+        }
+        if allowed != OPEN {
+            this.gate.store(SHUT, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

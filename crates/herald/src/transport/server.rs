@@ -249,9 +249,17 @@ async fn serve_conn<I>(
         .clone()
         .filter(|_| matches!(protocol, Protocol::Http1Tls | Protocol::H2Tls));
     if protocol.is_h2() {
+        // An HTTP/2 connection lives as long as its streams, often for
+        // hours: it goes on in a task that holds h2's connection alone,
+        // not in this one, which is as large as the largest of every
+        // kind of connection it could have served (HTTP/1.1 through
+        // hyper, TLS, a WebSocket), about 13 KB.
         let admitted = permit.is_some();
-        super::h2::serve(io.into_inner(), peer, shared.clone(), admitted, alt_svc).await;
-        drop(permit);
+        let served = super::h2::serve(io.into_inner(), peer, shared.clone(), admitted, alt_svc);
+        shared.tracker.spawn(async move {
+            served.await;
+            drop(permit);
+        });
         return;
     }
     let stop = shared.hub.shutdown_token().clone();
@@ -411,6 +419,7 @@ impl Server {
             .map(|a| super::h3::alt_svc(a.port()));
         #[cfg(not(feature = "http3"))]
         let alt_svc = None;
+        let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
             app: router(hub.clone()),
             cors: cors_layer(&hub.config().cors_origins),
@@ -419,11 +428,11 @@ impl Server {
             requests: Arc::new(Semaphore::new(hub.config().max_connections)),
             tls: self.tls.clone(),
             alt_svc,
+            tracker: tracker.clone(),
         });
         if let Some(tls) = &self.tls {
             tls.watch(hub.shutdown_token().clone());
         }
-        let tracker = TaskTracker::new();
         let stop = hub.shutdown_token().clone();
         if let Some(oauth) = hub.oauth() {
             // JWKS documents fetched by URL: now, then every five minutes.

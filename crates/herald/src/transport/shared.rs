@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode};
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::CorsLayer;
 
 use super::http1::parked::Flusher;
@@ -38,6 +39,10 @@ pub(super) struct Shared {
     pub(super) tls: Option<Tls>,
     /// `Alt-Svc` of responses over TLS when HTTP/3 is served too.
     pub(super) alt_svc: Option<HeaderValue>,
+    /// The connections' tasks, which the server waits for as it shuts
+    /// down. An HTTP/2 connection moves to a task of its own, sized to
+    /// what it keeps for its lifetime (see [`super::server`]).
+    pub(super) tracker: TaskTracker,
 }
 
 /// The `503` of a hub with no room for one more connection.
