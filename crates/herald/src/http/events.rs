@@ -325,6 +325,25 @@ pub(crate) async fn subscribe_query(
 /// Most bytes of queued frames joined into one body chunk.
 const MAX_JOINED: usize = 64 * 1024;
 
+/// Frames queued together as one chunk (over HTTP/2 one DATA frame, and
+/// one poll of the stream, per batch rather than per update); `None` for
+/// a lone frame or a large batch (a replay's), which goes frame by frame,
+/// as each frame is shared with every other stream.
+pub(crate) fn joined(out: &[Bytes]) -> Option<Bytes> {
+    if out.len() < 2 {
+        return None;
+    }
+    let total: usize = out.iter().map(Bytes::len).sum();
+    if total > MAX_JOINED {
+        return None;
+    }
+    let mut joined = bytes::BytesMut::with_capacity(total);
+    for frame in out {
+        joined.extend_from_slice(frame);
+    }
+    Some(joined.freeze())
+}
+
 /// The axum response of an event stream: the feed's frames as the body,
 /// with the stream policy's headers (CORS is the router's layer's), holding
 /// its place among the hub's streams.
@@ -384,16 +403,10 @@ impl BodyState {
 
 impl EventBody {
     /// The next body chunk from `out`: everything queued at once as one
-    /// chunk (over HTTP/2 one DATA frame, and one poll of the stream, per
-    /// batch rather than per update), or a large batch frame by frame.
+    /// chunk, or a large batch frame by frame (see [`joined`]).
     fn chunk(&mut self, out: Vec<Bytes>) -> Option<Bytes> {
-        let total: usize = out.iter().map(Bytes::len).sum();
-        if out.len() > 1 && total <= MAX_JOINED {
-            let mut joined = bytes::BytesMut::with_capacity(total);
-            for frame in out {
-                joined.extend_from_slice(&frame);
-            }
-            return Some(joined.freeze());
+        if let Some(one) = joined(&out) {
+            return Some(one);
         }
         self.queued.extend(out);
         self.queued.pop_front()

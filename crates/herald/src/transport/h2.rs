@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use axum::response::IntoResponse;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http_body::Body as _;
@@ -44,7 +44,7 @@ use super::http1::parked::Flusher;
 use super::shared::{full, Shared, H2_MAX_STREAMS, HEAD_TIMEOUT};
 use crate::http::conn::ConnContext;
 use crate::http::error::HttpError;
-use crate::http::events::{prepare, Prepared};
+use crate::http::events::{joined, prepare, Prepared};
 use crate::http::policy::{cors_headers, MERCURE_PATH, WRITE_STALL};
 use crate::hub::admission::StreamPermit;
 use crate::hub::feed::Feed;
@@ -65,9 +65,6 @@ const WINDOW: u32 = 1024 * 1024;
 /// in its bounded queue, as an HTTP/1.1 stream waits past its socket's
 /// unsent bytes.
 const SEND_BUFFER: usize = 1;
-
-/// Most bytes of queued frames joined into one DATA frame.
-const MAX_JOINED: usize = 64 * 1024;
 
 /// The first bite of the client's bytes h2 reads while streams are
 /// opening (see [`Paced`]).
@@ -552,20 +549,14 @@ fn poll_room(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<bool> {
 }
 
 /// Hands frames to h2: as one DATA frame, or a large batch (a replay's)
-/// frame by frame, as they are shared with every other stream. `false`
-/// when the stream is gone.
+/// frame by frame (see [`joined`]). `false` when the stream is gone.
 fn send_frames(send: &mut SendStream<Bytes>, out: &mut Vec<Bytes>) -> bool {
-    let total: usize = out.iter().map(Bytes::len).sum();
-    let sent = if out.len() > 1 && total <= MAX_JOINED {
-        let mut joined = BytesMut::with_capacity(total);
-        for frame in out.iter() {
-            joined.extend_from_slice(frame);
-        }
-        send.send_data(joined.freeze(), false).is_ok()
-    } else {
-        out.drain(..)
+    let sent = match joined(out) {
+        Some(one) => send.send_data(one, false).is_ok(),
+        None => out
+            .drain(..)
             .filter(|f| !f.is_empty())
-            .all(|f| send.send_data(f, false).is_ok())
+            .all(|f| send.send_data(f, false).is_ok()),
     };
     out.clear();
     sent
