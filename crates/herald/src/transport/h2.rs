@@ -21,7 +21,9 @@
 //! covers everything it handed over before and h2 has written it out (see
 //! [`SEND_BUFFER`]); until then new frames wait in the subscriber's
 //! bounded queue, so a client that stops reading overflows it and loses
-//! its stream (or is reset after [`WRITE_STALL`]).
+//! its stream (or is reset after [`WRITE_STALL`]). A client that takes no
+//! bytes of the connection at all for as long loses the connection (see
+//! [`Paced`]).
 
 use std::future::{poll_fn, Future as _};
 use std::net::SocketAddr;
@@ -104,10 +106,7 @@ pub(super) async fn serve<T>(
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(Paced {
-            io,
-            gate: gate.clone(),
-        });
+        .handshake::<_, Bytes>(Paced::new(io, gate.clone()));
     let mut conn = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, handshake) => match r {
             Ok(Ok(c)) => c,
@@ -215,8 +214,9 @@ const OPEN: usize = usize::MAX;
 /// [`Paced::gate`]: no read passes (the accept loop polls again).
 const SHUT: usize = 0;
 
-/// The client's side of an HTTP/2 connection as h2 reads it, paced by the
-/// accept loop.
+/// An HTTP/2 connection's socket as h2 uses it: reads paced by the accept
+/// loop, writes given up on once the client has taken nothing for
+/// [`WRITE_STALL`].
 ///
 /// h2 decodes every frame it can read before it hands over the first new
 /// request, and keeps each request until it is accepted in a table that
@@ -225,11 +225,52 @@ const SHUT: usize = 0;
 /// leave a hundred entries of it (about 17 KB) for as long as the
 /// connection lives. Read a bite at a time, h2 holds only the few requests
 /// a bite carries: the loop accepts them before the next bite.
+///
+/// A client that stops reading its socket holds its streams back until
+/// each is reset (see [`Stream::flush`]), but h2 would keep the
+/// connection itself, its buffers and its place under the limit, for as
+/// long as the client keeps it open: a write that waits fails the
+/// connection once it has waited [`WRITE_STALL`].
 struct Paced<T> {
     io: T,
     /// How much the next read may take: [`OPEN`], [`SHUT`], or one read of
     /// at most this many bytes, after which the gate shuts.
     gate: Arc<AtomicUsize>,
+    /// Set while a write waits for the client: when it gives up.
+    stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Paced<T> {
+    fn new(io: T, gate: Arc<AtomicUsize>) -> Self {
+        Self {
+            io,
+            gate,
+            stall: None,
+        }
+    }
+
+    /// What a write returned, or an error once writes have waited
+    /// [`WRITE_STALL`] without the client taking a byte.
+    fn progress<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        wrote: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if wrote.is_ready() {
+            self.stall = None;
+            return wrote;
+        }
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no bytes for {WRITE_STALL:?}"),
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
@@ -266,7 +307,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let wrote = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(cx, wrote)
     }
 
     fn poll_write_vectored(
@@ -274,7 +317,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let wrote = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(cx, wrote)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -285,14 +330,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(cx, flushed)
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let closed = std::pin::Pin::new(&mut this.io).poll_shutdown(cx);
+        this.progress(cx, closed)
     }
 }
 
@@ -677,5 +726,40 @@ impl http_body::Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         self.0.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{Paced, OPEN, WRITE_STALL};
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_fail_once_the_client_has_taken_nothing_for_the_stall() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut paced = Paced::new(near, Arc::new(AtomicUsize::new(OPEN)));
+        // A client that takes bytes, however slowly, keeps the connection:
+        // each byte it takes starts the wait again.
+        paced.write_all(&[1; 64]).await.unwrap();
+        for _ in 0..3 {
+            let taking = async {
+                tokio::time::sleep(WRITE_STALL - std::time::Duration::from_secs(1)).await;
+                far.read_exact(&mut [0; 64]).await.unwrap();
+            };
+            let (wrote, ()) = tokio::join!(paced.write_all(&[2; 64]), taking);
+            wrote.unwrap();
+        }
+        // One that takes nothing more fails it once the stall has passed.
+        let started = tokio::time::Instant::now();
+        let e = tokio::time::timeout(WRITE_STALL * 2, paced.write_all(&[3; 64]))
+            .await
+            .expect("the write gave up")
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(started.elapsed(), WRITE_STALL);
     }
 }
