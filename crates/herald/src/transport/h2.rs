@@ -100,13 +100,18 @@ pub(super) async fn serve<T>(
 {
     let stop = shared.hub.shutdown_token().clone();
     let gate = Arc::new(AtomicUsize::new(OPEN));
-    let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(MAX_HEAD as u32)
-        .initial_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW)
-        .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(Paced::new(io, gate.clone()));
+    // On the heap while it lasts: inline, the handshake (h2's codec, a
+    // timer) would take room in the connection's task for as long as the
+    // connection lives.
+    let handshake = Box::pin(
+        h2::server::Builder::new()
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(MAX_HEAD as u32)
+            .initial_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
+            .max_send_buffer_size(SEND_BUFFER)
+            .handshake::<_, Bytes>(Paced::new(io, gate.clone())),
+    );
     let mut conn = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, handshake) => match r {
             Ok(Ok(c)) => c,
