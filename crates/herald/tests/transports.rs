@@ -15,6 +15,8 @@
 //!   parked or keeping their tasks.
 //! - 199 streams requested at once on one connection all open, and a
 //!   900 KiB request body on that connection arrives whole.
+//! - A reqwest client 2,000 updates behind keeps its HTTP/2 connection
+//!   and gets them all.
 //! - Waiting HTTP/2 streams are parked; one whose client reads nothing
 //!   (the h2 crate as client, with a small window) is reset once its
 //!   queue overflows while the stream beside it on the same connection
@@ -185,6 +187,43 @@ async fn streams_opened_at_once_and_a_large_body_share_one_connection() {
         1.0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reqwest_client_that_lags_keeps_its_http2_connection() {
+    // h2 closes a connection (ENHANCE_YOUR_CALM) on which too many small
+    // DATA frames wait unread, and each update is one; with the defaults
+    // of hyper's HTTP/2 client (reqwest), a service that falls 2,000
+    // updates behind keeps its connection and gets every update.
+    let mut cfg = config();
+    cfg.queue_frames = 10_000;
+    let hub = TestHub::start(cfg).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let res = h2
+        .get(hub.hub_url())
+        .query(&[("topic", "https://t")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    let mut sub = Subscription::from_response(res);
+    let publisher = reqwest::Client::new();
+    for n in 0..2000 {
+        publish(&publisher, &hub.hub_url(), &format!("update {n}")).await;
+    }
+    for n in 0..2000 {
+        let e = sub
+            .next_event(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("update {n} did not arrive"));
+        assert_eq!(e.data, format!("update {n}"));
+    }
+    let metrics = common::scrape(&hub).await;
+    assert_eq!(value(&metrics, "herald_connections"), 1.0, "{metrics}");
 }
 
 /// Polls the hub's metrics until `name` reads `want` (within 5 s); the
