@@ -106,22 +106,8 @@ async fn h2c_carries_hundreds_of_streams_on_one_connection() {
         subs.push(Subscription::from_response(res));
     }
     publish(&h2, &hub.hub_url(), "to all 300").await;
-    for s in &mut subs {
-        let e = s
-            .next_event(Duration::from_secs(10))
-            .await
-            .expect("an event");
-        assert_eq!(e.data, "to all 300");
-    }
-    let metrics = common::scrape(&hub).await;
-    assert_eq!(
-        value(
-            &metrics,
-            r#"herald_transport_connections_total{protocol="h2c"}"#
-        ),
-        1.0,
-        "{metrics}"
-    );
+    every_one_gets(&mut subs, "to all 300").await;
+    let metrics = one_h2c_connection(&hub).await;
     assert_eq!(value(&metrics, "herald_connections"), 300.0);
     // Waiting, they are parked: no task each.
     let parked = wait_metric(&hub, "herald_parked_streams", 300.0).await;
@@ -171,14 +157,24 @@ async fn streams_opened_at_once_and_a_large_body_share_one_connection() {
     assert!(e.data == data, "the large update arrived whole");
 
     publish(&h2, &hub.hub_url(), "to the 199").await;
-    for s in &mut subs {
+    every_one_gets(&mut subs, "to the 199").await;
+    one_h2c_connection(&hub).await;
+}
+
+/// Each subscription's next event is `data`.
+async fn every_one_gets(subs: &mut [Subscription], data: &str) {
+    for s in subs {
         let e = s
             .next_event(Duration::from_secs(10))
             .await
             .expect("an event");
-        assert_eq!(e.data, "to the 199");
+        assert_eq!(e.data, data);
     }
-    let metrics = common::scrape(&hub).await;
+}
+
+/// Checks that the hub took exactly one h2c connection; its metrics.
+async fn one_h2c_connection(hub: &TestHub) -> String {
+    let metrics = common::scrape(hub).await;
     assert_eq!(
         value(
             &metrics,
@@ -187,6 +183,7 @@ async fn streams_opened_at_once_and_a_large_body_share_one_connection() {
         1.0,
         "{metrics}"
     );
+    metrics
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
