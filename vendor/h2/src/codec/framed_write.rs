@@ -36,6 +36,9 @@ struct Encoder<B> {
     /// Write buffer
     ///
     /// TODO: Should this be a ring buffer?
+    ///
+    /// (herald) Allocated when a frame is buffered and given back once
+    /// everything is written, so an idle connection holds none.
     buf: Cursor<BytesMut>,
 
     /// Next frame to encode
@@ -93,7 +96,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -206,6 +209,7 @@ where
             Some(Next::Data(frame)) => {
                 self.last_data_frame = Some(frame);
                 debug_assert!(self.is_empty());
+                self.release_buf();
                 ControlFlow::Break
             }
             Some(Next::Continuation(frame)) => {
@@ -216,13 +220,25 @@ where
                 }
                 ControlFlow::Continue
             }
-            None => ControlFlow::Break,
+            None => {
+                self.release_buf();
+                ControlFlow::Break
+            }
         }
+    }
+
+    /// (herald) Everything is written: give the buffer back. The next
+    /// frame buffered allocates it again (see `buffer`).
+    fn release_buf(&mut self) {
+        *self.buf.get_mut() = BytesMut::new();
     }
 
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +323,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // (herald) A buffer given back (capacity 0) is allocated again
+        // when the next frame is buffered.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -158,7 +158,11 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // (herald) Empty until a Huffman-coded string needs room: the
+            // strings decoded are split off it and kept (in the dynamic
+            // table, in requests), so a first 4 KiB would be held for as
+            // long as any of them lives.
+            buffer: BytesMut::new(),
         }
     }
 

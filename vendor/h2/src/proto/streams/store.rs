@@ -76,6 +76,16 @@ pub(super) trait Resolve {
     fn resolve(&mut self, key: Key) -> Ptr<'_>;
 }
 
+/// (herald) Makes room for one more stream: one slot at a time up to
+/// four, then as the slab grows by itself (doubling). A stream's slot is
+/// about 330 bytes, and most connections carry one or two streams, where
+/// the slab's first growth would take four slots.
+fn make_room(slab: &mut slab::Slab<Stream>) {
+    if slab.len() == slab.capacity() && slab.capacity() < 4 {
+        slab.reserve_exact(1);
+    }
+}
+
 // ===== impl Store =====
 
 impl Store {
@@ -102,6 +112,7 @@ impl Store {
     }
 
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        make_room(&mut self.slab);
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -406,6 +417,11 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        if self.store.slab.is_empty() {
+            // (herald) The connection has no stream left: give the slots
+            // back, so an idle connection holds none.
+            self.store.slab = slab::Slab::new();
+        }
         stream.id
     }
 
@@ -464,6 +480,7 @@ impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
         // Insert the value in the slab
         let stream_id = value.id;
+        make_room(self.slab);
         let index = SlabIndex(self.slab.insert(value) as u32);
 
         // Insert the handle in the ID map
