@@ -42,6 +42,10 @@
 #                       write per subscriber per update and nothing else,
 #                       the kernel's share of any server's cost)
 #     --subscribers N   override the scenario's subscriber count
+#     --streams-per-connection N
+#                       over http2, N streams share each connection
+#                       (`herald bench`'s default: 100); e.g. 1 for the
+#                       browser with one EventSource
 #     --transports LIST comma-separated, of http1,http2,websocket (default
 #                       http1): how the subscribers connect (`herald bench`
 #                       without a flag, --http2 or --websocket); each
@@ -83,6 +87,7 @@ duration=10
 baseline=
 servers=herald,naive,nchan,pushpin
 subscribers=
+per_connection=
 transports=http1
 build=1
 out=
@@ -95,6 +100,7 @@ while (($#)); do
     --servers) servers=$2; shift 2 ;;
     --baseline) baseline=$2; shift 2 ;;
     --subscribers) subscribers=$2; shift 2 ;;
+    --streams-per-connection) per_connection=$2; shift 2 ;;
     --transports) transports=$2; shift 2 ;;
     --nice) nice=$2; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -349,7 +355,7 @@ scenario_args() {
 transport_args() {
     case $1 in
     http1) ;;
-    http2) echo "--http2" ;;
+    http2) echo "--http2${per_connection:+ --streams-per-connection $per_connection}" ;;
     websocket) echo "--websocket" ;;
     esac
 }
