@@ -254,10 +254,15 @@ async fn serve_conn<I>(
         // not in this one, which is as large as the largest of every
         // kind of connection it could have served (HTTP/1.1 through
         // hyper, TLS, a WebSocket), about 13 KB.
+        // The connection's future is made inside the task's: made outside
+        // and moved in to be awaited, it would take its room twice in the
+        // task (once as the captured value, once as the future awaited),
+        // 3,720 bytes where 2,016 do.
         let admitted = permit.is_some();
-        let served = super::h2::serve(io.into_inner(), peer, shared.clone(), admitted, alt_svc);
+        let io = io.into_inner();
+        let conn_shared = shared.clone();
         shared.tracker.spawn(async move {
-            served.await;
+            super::h2::serve(io, peer, conn_shared, admitted, alt_svc).await;
             drop(permit);
         });
         return;
