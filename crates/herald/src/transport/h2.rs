@@ -39,6 +39,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 
 use super::http1::head::MAX_HEAD;
@@ -79,9 +80,10 @@ const FULL_BITE: usize = 16 * 1024;
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    /// The connection holds a place under the limit; without one every
-    /// request is answered `503`.
-    admitted: bool,
+    /// The connection's place under the limit, held while the connection
+    /// or any of its requests lasts; without one every request is
+    /// answered `503`.
+    permit: Option<OwnedSemaphorePermit>,
     /// `Alt-Svc` of every response (HTTP/3 next to TLS).
     alt_svc: Option<HeaderValue>,
 }
@@ -93,7 +95,7 @@ pub(super) async fn serve<T>(
     io: T,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    admitted: bool,
+    permit: Option<OwnedSemaphorePermit>,
     alt_svc: Option<HeaderValue>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -129,14 +131,25 @@ pub(super) async fn serve<T>(
     let this = Arc::new(Conn {
         shared,
         peer,
-        admitted,
+        permit,
         alt_svc,
     });
     let mut stopping = false;
     let mut bite = FIRST_BITE;
     loop {
-        let accepted = tokio::select! {
-            r = accept(&mut conn, &gate, &mut bite) => r,
+        // What lives across an await here lives as long as the
+        // connection, in its task: the request accepted is turned into
+        // its (boxed) future before the next await, not kept beside it.
+        let mut served = tokio::select! {
+            r = accept(&mut conn, &gate, &mut bite) => match r {
+                Some(Ok((req, respond))) => Box::pin(request(this.clone(), req, respond)),
+                Some(Err(e)) => {
+                    // Dropping the connection tells its parked streams.
+                    tracing::debug!(peer = %this.peer, "connection ended: {e}");
+                    return;
+                }
+                None => break,
+            },
             () = stop.cancelled(), if !stopping => {
                 // No new streams; the open ones end as the hub ends them.
                 conn.graceful_shutdown();
@@ -144,31 +157,19 @@ pub(super) async fn serve<T>(
                 continue;
             }
         };
-        match accepted {
-            Some(Ok((req, respond))) => {
-                // Most requests are done in one poll: a stream whose token
-                // checks out and whose history is in memory is open and
-                // parked at once. Those are served here, with no task, and
-                // their memory is free before the next request is read:
-                // hundreds of streams opened together would otherwise each
-                // hold a task's worth of memory at once, and the small
-                // records they keep would be carved out of the freed room,
-                // which the next ones could then not reuse.
-                let mut served = Box::pin(request(this.clone(), req, respond));
-                if poll_fn(|cx| Poll::Ready(served.as_mut().poll(cx).is_pending())).await {
-                    tokio::spawn(served);
-                }
-            }
-            Some(Err(e)) => {
-                // Dropping the connection tells its parked streams.
-                tracing::debug!(%peer, "connection ended: {e}");
-                return;
-            }
-            None => break,
+        // Most requests are done in one poll: a stream whose token checks
+        // out and whose history is in memory is open and parked at once.
+        // Those are served here, with no task, and their memory is free
+        // before the next request is read: hundreds of streams opened
+        // together would otherwise each hold a task's worth of memory at
+        // once, and the small records they keep would be carved out of
+        // the freed room, which the next ones could then not reuse.
+        if poll_fn(|cx| Poll::Ready(served.as_mut().poll(cx).is_pending())).await {
+            tokio::spawn(served);
         }
     }
     if let Err(e) = poll_fn(|cx| conn.poll_closed(cx)).await {
-        tracing::debug!(%peer, "connection ended: {e}");
+        tracing::debug!(peer = %this.peer, "connection ended: {e}");
     }
 }
 
@@ -356,7 +357,7 @@ async fn request(conn: Arc<Conn>, req: Request<RecvStream>, respond: SendRespons
         cancel: None,
         peer: conn.peer,
     };
-    if !conn.admitted {
+    if conn.permit.is_none() {
         return respond_with(&conn, full().into_response(), respond).await;
     }
     if req.method() == Method::GET && req.uri().path() == MERCURE_PATH {

@@ -254,17 +254,11 @@ async fn serve_conn<I>(
         // not in this one, which is as large as the largest of every
         // kind of connection it could have served (HTTP/1.1 through
         // hyper, TLS, a WebSocket), about 13 KB.
-        // The connection's future is made inside the task's: made outside
-        // and moved in to be awaited, it would take its room twice in the
-        // task (once as the captured value, once as the future awaited),
-        // 3,720 bytes where 2,016 do.
-        let admitted = permit.is_some();
-        let io = io.into_inner();
-        let conn_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            super::h2::serve(io, peer, conn_shared, admitted, alt_svc).await;
-            drop(permit);
-        });
+        // The connection's future is the task's, not wrapped in another:
+        // moved into a wrapper to be awaited, it took its room twice
+        // (once as the captured value, once as the future awaited).
+        let served = super::h2::serve(io.into_inner(), peer, shared.clone(), permit, alt_svc);
+        shared.tracker.spawn(served);
         return;
     }
     let stop = shared.hub.shutdown_token().clone();
